@@ -1,0 +1,234 @@
+"""The kernel matrix and host inventory, read from Invoke's config and validated into dataclasses.
+
+Everything lives under the `pv` key of Invoke's configuration: the project's
+`invoke.yaml`, a user file (~/.invoke.yaml), `invoke -f FILE` and `INVOKE_PV_*`
+environment variables, merged by Invoke itself. A validation error names the
+file the offending key came from, the key and what was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import PROJECT_ROOT
+from .errors import ConfigError
+
+BUILD_MODES = ("headers", "full")
+
+
+@dataclass
+class BuildConfig:
+    mode: str = "headers"  # headers: against prepared headers; full: in the kernel tree
+    # headers mode: a linux-headers directory, or "auto" for the release of the kernel's first host
+    headers: str = "auto"
+    # full mode: a make target (tinyconfig, defconfig, ...) or a path to a .config
+    base_config: str = "tinyconfig"
+    fragments: list[str] = field(default_factory=lambda: ["kconfigs/xen-dom0.config"])
+    timeout_s: int = 3600
+
+
+@dataclass
+class KernelConfig:
+    name: str
+    remote: str
+    ref: str
+    build: BuildConfig = field(default_factory=BuildConfig)
+    hosts: list[str] = field(default_factory=list)
+    # patch reverting the fix, used for the negative control where the fix is already in
+    control_revert: str = "patches/controls/revert-c81d3d246025.patch"
+
+
+@dataclass
+class HostConfig:
+    name: str
+    address: str = "127.0.0.1"
+    port: int = 22
+    user: str = "root"
+    key: str = ""  # private key file
+    known_hosts: str = ""  # known_hosts file; host keys are always checked
+    pf_bdf: str = "0000:01:00.0"  # the SR-IOV physical function used by the tests
+    max_vfs: int = 3
+    kernel_release: str = ""  # expected running release; empty: ask the host
+    lab: bool = False  # the built-in QEMU lab fills address/port/key/known_hosts itself
+
+
+@dataclass
+class LabConfig:
+    dir: str = ".cache/lab"
+    vfs: int = 3
+    memory: str = "3G"
+    smp: int = 2
+    boot_timeout_s: int = 300
+    mirror: str = "auto"  # Debian mirror for debootstrap; auto: the host's apt configuration
+
+
+@dataclass
+class Settings:
+    results_root: str = "runs"
+    cache_dir: str = ".cache"
+    series: str = "patches/xen-pciback-reconfigure"
+    jobs: int = 2  # kernels processed side by side
+    vf_counts: list[int] = field(default_factory=lambda: [1, 2, 3])
+    hotplug_cycles: int = 2
+    matrix: str = "default"
+    matrices: dict[str, list[KernelConfig]] = field(default_factory=dict)
+    hosts: dict[str, HostConfig] = field(default_factory=dict)
+    lab: LabConfig = field(default_factory=LabConfig)
+
+    @property
+    def kernels(self) -> list[KernelConfig]:
+        return self.matrices[self.matrix]
+
+    def path(self, value: str) -> Path:
+        """Config paths are relative to the project root."""
+        p = Path(os.path.expanduser(value))
+        return p if p.is_absolute() else PROJECT_ROOT / p
+
+    def kernel(self, name: str) -> KernelConfig:
+        for k in self.kernels:
+            if k.name == name:
+                return k
+        raise ConfigError(f"unknown kernel {name!r} in matrix {self.matrix!r}: have {', '.join(k.name for k in self.kernels)}")
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return f"a mapping of {_type_name(typing.get_args(tp)[1])}"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {str: "a string", int: "an integer", bool: "true or false", float: "a number"}.get(tp, str(tp))
+
+
+class _Validator:
+    def __init__(self, source_of):
+        self.source_of = source_of
+
+    def fail(self, keypath: str, msg: str) -> typing.NoReturn:
+        raise ConfigError(f"{self.source_of(keypath)}: key {keypath}: {msg}")
+
+    def convert(self, tp: Any, value: Any, keypath: str, name: str | None = None) -> Any:
+        origin = typing.get_origin(tp)
+        if dataclasses.is_dataclass(tp):
+            return self.dataclass(tp, value, keypath, name)
+        if origin is list:
+            (inner,) = typing.get_args(tp)
+            if not isinstance(value, list):
+                self.fail(keypath, f"expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+            return [self.convert(inner, v, f"{keypath}[{i}]") for i, v in enumerate(value)]
+        if origin is dict:
+            _, inner = typing.get_args(tp)
+            if not isinstance(value, dict):
+                self.fail(keypath, f"expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+            return {str(k): self.convert(inner, v, f"{keypath}.{k}", name=str(k)) for k, v in value.items()}
+        if tp is int and isinstance(value, str) and value.strip().isdigit():
+            return int(value)  # INVOKE_PV_* environment variables arrive as strings
+        if tp is bool and isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+            return value.lower() in ("true", "1")
+        ok = isinstance(value, tp) and not (tp is int and isinstance(value, bool))
+        if not ok:
+            self.fail(keypath, f"expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+        return value
+
+    def dataclass(self, cls: type, value: Any, keypath: str, name: str | None) -> Any:
+        if not isinstance(value, dict):
+            self.fail(keypath, f"expected a mapping, got {type(value).__name__} {value!r}")
+        hints = typing.get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, v in value.items():
+            if key not in fields:
+                self.fail(f"{keypath}.{key}", f"unknown key; expected one of {', '.join(sorted(fields))}")
+            kwargs[key] = self.convert(hints[key], v, f"{keypath}.{key}", name=key)
+        if "name" in fields and "name" not in kwargs and name is not None:
+            kwargs["name"] = name  # hosts are keyed by name
+        for f in fields.values():
+            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            if required and f.name not in kwargs:
+                self.fail(f"{keypath}.{f.name}", f"missing; expected {_type_name(hints[f.name])}")
+        return cls(**kwargs)
+
+
+def _lookup(data: Any, keypath: str) -> bool:
+    """Whether the dotted/indexed key path exists in a plain config dict."""
+    cur = data
+    for part in keypath.replace("[", ".").replace("]", "").split("."):
+        if isinstance(cur, dict) and part in cur:
+            cur = cur[part]
+        elif isinstance(cur, list) and part.isdigit() and int(part) < len(cur):
+            cur = cur[int(part)]
+        else:
+            return False
+    return True
+
+
+def _source_finder(config: Any):
+    """Which layer of Invoke's config a key came from, highest priority first."""
+    layers = [
+        ("_runtime", "_runtime_path"),
+        ("_env", None),
+        ("_user", "_user_path"),
+        ("_project", "_project_path"),
+        ("_system", "_system_path"),
+    ]
+
+    def source_of(keypath: str) -> str:
+        for data_attr, path_attr in layers:
+            data = getattr(config, data_attr, None) if config is not None else None
+            if not isinstance(data, dict) or not _lookup(data, keypath):
+                continue
+            if path_attr is None:
+                return "environment (INVOKE_" + keypath.split("[")[0].upper().replace(".", "_") + ")"
+            return str(getattr(config, path_attr, None) or data_attr.strip("_"))
+        return "configuration"
+
+    return source_of
+
+
+def load_settings(config: Any = None, data: dict | None = None, matrix: str | None = None) -> Settings:
+    """Validate the `pv` section of an Invoke config (or a plain dict) into Settings."""
+    if data is None:
+        raw = config.get("pv") if config is not None else None
+        data = _plain(raw) if raw is not None else None
+    if data is None:
+        raise ConfigError("configuration has no `pv` section: is invoke.yaml present?")
+    validator = _Validator(_source_finder(config))
+    settings: Settings = validator.dataclass(Settings, data, "pv", None)
+    if matrix:
+        settings.matrix = matrix
+    if settings.matrix not in settings.matrices:
+        validator.fail("pv.matrix", f"no matrix {settings.matrix!r}; have {', '.join(sorted(settings.matrices))}")
+    for mname, kernels in settings.matrices.items():
+        seen = set()
+        for i, k in enumerate(kernels):
+            key = f"pv.matrices.{mname}[{i}]"
+            if k.name in seen:
+                validator.fail(f"{key}.name", f"duplicate kernel name {k.name!r}")
+            seen.add(k.name)
+            if k.build.mode not in BUILD_MODES:
+                validator.fail(f"{key}.build.mode", f"expected one of {', '.join(BUILD_MODES)}, got {k.build.mode!r}")
+            for h in k.hosts:
+                if h not in settings.hosts:
+                    validator.fail(f"{key}.hosts", f"unknown host {h!r}; inventory has {', '.join(sorted(settings.hosts)) or 'none'}")
+    if settings.jobs < 1:
+        validator.fail("pv.jobs", f"expected an integer >= 1, got {settings.jobs}")
+    return settings
+
+
+def _plain(value: Any) -> Any:
+    """Invoke's DataProxy objects to plain dicts/lists."""
+    if hasattr(value, "items"):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

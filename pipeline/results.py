@@ -1,0 +1,268 @@
+"""Typed result objects every stage returns, and their versioned JSON form.
+
+The JSON written from these is the results contract of ../shared/DESIGN.md
+(`runs/<id>/results.json`): fields may be added freely; renaming or removing
+one requires bumping SCHEMA_VERSION.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class PatchInfo:
+    """One patch of a series, as parsed (series stage)."""
+
+    subject: str
+    author: str = ""
+    date: str = ""
+    message_id: str = ""
+    patch_id: str = ""  # `git patch-id --stable`
+    revision: int = 1  # from [PATCH vN m/n]
+    index: int = 0  # m of [PATCH m/n], 1-based; 0 when absent
+    total: int = 0
+    files: list[str] = field(default_factory=list)
+    upstream_refs: list[str] = field(default_factory=list)  # "commit X upstream"
+    fixes: list[str] = field(default_factory=list)  # Fixes: tags
+    source: str = ""  # file the patch came from
+    # raw mbox text of the patch; kept out of results.json (see to_dict)
+    text: str = field(default="", repr=False, compare=False)
+
+
+@dataclass
+class SeriesInfo:
+    name: str
+    revision: int = 1
+    source: str = ""
+    patches: list[PatchInfo] = field(default_factory=list)
+
+
+@dataclass
+class FetchResult:
+    status: str = "not-run"  # ok | failed | skipped | not-run
+    remote: str = ""
+    ref: str = ""
+    commit: str = ""  # the ref resolved to this commit
+    worktree: str = ""
+    objects_received: int = 0  # from git's own fetch statistics
+    duration_s: float = 0.0
+    detail: str = ""
+
+
+@dataclass
+class PatchApply:
+    subject: str
+    status: str  # applied | applied-offset | applied-3way | already-applied | conflict | not-attempted
+    detail: str = ""
+    files: list[str] = field(default_factory=list)  # conflicting files
+    hunks: list[str] = field(default_factory=list)  # conflicting hunk headers
+    upstream_commit: str = ""  # for already-applied, when found in history
+    commit: str = ""  # commit created in the worktree
+
+
+@dataclass
+class ApplyResult:
+    # applied | already-applied | conflict | skipped | not-run (series-level roll-up)
+    status: str = "not-run"
+    branch: str = ""
+    base_commit: str = ""
+    head_commit: str = ""
+    patches: list[PatchApply] = field(default_factory=list)
+    duration_s: float = 0.0
+    detail: str = ""
+
+
+@dataclass
+class CheckpatchResult:
+    subject: str
+    errors: int = 0
+    warnings: int = 0
+    checks: int = 0
+    messages: list[str] = field(default_factory=list)
+
+
+@dataclass
+class BuildResult:
+    status: str = "not-run"  # ok | build-failed | skipped | error | not-run
+    mode: str = ""  # headers | full
+    module: str = ""  # path of xen-pciback.ko
+    vermagic: str = ""
+    srcversion: str = ""
+    kernel_release: str = ""  # release the module is built for
+    duration_s: float = 0.0
+    log: str = ""
+    warnings: list[str] = field(default_factory=list)
+    new_warnings: list[str] = field(default_factory=list)
+    config_warnings: list[str] = field(default_factory=list)  # fragment symbols that did not take
+    errors: list[str] = field(default_factory=list)  # first error lines on failure
+    checkpatch: list[CheckpatchResult] = field(default_factory=list)
+    network_isolated: bool = False
+    detail: str = ""
+    # module built without the fix: the negative control
+    control_module: str = ""
+    control_srcversion: str = ""
+
+
+@dataclass
+class DeployResult:
+    status: str = "not-run"  # ok | failed | skipped | not-run
+    host: str = ""
+    original: str = ""  # "stock" or srcversion loaded before the run
+    srcversion: str = ""  # what /sys/module/xen_pciback/srcversion said after load
+    restored: bool = False
+    detail: str = ""
+    duration_s: float = 0.0
+
+
+@dataclass
+class TestResult:
+    name: str  # vf-boot-3, vf-hotplug, ...
+    host: str
+    module: str  # series | control | stock
+    expected: int = 0
+    seen: int = 0
+    seen_bdfs: list[str] = field(default_factory=list)
+    passed: bool = False
+    reason: str = ""
+    backend: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    duration_s: float = 0.0
+
+
+@dataclass
+class KernelResult:
+    name: str
+    ref: str = ""
+    remote: str = ""
+    verdict: str = "untested"
+    verdict_detail: str = ""
+    fetch: FetchResult = field(default_factory=FetchResult)
+    apply: ApplyResult = field(default_factory=ApplyResult)
+    build: BuildResult = field(default_factory=BuildResult)
+    deploy: list[DeployResult] = field(default_factory=list)
+    tests: list[TestResult] = field(default_factory=list)
+    error: str = ""  # the pipeline itself failed for this row
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    status: str = "incomplete"  # complete | incomplete | interrupted
+    started: str = ""
+    finished: str = ""
+    until: str = ""  # last stage requested
+    series: SeriesInfo = field(default_factory=lambda: SeriesInfo(name=""))
+    kernels: list[KernelResult] = field(default_factory=list)
+    hosts: list[str] = field(default_factory=list)
+    schema: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        for patch in data["series"]["patches"]:
+            patch.pop("text", None)
+        # schema first, for humans reading the file
+        return {"schema": data.pop("schema"), **data}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunResult:
+        if data.get("schema") != SCHEMA_VERSION:
+            raise ValueError(f"results schema {data.get('schema')!r}, expected {SCHEMA_VERSION}")
+        return _from_dict(cls, data)
+
+
+def _from_dict(cls: type, data: Any) -> Any:
+    """Rebuild nested dataclasses from their asdict() form; unknown keys are ignored."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        kwargs[f.name] = _convert(hints[f.name], data[f.name])
+    return cls(**kwargs)
+
+
+def _convert(tp: Any, value: Any) -> Any:
+    import typing
+
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _from_dict(tp, value)
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        return [_convert(inner, v) for v in value]
+    return value
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temp file in the same directory and rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_results(run_dir: Path, run: RunResult) -> Path:
+    path = run_dir / "results.json"
+    atomic_write_text(path, json.dumps(run.to_dict(), indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def load_results(path: Path) -> RunResult:
+    if path.is_dir():
+        path = path / "results.json"
+    return RunResult.from_dict(json.loads(path.read_text(encoding="utf-8")))
+
+
+class RunDir:
+    """A run's own directory under the results root; never reused, `latest` points at it."""
+
+    def __init__(self, root: Path, run_id: str | None = None):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        base = run_id or new_run_id()
+        run_id = base
+        n = 1
+        while True:
+            try:
+                (self.root / run_id).mkdir()
+                break
+            except FileExistsError:  # never overwrite an earlier run
+                n += 1
+                run_id = f"{base}.{n}"
+        self.run_id = run_id
+        self.path = self.root / run_id
+
+    def point_latest(self) -> None:
+        link = self.root / "latest"
+        tmp = self.root / f".latest.{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(self.run_id)
+        os.replace(tmp, link)
