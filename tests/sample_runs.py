@@ -51,7 +51,7 @@ diff --git a/drivers/xen/xen-pciback/xenbus.c b/drivers/xen/xen-pciback/xenbus.c
 +\t\t */
 +\t\txen_pcibk_reconfigure(pdev, XenbusStateInitialised);
 +\t\tbreak;
- 
+\x20
  \tdefault:
  \t\tbreak;
 """
