@@ -45,6 +45,9 @@ class SeriesInfo:
     revision: int = 1
     source: str = ""
     patches: list[PatchInfo] = field(default_factory=list)
+    # KCIDB patchset hash (sha256 over the patches' sha256 lines); set by report.patchset_hash
+    # while the patch texts are known, so a re-rendered report still has it
+    patchset_hash: str = ""
 
 
 @dataclass
