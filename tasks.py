@@ -143,7 +143,106 @@ def test(c, quick=False, k=None, m=None):
         raise Exit(code=rc)
 
 
+# ---- lab ----
+
+
+@task(help={"force": "rebuild even if the recipe and package versions are unchanged"})
+@cli
+def lab_build(c, force=False):
+    """Build the Xen 4.17 lab: dom0 image, boot files, test guest (no-op when inputs are unchanged)."""
+    from pipeline import lab
+
+    info = lab.build(_settings(c), progress=_progress, force=force)
+    m = info.manifest
+    print(
+        f"{'built' if info.rebuilt else 'up to date'}: dom0 {m['dom0_kernel_release']}, Xen {m['xen_version']}, {m['image']}"
+    )
+
+
+@task
+@cli
+def lab_up(c):
+    """Boot the lab under QEMU (or return the running one) and wait until SSH and `xl info` answer."""
+    from pipeline import lab
+
+    host = lab.up(_settings(c), progress=_progress)
+    print(f"lab up: ssh {host.user}@{host.address} -p {host.port} (dom0 {host.kernel_release}); `invoke lab.ssh`")
+
+
+@task
+@cli
+def lab_down(c):
+    """Power the lab off; kills only the lab's own QEMU (by its pid file) if it does not stop."""
+    from pipeline import lab
+
+    lab.down(_settings(c), progress=_progress)
+
+
+@task(help={"probe": "ask dom0 over SSH whether it answers (default on)"})
+@cli
+def lab_status(c, probe=True):
+    """Whether the lab runs, its SSH port, uptime and dom0 kernel release."""
+    from pipeline import lab
+
+    s = lab.status(_settings(c), probe=probe)
+    if s.running:
+        print(
+            f"running: pid {s.pid}, port {s.port}, up {s.uptime_s:.0f}s, kernel {s.kernel_release}, ssh {'ok' if s.ssh_ok else 'no'} {s.detail}".rstrip()
+        )
+    else:
+        print(
+            f"not running ({'built' if s.built else 'not built'}{', dom0 ' + s.kernel_release if s.kernel_release else ''}) {s.detail}".rstrip()
+        )
+        raise Exit(code=1)
+
+
+@task(help={"c": "run this command in dom0 instead of an interactive shell"})
+@cli
+def lab_ssh(c, c_=None):
+    """Open a shell in the lab's dom0, or run one command there (-c CMD)."""
+    import subprocess
+
+    from pipeline import lab
+
+    settings = _settings(c)
+    if not lab.status(settings, probe=False).running:
+        raise Exit("error: the lab is not running: `invoke lab.up`", code=8)
+    host = lab.host_config(settings)
+    argv = lab.ssh_argv(host, tty=c_ is None and sys.stdin.isatty())
+    rc = subprocess.call(argv + ([c_] if c_ else []))
+    if rc:
+        raise Exit(code=rc)
+
+
+@task(help={"lines": "how many lines (default 40)", "follow": "keep printing new lines (Ctrl-C ends)"})
+@cli
+def lab_console(c, lines=40, follow=False):
+    """Print the end of the lab's serial console log (Xen and dom0 boot messages)."""
+    import time
+
+    from pipeline import lab
+
+    settings = _settings(c)
+    print(lab.console_tail(settings, int(lines)))
+    path = lab.paths(settings).console
+    if follow and path.exists():
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            fh.seek(0, 2)
+            while True:
+                line = fh.readline()
+                if line:
+                    print(line, end="", flush=True)
+                else:
+                    time.sleep(0.5)
+
+
+# ---- end lab ----
+
+
 ns = Collection(verify, test)
 ns.add_collection(Collection("config", show=config_show))
 ns.add_collection(Collection("source", **{"import": source_import}))
 ns.add_collection(Collection("series", show=series_show))
+ns.add_collection(
+    Collection("lab", build=lab_build, up=lab_up, down=lab_down, status=lab_status, ssh=lab_ssh, console=lab_console)
+)
