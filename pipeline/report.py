@@ -1,0 +1,541 @@
+"""Report stage: what a run's users act on, rendered from its RunResult.
+
+`write_reports(run, run_dir)` writes, atomically, next to results.json:
+  junit.xml     one test case per kernel x stage/test (GitLab's `artifacts:reports:junit`)
+  kcidb.json    KernelCI KCIDB v5 (checkouts with patchset_hash, builds, tests; ids `pciback_verify:...`),
+                validated with `kcidb-io` when that package is installed
+  summary.md    stable-backport readiness, with a Greg-KH-style section per branch the series does not apply to
+  summary.html  colour-coded matrix kernels x stages, with links to the logs in the run directory
+`format_table(run)` is the terminal summary `invoke verify` prints; `compare(a, b)` says what changed
+between two revisions of a series. Templates: pipeline/templates/report/.
+
+Log links: a stage's log is linked when `<run_dir>/<kernel>/<stage>.log` or
+`<run_dir>/logs/<kernel>/<stage>.log` exists; BuildResult.log is linked when it names
+a file inside the run directory, and written to logs/<kernel>/build.log when it holds the log text itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from . import TEMPLATES
+from .results import KernelResult, RunResult, SeriesInfo, TestResult, atomic_write_text
+from .verdict import STATE, rank, verdict
+
+KCIDB_ORIGIN = "pciback_verify"
+KCIDB_VERSION = {"major": 5, "minor": 0}
+STAGES = ("fetch", "apply", "build", "checkpatch", "deploy", "tests", "control")
+
+_CTRL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+
+
+# ----------------------------------------------------------------- helpers
+
+
+def patchset_hash(series: SeriesInfo) -> str:
+    """KCIDB patchset_hash: sha256 over the newline-terminated sha256 hex digests of the patches, in order.
+
+    Uses the stored value when the patch texts are gone (a run re-rendered from results.json).
+    """
+    texts = [p.text for p in series.patches]
+    if texts and all(texts):
+        lines = "".join(hashlib.sha256(t.encode()).hexdigest() + "\n" for t in texts)
+        return hashlib.sha256(lines.encode()).hexdigest()
+    return series.patchset_hash
+
+
+def stable_version(k: KernelResult) -> str:
+    """'5.10' for linux-5.10.y / 5.10.y / debian-6.1; the kernel name when no X.Y is found."""
+    for s in (k.ref, k.name):
+        m = re.search(r"(?<![\d.])(\d+\.\d+)(?![\d])", s or "")
+        if m:
+            return m.group(1)
+    return k.name
+
+
+def _short(commit: str) -> str:
+    return commit[:12] if commit else ""
+
+
+def _verdict_of(k: KernelResult) -> tuple[str, str]:
+    """The recorded verdict, or a fresh roll-up when the row was never given one."""
+    if k.verdict_detail or k.verdict not in ("", "untested"):
+        return k.verdict, k.verdict_detail
+    return verdict(k)
+
+
+def _series_tests(k: KernelResult) -> list[TestResult]:
+    return [t for t in k.tests if t.module in ("series", "stock")]
+
+
+def _controls(k: KernelResult) -> list[TestResult]:
+    return [t for t in k.tests if t.module == "control"]
+
+
+def _test_id(t: TestResult) -> str:
+    return f"{t.name}[{t.module}]@{t.host}" if t.host else f"{t.name}[{t.module}]"
+
+
+def _xmlsafe(value: Any) -> str:
+    return _CTRL.sub("", str(value))
+
+
+def _md_cell(value: Any) -> str:
+    return " ".join(str(value).split()).replace("|", "\\|")
+
+
+def _env() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES / "report")),
+        autoescape=lambda name: bool(name) and name.endswith((".html.j2", ".xml.j2")),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["xmlsafe"] = _xmlsafe
+    env.filters["md_cell"] = _md_cell
+    env.filters["short"] = _short
+    return env
+
+
+# ----------------------------------------------------------------- stage cells
+
+
+def _cell(status: str, cls: str, title: str = "", link: str = "") -> dict[str, str]:
+    return {"text": status, "cls": cls, "title": title, "link": link}
+
+
+def _log_link(run_dir: Path | None, kernel: str, stage: str) -> str:
+    if run_dir is None:
+        return ""
+    for rel in (f"{kernel}/{stage}.log", f"logs/{kernel}/{stage}.log"):
+        if (run_dir / rel).is_file():
+            return rel
+    return ""
+
+
+def _build_log_link(run_dir: Path | None, k: KernelResult) -> str:
+    if run_dir is None or not k.build.log:
+        return _log_link(run_dir, k.name, "build")
+    log = k.build.log
+    if "\n" in log:  # the log text itself: give it a file to link to
+        rel = f"logs/{k.name}/build.log"
+        if not (run_dir / rel).exists():
+            atomic_write_text(run_dir / rel, log)
+        return rel
+    p = Path(log)
+    p = p if p.is_absolute() else run_dir / p
+    try:
+        rel = str(p.resolve().relative_to(run_dir.resolve()))
+    except (ValueError, OSError):
+        return _log_link(run_dir, k.name, "build")
+    return rel if p.is_file() else _log_link(run_dir, k.name, "build")
+
+
+def stage_cells(k: KernelResult, run_dir: Path | None = None) -> dict[str, dict[str, str]]:
+    """Per stage of a row: display text, colour class (ok/warn/fail/skip), tooltip and log link."""
+    c: dict[str, dict[str, str]] = {}
+    f = k.fetch
+    fcls = {"ok": "ok", "failed": "fail"}.get(f.status, "skip")
+    c["fetch"] = _cell(f.status, fcls, f.detail or _short(f.commit), _log_link(run_dir, k.name, "fetch"))
+
+    a = k.apply
+    acls = {"applied": "ok", "already-applied": "ok", "conflict": "fail", "error": "fail"}.get(a.status, "skip")
+    kinds = sorted({p.status for p in a.patches if p.status not in ("applied", "already-applied")})
+    if acls == "ok" and kinds:
+        acls = "warn"  # offset/fuzz/3-way: applies, but not clean
+    atext = a.status + (f" ({', '.join(kinds)})" if kinds and a.status != "conflict" else "")
+    atitle = "; ".join(f"{p.subject}: {p.status}" + (f" {', '.join(p.files)}" if p.files else "") for p in a.patches)
+    c["apply"] = _cell(atext, acls, atitle or a.detail, _log_link(run_dir, k.name, "apply"))
+
+    b = k.build
+    bcls = {"ok": "ok", "build-failed": "fail", "error": "fail"}.get(b.status, "skip")
+    btext = b.status
+    if b.status == "ok" and b.new_warnings:
+        bcls, btext = "warn", f"ok, {len(b.new_warnings)} new warning(s)"
+    btitle = (b.errors[0] if b.errors else "") or "; ".join(b.new_warnings) or b.vermagic or b.detail
+    c["build"] = _cell(btext, bcls, btitle, _build_log_link(run_dir, k))
+
+    if b.checkpatch:
+        errs = sum(x.errors for x in b.checkpatch)
+        warns = sum(x.warnings for x in b.checkpatch)
+        c["checkpatch"] = _cell(f"{errs} errors, {warns} warnings", "fail" if errs else ("warn" if warns else "ok"))
+    else:
+        c["checkpatch"] = _cell("not-run", "skip")
+
+    if k.deploy:
+        worst = (
+            "fail"
+            if any(d.status == "failed" for d in k.deploy)
+            else ("ok" if any(d.status == "ok" for d in k.deploy) else "skip")
+        )
+        text = ", ".join(f"{d.host}: {d.status}" for d in k.deploy)
+        title = "; ".join(d.detail for d in k.deploy if d.detail)
+        c["deploy"] = _cell(text, worst, title, _log_link(run_dir, k.name, "deploy"))
+    else:
+        c["deploy"] = _cell("not-run", "skip")
+
+    st = _series_tests(k)
+    if st:
+        passed = sum(t.passed for t in st)
+        title = "; ".join(f"{_test_id(t)}: {t.seen}/{t.expected}{'' if t.passed else ' FAIL ' + t.reason}" for t in st)
+        c["tests"] = _cell(
+            f"{passed}/{len(st)} pass", "ok" if passed == len(st) else "fail", title, _log_link(run_dir, k.name, "test")
+        )
+    else:
+        c["tests"] = _cell("not-run", "skip")
+
+    ctl = _controls(k)
+    if ctl:
+        failed = [t for t in ctl if not t.passed]
+        text = "fails (as it must)" if failed else "passes (inconclusive)"
+        c["control"] = _cell(
+            text, "ok" if failed else "warn", "; ".join(f"{_test_id(t)}: {t.seen}/{t.expected}" for t in ctl)
+        )
+    else:
+        c["control"] = _cell("not-run", "skip")
+    return c
+
+
+def _row(k: KernelResult, run: RunResult, run_dir: Path | None) -> dict[str, Any]:
+    v, d = _verdict_of(k)
+    st = _series_tests(k)
+    return {
+        "k": k,
+        "name": k.name,
+        "ref": k.ref,
+        "commit": k.fetch.commit,
+        "verdict": v,
+        "detail": d,
+        "state": STATE.get(v, "fail"),
+        "cells": stage_cells(k, run_dir),
+        "tests_passed": sum(t.passed for t in st),
+        "tests_total": len(st),
+        "seen": sum(t.seen for t in st),
+        "expected": sum(t.expected for t in st),
+        "version": stable_version(k),
+        "conflicts": [p for p in k.apply.patches if p.status == "conflict"],
+    }
+
+
+# ----------------------------------------------------------------- terminal
+
+
+def format_table(run: RunResult) -> str:
+    """One row per kernel: name, ref@commit, apply, build, tests (passed/run, VFs seen/expected), verdict."""
+    head = ["KERNEL", "REF@COMMIT", "APPLY", "BUILD", "TESTS", "VFS", "VERDICT"]
+    rows = []
+    for k in run.kernels:
+        r = _row(k, run, None)
+        ref = f"{k.ref}@{_short(k.fetch.commit)}" if k.fetch.commit else k.ref
+        tests = f"{r['tests_passed']}/{r['tests_total']}" if r["tests_total"] else "-"
+        if _controls(k):
+            tests += " ctl:" + ("fail" if any(not t.passed for t in _controls(k)) else "PASS")
+        vfs = f"{r['seen']}/{r['expected']}" if r["tests_total"] else "-"
+        rows.append([k.name, ref, r["cells"]["apply"]["text"], r["cells"]["build"]["text"], tests, vfs, r["verdict"]])
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=False)]
+    lines = ["  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)).rstrip() for line in [head, *rows]]
+    title = f"{run.series.name} v{run.series.revision}: run {run.run_id} ({run.status})"
+    return "\n".join([title, *lines]) + "\n"
+
+
+def compare(run_a: RunResult, run_b: RunResult) -> str:
+    """What changed from run A to run B (e.g. series v1 -> v2): per kernel better / worse / same / new / gone."""
+    a = {k.name: _verdict_of(k) for k in run_a.kernels}
+    b = {k.name: _verdict_of(k) for k in run_b.kernels}
+    lines = [
+        f"{run_a.series.name} v{run_a.series.revision} ({run_a.run_id}) -> "
+        f"{run_b.series.name} v{run_b.series.revision} ({run_b.run_id})"
+    ]
+    counts = {"better": 0, "worse": 0, "same": 0, "new": 0, "gone": 0}
+    for name in list(dict.fromkeys([*a, *b])):
+        if name not in a:
+            change, text = "new", f"{b[name][0]}"
+        elif name not in b:
+            change, text = "gone", f"{a[name][0]}"
+        else:
+            ra, rb = rank(a[name][0]), rank(b[name][0])
+            change = "better" if rb < ra else "worse" if rb > ra else "same"
+            text = f"{a[name][0]} -> {b[name][0]}"
+        counts[change] += 1
+        detail = f"  ({b[name][1]})" if change in ("better", "worse", "new") and b.get(name, ("", ""))[1] else ""
+        lines.append(f"  {change.upper():6}  {name}: {text}{detail}")
+    lines.append("  " + ", ".join(f"{n} {c}" for c, n in counts.items() if n))
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------- junit
+
+
+def junit_cases(run: RunResult) -> list[dict[str, Any]]:
+    """Test cases: classname = kernel, name = stage or test; outcome pass|failure|error|skipped."""
+    cases = []
+
+    def add(k, name, outcome, message="", out="", time=0.0):
+        cases.append(
+            {"classname": k.name, "name": name, "outcome": outcome, "message": message, "out": out, "time": time}
+        )
+
+    for k in run.kernels:
+        f = k.fetch
+        fo = {"ok": "pass", "failed": "error"}.get(f.status, "skipped")
+        add(k, "fetch", fo, f.detail or f.status, f"{k.remote} {f.ref} -> {f.commit}", f.duration_s)
+        a = k.apply
+        ao = {"applied": "pass", "already-applied": "pass", "conflict": "failure", "error": "error"}.get(
+            a.status, "skipped"
+        )
+        lines = [
+            f"{p.status}: {p.subject}" + (f" [{p.upstream_commit}]" if p.upstream_commit else "") for p in a.patches
+        ]
+        for p in a.patches:
+            if p.status == "conflict":
+                lines.append(f"  conflicts in {', '.join(p.files)} {' '.join(p.hunks)}".rstrip())
+        msg = _verdict_of(k)[1] if ao == "failure" else (a.detail or a.status)
+        add(k, "apply", ao, msg, "\n".join(lines), a.duration_s)
+        b = k.build
+        bo = {"ok": "pass", "build-failed": "failure", "error": "error"}.get(b.status, "skipped")
+        bmsg = (b.errors[0] if b.errors else b.detail) if bo != "pass" else b.vermagic
+        add(
+            k,
+            "build",
+            bo,
+            bmsg or b.status,
+            "\n".join([f"module {b.module}", f"vermagic {b.vermagic}", *b.errors]),
+            b.duration_s,
+        )
+        if b.status == "ok":
+            wo = "failure" if b.new_warnings else "pass"
+            add(k, "build.new-warnings", wo, f"{len(b.new_warnings)} new warning(s)", "\n".join(b.new_warnings))
+        for cp in b.checkpatch:
+            add(
+                k,
+                f"checkpatch: {cp.subject}",
+                "failure" if cp.errors else "pass",
+                f"{cp.errors} errors, {cp.warnings} warnings",
+                "\n".join(cp.messages),
+            )
+        for d in k.deploy:
+            do = {"ok": "pass", "failed": "error"}.get(d.status, "skipped")
+            add(
+                k,
+                f"deploy@{d.host}",
+                do,
+                d.detail or d.status,
+                f"srcversion {d.srcversion}, restored {d.restored}",
+                d.duration_s,
+            )
+        for t in k.tests:
+            out = f"seen {t.seen}/{t.expected} {' '.join(t.seen_bdfs)}\nbackend {json.dumps(t.backend, sort_keys=True)}"
+            if t.module == "control":
+                # the control is expected to fail; its verdict is the negative-control case below
+                add(
+                    k,
+                    f"test {_test_id(t)}",
+                    "pass",
+                    "",
+                    f"negative control {'passed' if t.passed else 'failed'}: {t.reason}\n{out}",
+                    t.duration_s,
+                )
+            else:
+                add(
+                    k,
+                    f"test {_test_id(t)}",
+                    "pass" if t.passed else "failure",
+                    t.reason or f"guest saw {t.seen} of {t.expected}",
+                    out,
+                    t.duration_s,
+                )
+        ctl = _controls(k)
+        if ctl:
+            ok = any(not t.passed for t in ctl)
+            add(
+                k,
+                "negative-control",
+                "pass" if ok else "failure",
+                "" if ok else "the control (fix reverted) passed too: the test cannot show the fix matters",
+            )
+    return cases
+
+
+def render_junit(run: RunResult) -> str:
+    cases = junit_cases(run)
+    suites = []
+    for k in run.kernels:
+        own = [c for c in cases if c["classname"] == k.name]
+        suites.append(
+            {
+                "name": k.name,
+                "cases": own,
+                "tests": len(own),
+                "failures": sum(c["outcome"] == "failure" for c in own),
+                "errors": sum(c["outcome"] == "error" for c in own),
+                "skipped": sum(c["outcome"] == "skipped" for c in own),
+                "time": sum(c["time"] for c in own),
+            }
+        )
+    return _env().get_template("junit.xml.j2").render(run=run, suites=suites)
+
+
+# ----------------------------------------------------------------- kcidb
+
+
+def _kcidb_status(outcome: str) -> str:
+    return {"pass": "PASS", "failure": "FAIL", "error": "ERROR", "skipped": "SKIP"}[outcome]
+
+
+def render_kcidb(run: RunResult) -> dict[str, Any]:
+    """KCIDB v5 I/O data for the run: a checkout per kernel (base + series), its build and tests."""
+    o = KCIDB_ORIGIN
+    phash = patchset_hash(run.series)
+    first = run.series.patches[0] if run.series.patches else None
+    data: dict[str, Any] = {"version": dict(KCIDB_VERSION), "checkouts": [], "builds": [], "tests": []}
+    for k in run.kernels:
+        v, d = _verdict_of(k)
+        cid = f"{o}:{run.run_id}:{k.name}"
+        checkout: dict[str, Any] = {
+            "id": cid,
+            "origin": o,
+            "tree_name": k.name,
+            "git_repository_branch": k.ref,
+            "patchset_hash": phash,
+            "comment": f"{run.series.name} v{run.series.revision}",
+            "misc": {"remote": k.remote, "apply_status": k.apply.status, "verdict": v, "verdict_detail": d},
+        }
+        if k.remote.startswith("https://"):
+            checkout["git_repository_url"] = k.remote
+        if re.fullmatch(r"[0-9a-f]{40}", k.fetch.commit or ""):
+            checkout["git_commit_hash"] = k.fetch.commit
+        if first and first.message_id:
+            checkout["message_id"] = first.message_id.strip("<>")
+        if run.started:
+            checkout["start_time"] = run.started
+        if k.apply.status in ("applied", "already-applied", "conflict"):
+            checkout["valid"] = k.apply.status != "conflict"
+        data["checkouts"].append(checkout)
+
+        b = k.build
+        if b.status not in ("ok", "build-failed", "error"):
+            continue
+        bid = f"{cid}:build"
+        build: dict[str, Any] = {
+            "id": bid,
+            "checkout_id": cid,
+            "origin": o,
+            "architecture": "x86_64",
+            "config_name": b.mode or "headers",
+            "duration": float(b.duration_s),
+            "status": {"ok": "PASS", "build-failed": "FAIL", "error": "ERROR"}[b.status],
+            "misc": {
+                "module": "xen-pciback.ko",
+                "vermagic": b.vermagic,
+                "srcversion": b.srcversion,
+                "new_warnings": list(b.new_warnings),
+            },
+        }
+        if b.errors:
+            build["log_excerpt"] = _xmlsafe("\n".join(b.errors))[:16384]
+        data["builds"].append(build)
+        for i, t in enumerate(k.tests):
+            part = "negative-control." if t.module == "control" else ""
+            test = {
+                "id": f"{bid}:{t.module}:{t.name}:{t.host}:{i}",
+                "build_id": bid,
+                "origin": o,
+                "path": f"xen-pciback.{part}{t.name}",
+                "status": "PASS" if t.passed else "FAIL",
+                "duration": float(t.duration_s),
+                "number": {"value": float(t.seen), "unit": "devices"},
+                "environment": {"comment": f"Xen host {t.host}", "misc": {"host": t.host}},
+                "misc": {"module": t.module, "expected": t.expected, "seen": t.seen, "backend": t.backend},
+            }
+            if t.reason:
+                test["log_excerpt"] = _xmlsafe(t.reason)
+            data["tests"].append(test)
+    return data
+
+
+def _minimal_kcidb_check(data: dict[str, Any]) -> None:
+    """Without kcidb-io: the structural rules of the KCIDB v5 schema this module relies on."""
+    idre = re.compile(r"^[a-z0-9_]+:[^\0]*$")
+    if data.get("version", {}).get("major") != KCIDB_VERSION["major"]:
+        raise ValueError(f"kcidb: version {data.get('version')!r}")
+    need = {
+        "checkouts": ["id", "origin"],
+        "builds": ["checkout_id", "id", "origin"],
+        "tests": ["build_id", "id", "origin"],
+    }
+    for kind, keys in need.items():
+        for obj in data.get(kind, []):
+            for key in keys:
+                if key not in obj:
+                    raise ValueError(f"kcidb {kind}: missing {key}")
+                if key.endswith("id") and not idre.match(obj[key]):
+                    raise ValueError(f"kcidb {kind}: bad {key} {obj[key]!r}")
+
+
+def validate_kcidb(data: dict[str, Any]) -> str:
+    """Validate with kcidb-io's schema when installed; returns what validated it. Raises on invalid data."""
+    try:
+        import kcidb_io
+    except ImportError:
+        _minimal_kcidb_check(data)
+        return "minimal built-in check (kcidb-io not installed)"
+    schema = kcidb_io.schema.V5_0
+    schema.validate(data)
+    return f"kcidb-io schema v{schema.major}.{schema.minor}"
+
+
+# ----------------------------------------------------------------- markdown / html
+
+
+def _context(run: RunResult, run_dir: Path | None) -> dict[str, Any]:
+    rows = [_row(k, run, run_dir) for k in run.kernels]
+    sources = list(dict.fromkeys(p.source for p in run.series.patches if p.source)) or [
+        run.series.source or "<series.mbox>"
+    ]
+    return {
+        "run": run,
+        "series": run.series,
+        "rows": rows,
+        "stages": STAGES,
+        "patchset_hash": patchset_hash(run.series),
+        "am_sources": sources,
+        "not_applying": [r for r in rows if r["k"].apply.status == "conflict" or r["conflicts"]],
+        "first_msgid": next((p.message_id for p in run.series.patches if p.message_id), ""),
+        "upstream_refs": list(dict.fromkeys(ref for p in run.series.patches for ref in p.upstream_refs)),
+    }
+
+
+def render_markdown(run: RunResult, run_dir: Path | None = None) -> str:
+    return _env().get_template("summary.md.j2").render(**_context(run, run_dir))
+
+
+def render_html(run: RunResult, run_dir: Path | None = None) -> str:
+    return _env().get_template("summary.html.j2").render(**_context(run, run_dir))
+
+
+def write_reports(run: RunResult, run_dir: Path) -> list[Path]:
+    """Write junit.xml, kcidb.json, summary.md and summary.html into the run directory, each atomically."""
+    run_dir = Path(run_dir)
+    if not run.series.patchset_hash:
+        run.series.patchset_hash = patchset_hash(run.series)
+    kcidb = render_kcidb(run)
+    validate_kcidb(kcidb)
+    out = {
+        "junit.xml": render_junit(run),
+        "kcidb.json": json.dumps(kcidb, indent=2) + "\n",
+        "summary.md": render_markdown(run, run_dir),
+        "summary.html": render_html(run, run_dir),
+    }
+    paths = []
+    for name, text in out.items():
+        atomic_write_text(run_dir / name, text)
+        paths.append(run_dir / name)
+    return paths
