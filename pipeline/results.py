@@ -114,6 +114,8 @@ class BuildResult:
     # module built without the fix: the negative control
     control_module: str = ""
     control_srcversion: str = ""
+    control_detail: str = ""  # how the control was made (base commit as is, or with the revert patch), or why not
+    prepared_reused: bool = False  # full mode: the configured, prepared tree came from the cache
 
 
 @dataclass
