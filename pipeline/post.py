@@ -1,0 +1,260 @@
+"""Results back where the patch lives: patchwork checks and GitLab commit statuses, one per kernel.
+
+Patchwork (REST API 1.2): GET then POST `/api/1.2/patches/{id}/checks/` with
+state pending|success|warning|fail, context `pciback-verify/<kernel>`, target_url and
+description; header `Authorization: Token <PATCHWORK_TOKEN>`.
+GitLab (API v4): GET `/api/v4/projects/{id}/repository/commits/{sha}/statuses` then POST
+`/api/v4/projects/{id}/statuses/{sha}` with state, name, target_url, description; header
+`PRIVATE-TOKEN: <GITLAB_TOKEN>` or, failing that, `JOB-TOKEN: <CI_JOB_TOKEN>`.
+
+Idempotent: an identical check/status is never sent twice, and a finished one is never
+moved back to pending. Tokens come only from the environment (or a caller's argument),
+are never logged, and are redacted from every error message.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.parse
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import requests
+
+from .errors import PipelineError
+from .results import RunResult
+from .verdict import STATE
+
+CONTEXT_PREFIX = "pciback-verify"
+DESCRIPTION_MAX = 255  # GitLab's limit; patchwork shows it on one line anyway
+GITLAB_STATE = {"pending": "pending", "success": "success", "warning": "success", "fail": "failed"}
+
+
+class PostError(PipelineError):
+    exit_code = 9
+
+
+@dataclass
+class Posted:
+    target: str  # "patchwork patch 123" / "gitlab group%2Fproj@sha"
+    context: str
+    state: str
+    sent: bool
+    reason: str = ""  # why it was not sent
+
+
+@dataclass
+class Check:
+    kernel: str
+    context: str
+    state: str  # pending | success | warning | fail
+    description: str
+    target_url: str
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    for s in secrets:
+        if s:
+            text = text.replace(s, "***")
+    return text
+
+
+def checks_for(run: RunResult, target_url: str = "", pending: bool = False) -> list[Check]:
+    """One check per kernel from its verdict; `target_url` may contain `{kernel}` and `{run_id}`."""
+    out = []
+    for k in run.kernels:
+        v, d = k.verdict, k.verdict_detail
+        if not d and v == "untested":
+            from .verdict import verdict
+
+            v, d = verdict(k)
+        state = "pending" if pending else STATE.get(v, "fail")
+        desc = "verification running" if pending else f"{v}: {d}" if d else v
+        if len(desc) > DESCRIPTION_MAX:
+            desc = desc[: DESCRIPTION_MAX - 3] + "..."
+        url = target_url.replace("{kernel}", k.name).replace("{run_id}", run.run_id) if target_url else ""
+        out.append(
+            Check(kernel=k.name, context=f"{CONTEXT_PREFIX}/{k.name}", state=state, description=desc, target_url=url)
+        )
+    return out
+
+
+def _token(explicit: str | None, names: list[str], what: str) -> tuple[str, str]:
+    if explicit:
+        return names[0], explicit
+    for n in names:
+        value = os.environ.get(n, "")
+        if value:
+            return n, value
+    raise PostError(f"{what}: no token; set {' or '.join(names)} in the environment")
+
+
+class _Api:
+    def __init__(self, base: str, headers: dict[str, str], secret: str, timeout: float):
+        self.base = base.rstrip("/")
+        self.session = requests.Session()
+        self.session.headers.update(headers)
+        self.session.headers["User-Agent"] = "pciback-verify"
+        self.secret = secret
+        self.timeout = timeout
+
+    def _fail(self, method: str, url: str, detail: str) -> PostError:
+        return PostError(redact(f"{method} {url}: {detail}", [self.secret]))
+
+    def request(self, method: str, url: str, **kw) -> requests.Response:
+        try:
+            resp = self.session.request(method, url, timeout=self.timeout, **kw)
+        except requests.RequestException as e:
+            raise self._fail(method, url, f"{type(e).__name__}: {e}") from None
+        if resp.status_code >= 400:
+            raise self._fail(method, url, f"HTTP {resp.status_code} {resp.text[:300]}")
+        return resp
+
+    def get_all(self, url: str, params: dict | None = None) -> list[dict]:
+        """Follow Link: rel=next pagination (both patchwork and GitLab use it)."""
+        items: list[dict] = []
+        next_url: str | None = url
+        while next_url:
+            resp = self.request("GET", next_url, params=params)
+            params = None  # the next link carries them
+            data = resp.json()
+            if not isinstance(data, list):
+                raise self._fail("GET", next_url, "expected a JSON list")
+            items.extend(data)
+            next_url = resp.links.get("next", {}).get("url")
+        return items
+
+
+# ------------------------------------------------------------------- patchwork
+
+
+class Patchwork(_Api):
+    def __init__(self, url: str, token: str | None = None, timeout: float = 30):
+        _, tok = _token(token, ["PATCHWORK_TOKEN"], "patchwork")
+        super().__init__(url, {"Authorization": f"Token {tok}", "Accept": "application/json"}, tok, timeout)
+
+    def _checks_url(self, patch_id: int) -> str:
+        return f"{self.base}/api/1.2/patches/{int(patch_id)}/checks/"
+
+    def checks(self, patch_id: int) -> list[dict]:
+        return self.get_all(self._checks_url(patch_id))
+
+    def post_check(self, patch_id: int, check: Check) -> Posted:
+        target = f"patchwork patch {patch_id}"
+        mine = [c for c in self.checks(patch_id) if c.get("context") == check.context]
+        mine.sort(key=lambda c: (c.get("date") or "", c.get("id") or 0))
+        if mine:
+            last = mine[-1]
+            same = (last.get("state"), last.get("description") or "", last.get("target_url") or "") == (
+                check.state,
+                check.description,
+                check.target_url,
+            )
+            if same:
+                return Posted(target, check.context, check.state, False, "identical check exists")
+            if check.state == "pending" and any(c.get("state") != "pending" for c in mine):
+                return Posted(target, check.context, check.state, False, "finished check not moved back to pending")
+        body = {"state": check.state, "context": check.context, "description": check.description}
+        if check.target_url:
+            body["target_url"] = check.target_url
+        self.request("POST", self._checks_url(patch_id), json=body)
+        return Posted(target, check.context, check.state, True)
+
+
+def post_patchwork(
+    run: RunResult,
+    url: str,
+    patch_ids: list[int],
+    target_url: str = "",
+    token: str | None = None,
+    pending: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> list[Posted]:
+    """One check per patch and kernel."""
+    if not patch_ids:
+        raise PostError("patchwork: no patch ids to post checks to")
+    pw = Patchwork(url, token)
+    out = []
+    for pid in patch_ids:
+        for check in checks_for(run, target_url, pending):
+            p = pw.post_check(pid, check)
+            out.append(p)
+            if progress:
+                progress(
+                    f"patchwork {pid} {check.context}: {check.state}" + ("" if p.sent else f" (not sent: {p.reason})")
+                )
+    return out
+
+
+# ------------------------------------------------------------------- gitlab
+
+
+class GitLab(_Api):
+    def __init__(self, url: str, token: str | None = None, timeout: float = 30):
+        name, tok = _token(token, ["GITLAB_TOKEN", "CI_JOB_TOKEN"], "gitlab")
+        header = "JOB-TOKEN" if name == "CI_JOB_TOKEN" else "PRIVATE-TOKEN"
+        base = url.rstrip("/")
+        if base.endswith("/api/v4"):
+            base = base[: -len("/api/v4")]
+        super().__init__(base, {header: tok, "Accept": "application/json"}, tok, timeout)
+
+    @staticmethod
+    def _project(project: str | int) -> str:
+        return urllib.parse.quote(str(project), safe="")
+
+    def statuses(self, project: str | int, sha: str, name: str) -> list[dict]:
+        url = f"{self.base}/api/v4/projects/{self._project(project)}/repository/commits/{sha}/statuses"
+        return self.get_all(url, params={"name": name, "all": "true", "per_page": 100})
+
+    def post_status(self, project: str | int, sha: str, check: Check, ref: str = "") -> Posted:
+        state = GITLAB_STATE[check.state]
+        desc = (
+            check.description
+            if check.state != "warning" or check.description.startswith("warning")
+            else f"warning: {check.description}"
+        )
+        desc = desc[:DESCRIPTION_MAX]
+        target = f"gitlab {project}@{sha[:12]}"
+        mine = [s for s in self.statuses(project, sha, check.context) if s.get("name") == check.context]
+        mine.sort(key=lambda s: s.get("id") or 0)
+        if mine:
+            last = mine[-1]
+            if (last.get("status"), last.get("description") or "", last.get("target_url") or "") == (
+                state,
+                desc,
+                check.target_url,
+            ):
+                return Posted(target, check.context, state, False, "identical status exists")
+            if state == "pending" and any(s.get("status") not in ("pending", "running", "created") for s in mine):
+                return Posted(target, check.context, state, False, "finished status not moved back to pending")
+        body = {"state": state, "name": check.context, "description": desc}
+        if check.target_url:
+            body["target_url"] = check.target_url
+        if ref:
+            body["ref"] = ref
+        self.request("POST", f"{self.base}/api/v4/projects/{self._project(project)}/statuses/{sha}", json=body)
+        return Posted(target, check.context, state, True)
+
+
+def post_gitlab(
+    run: RunResult,
+    url: str,
+    project: str | int,
+    sha: str,
+    target_url: str = "",
+    token: str | None = None,
+    ref: str = "",
+    pending: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> list[Posted]:
+    """One commit status per kernel on `sha`."""
+    if not sha:
+        raise PostError("gitlab: no commit sha to post statuses to")
+    gl = GitLab(url, token)
+    out = []
+    for check in checks_for(run, target_url, pending):
+        p = gl.post_status(project, sha, check, ref=ref)
+        out.append(p)
+        if progress:
+            progress(f"gitlab {check.context}: {p.state}" + ("" if p.sent else f" (not sent: {p.reason})"))
+    return out
