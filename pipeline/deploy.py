@@ -1,0 +1,304 @@
+"""Deploy stage: preflight a Xen host, swap xen-pciback for the built module, restore the original.
+
+While the host runs a module of ours a marker file (MARKER) records what was
+loaded before, so a later run can put the host back even after a crash. The
+installed module under /lib/modules is never touched: the new module is loaded
+with insmod from a staging directory, the stock one comes back with modprobe.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .errors import HostError
+from .host import Host
+from .results import BuildResult, DeployResult, now_iso
+
+MARKER_DIR = "/run/pciback-verify"
+MARKER = f"{MARKER_DIR}/modified.json"
+STAGING = "/var/tmp/pciback-verify"
+SYS_MODULE = "/sys/module/xen_pciback"
+PCIBACK_BE = "/local/domain/0/backend/pci"
+
+Progress = Callable[[str], None]
+
+
+def _noprogress(msg: str) -> None:
+    pass
+
+
+def vermagic_release(vermagic: str) -> str:
+    """The kernel release of a module's vermagic string ('6.1.0-50-amd64 SMP preempt ...' -> '6.1.0-50-amd64')."""
+    parts = vermagic.split()
+    return parts[0] if parts else ""
+
+
+# ------------------------------------------------------------------ host state
+
+
+def is_loaded(host: Host) -> bool:
+    """xen_pciback is loaded as a module (initstate exists only for modules)."""
+    return host.exists(f"{SYS_MODULE}/initstate")
+
+
+def loaded_srcversion(host: Host) -> str | None:
+    """srcversion of the loaded xen_pciback: None when not loaded, "" when it has none (stock Debian)."""
+    if not is_loaded(host):
+        return None
+    text = host.read_text(f"{SYS_MODULE}/srcversion")
+    return text.strip() if text is not None else ""
+
+
+def loaded_taint(host: Host) -> str:
+    return (host.read_text(f"{SYS_MODULE}/taint") or "").strip()
+
+
+def stock_srcversion(host: Host) -> str:
+    """srcversion of the module modprobe would load from /lib/modules ("" when it has none)."""
+    return host.out(["modinfo", "-F", "srcversion", "xen-pciback"])
+
+
+def loaded_state(host: Host) -> tuple[str, str]:
+    """("stock" | "none" | <srcversion> | "out-of-tree", srcversion) of what is loaded now.
+
+    Debian builds without CONFIG_MODULE_SRCVERSION_ALL, so the stock module has no srcversion:
+    stock is "srcversion equal to the stock file's and not tainted out-of-tree (O)".
+    """
+    cur = loaded_srcversion(host)
+    if cur is None:
+        return "none", ""
+    if "O" not in loaded_taint(host) and cur == stock_srcversion(host):
+        return "stock", cur
+    return (cur or "out-of-tree"), cur
+
+
+def is_stock_loaded(host: Host) -> bool:
+    return loaded_state(host)[0] == "stock"
+
+
+def assignable_devices(host: Host) -> list[str]:
+    """BDFs that pciback holds (`xl pci-assignable-list`)."""
+    rc, out, _ = host.run(["xl", "pci-assignable-list"], check=False, timeout=60)
+    if rc != 0:
+        return []
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def live_domids(host: Host) -> set[int]:
+    """Domain ids `xl list` shows (dom0 included)."""
+    out = host.out(["xl", "list"], timeout=60)
+    ids: set[int] = set()
+    for line in out.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 2 and fields[1].isdigit():
+            ids.add(int(fields[1]))
+    return ids
+
+
+def pci_backend_domids(host: Host) -> list[int]:
+    rc, out, _ = host.run(["xenstore-list", PCIBACK_BE], check=False, timeout=30)
+    if rc != 0:
+        return []
+    return [int(x) for x in out.split() if x.strip().isdigit()]
+
+
+def remove_stale_backends(host: Host) -> list[int]:
+    """Remove pci backend directories of domains that no longer exist; returns their ids."""
+    live = live_domids(host)
+    stale = [d for d in pci_backend_domids(host) if d not in live]
+    for d in stale:
+        host.run(["xenstore-rm", f"{PCIBACK_BE}/{d}"], check=False, timeout=30)
+    return stale
+
+
+def read_marker(host: Host) -> dict | None:
+    text = host.read_text(MARKER)
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+# ------------------------------------------------------------------ preflight
+
+
+def preflight(host: Host, build: BuildResult, max_vfs_needed: int) -> str | None:
+    """None when the host can take this module and run the tests, else the reason to skip it.
+
+    Never changes anything on the host.
+    """
+    name = host.name
+    if build.status != "ok" or not build.module:
+        return f"no module to deploy (build {build.status})"
+    if not Path(build.module).is_file():
+        return f"module file {build.module} missing"
+    try:
+        caps = host.read_text("/proc/xen/capabilities")
+        if caps is None or "control_d" not in caps:
+            return f"{name} is not a Xen dom0 (/proc/xen/capabilities has no control_d)"
+        rc, _, err = host.run(["xl", "info"], check=False, timeout=60)
+        if rc != 0:
+            return f"`xl info` failed on {name}: {err.strip().splitlines()[-1] if err.strip() else f'exit {rc}'}"
+        running = host.out(["uname", "-r"])
+        want = vermagic_release(build.vermagic) or build.kernel_release
+        if not want:
+            return "module vermagic unknown; cannot match it to the host's kernel"
+        if running != want:
+            return f"{name} runs kernel {running}, module built for {want}: not loaded"
+        if host.config.kernel_release and host.config.kernel_release != running:
+            return f"{name} runs kernel {running}, inventory expects {host.config.kernel_release}"
+        pf = f"/sys/bus/pci/devices/{host.config.pf_bdf}"
+        if not host.exists(pf):
+            return f"SR-IOV PF {host.config.pf_bdf} not present on {name}"
+        total = host.read_text(f"{pf}/sriov_totalvfs")
+        if total is None:
+            return f"{host.config.pf_bdf} on {name} is not SR-IOV capable (no sriov_totalvfs)"
+        if int(total.strip() or 0) < max_vfs_needed:
+            return f"PF {host.config.pf_bdf} on {name} offers {total.strip()} VFs, tests need {max_vfs_needed}"
+        live = live_domids(host)
+        busy = [d for d in pci_backend_domids(host) if d in live and d != 0]
+        if busy:
+            return f"domain(s) {', '.join(map(str, busy))} on {name} use pciback; refusing to swap the module"
+    except HostError as e:
+        return e.message
+    return None
+
+
+# ------------------------------------------------------------------ deploy / restore
+
+
+def _load_original(host: Host, original: str, progress: Progress) -> None:
+    """Load what `original` names ("stock", "none" or an srcversion staged by an earlier deploy)."""
+    if loaded_srcversion(host) is not None:
+        host.run(["rmmod", "xen_pciback"], timeout=120)
+    if original == "none":
+        return
+    if original not in ("stock", "out-of-tree"):
+        ko = f"{STAGING}/{original}/xen-pciback.ko"
+        if host.exists(ko):
+            host.run(["insmod", ko], timeout=120)
+            return
+        progress(f"{host.name}: original module {original} not available, loading the stock one")
+    host.run(["modprobe", "xen-pciback"], timeout=120)
+
+
+def _readd(host: Host, bdfs: list[str]) -> list[str]:
+    failed = []
+    for bdf in bdfs:
+        rc, _, _ = host.run(["xl", "pci-assignable-add", bdf], check=False, timeout=120)
+        if rc != 0:
+            failed.append(bdf)
+    return failed
+
+
+def _release(host: Host) -> list[str]:
+    held = assignable_devices(host)
+    for bdf in held:
+        host.run(["xl", "pci-assignable-remove", bdf], timeout=120)
+    return held
+
+
+def deploy(host: Host, module_path: Path, srcversion: str, progress: Progress = _noprogress) -> DeployResult:
+    """Load `module_path` as xen_pciback on the host; on any failure put back what was loaded before."""
+    t0 = time.monotonic()
+    res = DeployResult(host=host.name)
+    held: list[str] = []
+    touched = False
+    if not srcversion:
+        res.status = "failed"
+        res.detail = (
+            "module has no srcversion: build it with CONFIG_MODULE_SRCVERSION_ALL=y, else the load cannot be verified"
+        )
+        return res
+    try:
+        marker = read_marker(host)
+        if marker and marker.get("original"):
+            # an earlier run left the host modified: what it found is the real original
+            res.original = marker["original"]
+            progress(f"{host.name}: marker of an earlier deploy found; original module was {res.original}")
+        else:
+            res.original, _ = loaded_state(host)
+        progress(f"{host.name}: loaded now: {res.original}; uploading module {srcversion}")
+        stage_dir = f"{STAGING}/{srcversion}"
+        host.mkdir_p(stage_dir)
+        staged = f"{stage_dir}/xen-pciback.ko"
+        host.put(module_path, staged)
+        staged_src = host.out(["modinfo", "-F", "srcversion", staged])
+        if staged_src != srcversion:
+            raise HostError(f"uploaded module has srcversion {staged_src}, expected {srcversion}")
+        host.mkdir_p(MARKER_DIR)
+        host.write_text(
+            MARKER,
+            json.dumps({"original": res.original, "deployed": srcversion, "module": staged, "since": now_iso()}) + "\n",
+        )
+        touched = True
+        held = _release(host)
+        if held:
+            progress(f"{host.name}: released {', '.join(held)} from pciback")
+        if loaded_srcversion(host) is not None:
+            host.run(["rmmod", "xen_pciback"], timeout=120)
+        progress(f"{host.name}: insmod {staged}")
+        host.run(["insmod", staged], timeout=120)
+        now = loaded_srcversion(host)
+        res.srcversion = now or ""
+        if now != srcversion:
+            raise HostError(f"/sys/module/xen_pciback/srcversion is {now or 'absent'}, built {srcversion}")
+        failed = _readd(host, held)
+        if failed:
+            raise HostError(f"could not make {', '.join(failed)} assignable again")
+        res.status = "ok"
+        res.detail = f"xen_pciback {srcversion} loaded (was {res.original})"
+        progress(f"{host.name}: {res.detail}")
+    except HostError as e:
+        res.status = "failed"
+        res.detail = e.message
+        progress(f"{host.name}: deploy failed: {e.message}; restoring {res.original or 'original'}")
+        if not touched:
+            res.restored = True  # nothing was changed on the host
+        else:
+            try:
+                _restore_module(host, res.original or "stock", progress, held)
+                res.restored = True
+            except HostError as e2:
+                res.detail += f"; restore failed too: {e2.message}"
+    res.duration_s = round(time.monotonic() - t0, 2)
+    return res
+
+
+def _restore_module(host: Host, original: str, progress: Progress, held: list[str] | None = None) -> None:
+    now_held = _release(host) if loaded_srcversion(host) is not None else []
+    _load_original(host, original, progress)
+    readd = list(dict.fromkeys((held or []) + now_held))
+    if original != "none":
+        failed = _readd(host, readd)
+        if failed:
+            progress(f"{host.name}: could not make {', '.join(failed)} assignable again")
+    # verify
+    cur = loaded_srcversion(host)
+    if original == "none":
+        if cur is not None:
+            raise HostError(f"xen_pciback still loaded ({cur}) after restore")
+    elif original == "stock":
+        if not is_stock_loaded(host):
+            raise HostError(
+                f"after restore xen_pciback is not the stock module (srcversion {cur!r}, taint {loaded_taint(host)!r})"
+            )
+    elif cur != original:
+        progress(f"{host.name}: original {original} could not be reloaded; {cur} is loaded")
+    host.run(["rm", "-f", MARKER], check=False)
+
+
+def restore(host: Host, deploy: DeployResult, progress: Progress = _noprogress) -> None:
+    """Put the module that was loaded before `deploy` back; idempotent."""
+    if deploy.status in ("ok", "failed") and not deploy.restored:
+        original = deploy.original or "stock"
+        progress(f"{host.name}: restoring xen_pciback ({original})")
+        _restore_module(host, original, progress)
+        deploy.restored = True
+        cur = loaded_srcversion(host)
+        progress(f"{host.name}: xen_pciback back to {original} (srcversion {cur or 'not loaded'})")

@@ -1,0 +1,215 @@
+"""SSH access to a Xen host from its inventory entry, with strict host-key checking.
+
+Commands are argument lists; the remote side runs them through the login shell,
+so every argument is quoted with `shlex.join` — no shell string is ever built
+from data. Host keys are checked against the host's known_hosts file
+(paramiko's RejectPolicy): an unknown or changed key is an error, never added.
+"""
+
+from __future__ import annotations
+
+import shlex
+import threading
+import time
+from pathlib import Path
+
+import paramiko
+
+from .config import HostConfig
+from .errors import HostError
+
+_LOCKS: dict[str, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def host_lock(name: str) -> threading.Lock:
+    """One lock per host name: deploy+test on a host must not interleave between kernels."""
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(name, threading.Lock())
+
+
+class Host:
+    """One SSH connection to a host; `run` executes an argument list and returns (rc, out, err)."""
+
+    def __init__(self, config: HostConfig, connect_timeout: float = 15.0):
+        self.config = config
+        self.name = config.name
+        self.connect_timeout = connect_timeout
+        self._client: paramiko.SSHClient | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+
+    # ------------------------------------------------------------ connection
+
+    def connect(self) -> Host:
+        if self._client is not None:
+            transport = self._client.get_transport()
+            if transport is not None and transport.is_active():
+                return self
+            self.close()
+        cfg = self.config
+        if not cfg.known_hosts or not Path(cfg.known_hosts).expanduser().is_file():
+            raise HostError(
+                f"host {cfg.name}: known_hosts file {cfg.known_hosts or '(not set)'} missing; host keys are always checked"
+            )
+        client = paramiko.SSHClient()
+        client.load_host_keys(str(Path(cfg.known_hosts).expanduser()))
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        kwargs: dict = dict(
+            hostname=cfg.address,
+            port=cfg.port,
+            username=cfg.user,
+            timeout=self.connect_timeout,
+            banner_timeout=self.connect_timeout,
+            auth_timeout=self.connect_timeout,
+            allow_agent=False,
+            look_for_keys=False,
+        )
+        if cfg.key:
+            kwargs["key_filename"] = str(Path(cfg.key).expanduser())
+        try:
+            client.connect(**kwargs)
+        except paramiko.BadHostKeyException as e:
+            client.close()
+            raise HostError(
+                f"host {cfg.name}: host key of {cfg.address}:{cfg.port} does not match {cfg.known_hosts}: {e}"
+            ) from None
+        except paramiko.SSHException as e:
+            client.close()
+            raise HostError(f"host {cfg.name}: ssh to {cfg.user}@{cfg.address}:{cfg.port} failed: {e}") from None
+        except OSError as e:
+            client.close()
+            raise HostError(f"host {cfg.name}: cannot reach {cfg.address}:{cfg.port}: {e}") from None
+        transport = client.get_transport()
+        if transport is not None:
+            transport.set_keepalive(15)
+        self._client = client
+        return self
+
+    def close(self) -> None:
+        if self._sftp is not None:
+            try:
+                self._sftp.close()
+            except Exception:  # noqa: BLE001 - closing a dead channel
+                pass
+            self._sftp = None
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def __enter__(self) -> Host:
+        return self.connect()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ commands
+
+    def run(
+        self,
+        argv: list[str],
+        timeout: float = 60.0,
+        check: bool = True,
+        stdin: str | None = None,
+    ) -> tuple[int, str, str]:
+        """Run argv on the host. rc 124 on timeout (when check is False); HostError when check and rc != 0."""
+        if not argv or not all(isinstance(a, str) for a in argv):
+            raise TypeError(f"argv must be a non-empty list of str, got {argv!r}")
+        self.connect()
+        assert self._client is not None
+        command = shlex.join(argv)
+        transport = self._client.get_transport()
+        if transport is None:
+            raise HostError(f"host {self.name}: ssh connection lost")
+        try:
+            chan = transport.open_session(timeout=self.connect_timeout)
+            chan.settimeout(1.0)
+            chan.exec_command(command)
+            if stdin is not None:
+                chan.sendall(stdin.encode())
+            chan.shutdown_write()
+        except (paramiko.SSHException, OSError) as e:
+            raise HostError(f"host {self.name}: cannot run {argv[0]}: {e}") from None
+        out, err = bytearray(), bytearray()
+        deadline = time.monotonic() + timeout
+        timed_out = False
+        while True:
+            progressed = False
+            while chan.recv_ready():
+                out += chan.recv(65536)
+                progressed = True
+            while chan.recv_stderr_ready():
+                err += chan.recv_stderr(65536)
+                progressed = True
+            if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+                break
+            if time.monotonic() > deadline:
+                timed_out = True
+                break
+            if not progressed:
+                time.sleep(0.05)
+        rc = 124 if timed_out else chan.recv_exit_status()
+        chan.close()
+        sout, serr = out.decode(errors="replace"), err.decode(errors="replace")
+        if check and (timed_out or rc != 0):
+            what = f"timed out after {timeout:.0f} s" if timed_out else f"exited {rc}"
+            detail = (serr.strip() or sout.strip()).splitlines()
+            raise HostError(f"host {self.name}: `{command}` {what}" + (f": {detail[-1]}" if detail else ""))
+        return rc, sout, serr
+
+    def out(self, argv: list[str], timeout: float = 60.0) -> str:
+        """stdout of a command that must succeed, stripped."""
+        return self.run(argv, timeout=timeout, check=True)[1].strip()
+
+    # ------------------------------------------------------------ files
+
+    def sftp(self) -> paramiko.SFTPClient:
+        self.connect()
+        assert self._client is not None
+        if self._sftp is None:
+            self._sftp = self._client.open_sftp()
+        return self._sftp
+
+    def put(self, local: Path | str, remote: str) -> None:
+        try:
+            self.sftp().put(str(local), remote)
+        except (OSError, paramiko.SSHException) as e:
+            raise HostError(f"host {self.name}: upload of {local} to {remote} failed: {e}") from None
+
+    def get(self, remote: str, local: Path | str) -> None:
+        try:
+            self.sftp().get(remote, str(local))
+        except (OSError, paramiko.SSHException) as e:
+            raise HostError(f"host {self.name}: download of {remote} failed: {e}") from None
+
+    def read_text(self, remote: str) -> str | None:
+        """Contents of a remote file, None if it does not exist."""
+        try:
+            with self.sftp().open(remote, "r") as fh:
+                return fh.read().decode(errors="replace")
+        except FileNotFoundError:
+            return None
+        except (OSError, paramiko.SSHException) as e:
+            raise HostError(f"host {self.name}: cannot read {remote}: {e}") from None
+
+    def write_text(self, remote: str, text: str) -> None:
+        try:
+            with self.sftp().open(remote, "w") as fh:
+                fh.write(text.encode())
+        except (OSError, paramiko.SSHException) as e:
+            raise HostError(f"host {self.name}: cannot write {remote}: {e}") from None
+
+    def write_sysfs(self, path: str, value: str) -> None:
+        """Write a value to a sysfs/proc file (through `tee`, the value on stdin)."""
+        self.run(["tee", path], stdin=f"{value}\n", timeout=120)
+
+    def exists(self, remote: str) -> bool:
+        try:
+            self.sftp().stat(remote)
+            return True
+        except FileNotFoundError:
+            return False
+        except (OSError, paramiko.SSHException) as e:
+            raise HostError(f"host {self.name}: cannot stat {remote}: {e}") from None
+
+    def mkdir_p(self, remote: str) -> None:
+        self.run(["mkdir", "-p", remote])

@@ -1,0 +1,482 @@
+"""Test stage: VF visibility in a PV guest (vf-boot-N, vf-hotplug) on a Xen host.
+
+Each test creates VFs on the host's SR-IOV PF, makes them assignable, starts a
+PV guest (xl config rendered from templates/xl-guest.cfg.j2) and reads two
+things: the guest's own PVLAB_MARKER line from its console log (count and
+BDFs it sees) and what pciback published in xenstore under
+/local/domain/0/backend/pci/<domid>/0 — read BEFORE teardown, because with
+the bug pcifront finds the missing devices late, while the domain dies.
+Teardown always runs: domain destroyed, stale backend dirs of dead domains
+removed, VFs made non-assignable, sriov_numvfs back to its starting value.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jinja2
+
+from . import TEMPLATES
+from .config import Settings
+from .deploy import PCIBACK_BE, remove_stale_backends
+from .errors import HostError
+from .host import Host
+from .results import TestResult
+
+Progress = Callable[[str], None]
+
+CONSOLE_DIR = "/var/log/xen/console"
+WORK_DIR = "/run/pciback-verify"
+MARKER_RE = re.compile(r"PVLAB_MARKER seq=(\d+) count=(\d+) bdfs=(\S*)")
+BACKEND_KEY_RE = re.compile(r"^(num_devs|state|root_num|(?:state|dev|vdev|vdevfn|opts)-\d+)$")
+XENBUS_INITIALISED = 3
+MARKER_TIMEOUT_S = 90.0  # the guest reports by 20 s after pcifront loads; TCG boots are slow
+
+
+def _noprogress(msg: str) -> None:
+    pass
+
+
+# ------------------------------------------------------------------ parsing (pure)
+
+
+@dataclass
+class Marker:
+    seq: int
+    count: int
+    bdfs: list[str]
+
+
+def parse_markers(console: str) -> list[Marker]:
+    """Every PVLAB_MARKER line of a guest console log, in order (timestamps and \\r tolerated)."""
+    out = []
+    for m in MARKER_RE.finditer(console):
+        bdfs = [b for b in m.group(3).split(",") if b]
+        out.append(Marker(seq=int(m.group(1)), count=int(m.group(2)), bdfs=bdfs))
+    return out
+
+
+def parse_xenstore_ls(text: str, base: str) -> dict[str, str]:
+    """`xenstore-ls -f BASE` output -> {relative key: value} for the entries directly under BASE."""
+    base = base.rstrip("/") + "/"
+    result: dict[str, str] = {}
+    for line in text.splitlines():
+        path, sep, value = line.partition(" = ")
+        if not sep or not path.startswith(base):
+            continue
+        key = path[len(base) :]
+        if "/" in key:
+            continue
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            value = value[1:-1]
+        result[key] = value
+    return result
+
+
+def backend_summary(entries: dict[str, str]) -> dict[str, Any]:
+    """The backend keys the results carry; numbers as ints (num_devs, state, state-N)."""
+    out: dict[str, Any] = {}
+    for key in sorted(entries, key=_natural):
+        if not BACKEND_KEY_RE.match(key):
+            continue
+        val = entries[key]
+        if key in ("num_devs", "state", "root_num") or key.startswith("state-"):
+            try:
+                out[key] = int(val)
+                continue
+            except ValueError:
+                pass
+        out[key] = val
+    return out
+
+
+def _natural(key: str) -> tuple:
+    name, _, num = key.partition("-")
+    return (name, int(num) if num.isdigit() else -1)
+
+
+def dev_entries(backend: dict[str, Any]) -> int:
+    return sum(1 for k in backend if k.startswith("dev-"))
+
+
+def verdict(expected: int, marker: Marker | None, backend: dict[str, Any]) -> tuple[bool, str]:
+    """Pass iff the guest saw `expected` devices and every state-i (i < expected) is 3 (Initialised)."""
+    problems = []
+    if marker is None:
+        problems.append("guest printed no PVLAB_MARKER")
+    elif marker.count != expected:
+        problems.append(f"guest saw {marker.count} of {expected}")
+    bad = []
+    for i in range(expected):
+        st = backend.get(f"state-{i}")
+        if st != XENBUS_INITIALISED:
+            bad.append(f"state-{i}={st if st is not None else 'missing'}")
+    if bad:
+        problems.append(f"backend {' '.join(bad)} (want {XENBUS_INITIALISED})")
+    if problems:
+        return False, "; ".join(problems)
+    return True, f"guest saw {expected} of {expected}; backend state-0..{expected - 1} = {XENBUS_INITIALISED}"
+
+
+# ------------------------------------------------------------------ guest config
+
+
+def _xlstr(value: Any) -> str:
+    s = str(value)
+    if any(c in s for c in "\"\\\n\r'"):
+        raise ValueError(f"refusing to put {s!r} into an xl config string")
+    return f'"{s}"'
+
+
+_ENV = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True,
+    autoescape=False,  # noqa: S701 - xl config, values go through the xlstr filter
+)
+_ENV.filters["xlstr"] = _xlstr
+
+
+def render_guest_config(
+    name: str, kernel: str, ramdisk: str, pci: list[str], expect: int, test: str, memory: int = 256
+) -> str:
+    return _ENV.get_template("xl-guest.cfg.j2").render(
+        name=name, kernel=kernel, ramdisk=ramdisk, pci=pci, expect=expect, test=test, memory=memory
+    )
+
+
+@dataclass
+class GuestImage:
+    """Guest kernel and initramfs, as paths inside the host's dom0."""
+
+    kernel: str
+    ramdisk: str
+
+
+def default_guest(host: Host, settings: Settings | None) -> GuestImage:
+    """The lab's guest files when the host is the lab, else the dom0 kernel and the staged initramfs."""
+    if host.config.lab and settings is not None:
+        from . import lab
+
+        files = lab.guest_files(settings)
+        return GuestImage(kernel=files.kernel, ramdisk=files.initrd)
+    release = host.out(["uname", "-r"])
+    return GuestImage(kernel=f"/boot/vmlinuz-{release}", ramdisk="/var/lib/pciback-verify/guest-initrd.gz")
+
+
+# ------------------------------------------------------------------ host steps
+
+
+class VfPool:
+    """N VFs on the PF, assignable to guests; restores numvfs/assignability on exit."""
+
+    def __init__(self, host: Host, n: int, progress: Progress = _noprogress):
+        self.host = host
+        self.n = n
+        self.progress = progress
+        self.pf = f"/sys/bus/pci/devices/{host.config.pf_bdf}"
+        self.start_numvfs = 0
+        self.start_assignable: list[str] = []
+        self.autoprobe_was = "1"
+        self.bdfs: list[str] = []
+        self.added: list[str] = []
+        self.changed_numvfs = False
+
+    def _numvfs(self) -> int:
+        return int((self.host.read_text(f"{self.pf}/sriov_numvfs") or "0").strip() or 0)
+
+    def _vf_bdfs(self, count: int) -> list[str]:
+        out = []
+        for i in range(count):
+            target = self.host.out(["readlink", f"{self.pf}/virtfn{i}"])
+            out.append(target.rsplit("/", 1)[-1])
+        return out
+
+    def _assignable(self) -> list[str]:
+        from .deploy import assignable_devices
+
+        return assignable_devices(self.host)
+
+    def __enter__(self) -> VfPool:
+        try:
+            self.setup()
+        except BaseException:
+            self.teardown()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.teardown()
+
+    def setup(self) -> None:
+        h = self.host
+        h.run(["modprobe", "nvme"], timeout=120)
+        if h.read_text("/sys/module/xen_pciback/srcversion") is None:
+            raise HostError("xen_pciback is not loaded")
+        deadline = time.monotonic() + 60
+        while not h.exists(f"{self.pf}/driver"):
+            if time.monotonic() > deadline:
+                raise HostError(f"PF {h.config.pf_bdf} has no driver after 60 s (nvme)")
+            time.sleep(1)
+        self.autoprobe_was = (h.read_text(f"{self.pf}/sriov_drivers_autoprobe") or "1").strip()
+        if self.autoprobe_was != "1":
+            h.write_sysfs(f"{self.pf}/sriov_drivers_autoprobe", "1")  # else pciback binding fails (ENODEV)
+        self.start_numvfs = self._numvfs()
+        self.start_assignable = self._assignable()
+        if self.start_numvfs != self.n:
+            if self.start_numvfs:
+                for bdf in self._vf_bdfs(self.start_numvfs):
+                    if bdf in self.start_assignable or _short(bdf) in self.start_assignable:
+                        h.run(["xl", "pci-assignable-remove", bdf], check=False, timeout=120)
+                h.write_sysfs(f"{self.pf}/sriov_numvfs", "0")
+            self.changed_numvfs = True
+            self.progress(f"{h.name}: creating {self.n} VF(s) on {h.config.pf_bdf}")
+            h.write_sysfs(f"{self.pf}/sriov_numvfs", str(self.n))
+        self.bdfs = self._vf_bdfs(self.n)
+        held = set(self._assignable())
+        for bdf in self.bdfs:
+            if bdf in held or _short(bdf) in held:
+                continue
+            h.run(["xl", "pci-assignable-add", bdf], timeout=120)
+            self.added.append(bdf)
+
+    def teardown(self) -> None:
+        h = self.host
+        errors = []
+        for bdf in reversed(self.added):
+            rc, _, err = h.run(["xl", "pci-assignable-remove", bdf], check=False, timeout=120)
+            if rc:
+                errors.append(f"pci-assignable-remove {bdf}: {err.strip()}")
+        self.added = []
+        try:
+            if self.changed_numvfs:
+                h.write_sysfs(f"{self.pf}/sriov_numvfs", "0")
+                if self.start_numvfs:
+                    h.write_sysfs(f"{self.pf}/sriov_numvfs", str(self.start_numvfs))
+                    for bdf in self._vf_bdfs(self.start_numvfs):
+                        if bdf in self.start_assignable or _short(bdf) in self.start_assignable:
+                            h.run(["xl", "pci-assignable-add", bdf], check=False, timeout=120)
+                self.changed_numvfs = False
+            if self.autoprobe_was != "1":
+                h.write_sysfs(f"{self.pf}/sriov_drivers_autoprobe", self.autoprobe_was)
+        except HostError as e:
+            errors.append(e.message)
+        if errors:
+            raise HostError(f"{h.name}: VF teardown: {'; '.join(errors)}")
+
+
+def _short(bdf: str) -> str:
+    return bdf[5:] if bdf.startswith("0000:") else bdf
+
+
+class Guest:
+    """A PV test guest; destroyed on exit whatever happened."""
+
+    def __init__(self, host: Host, name: str, image: GuestImage, pci: list[str], expect: int, test: str):
+        self.host = host
+        self.name = name
+        self.image = image
+        self.pci = pci
+        self.expect = expect
+        self.test = test
+        self.domid: int | None = None
+        self.console = f"{CONSOLE_DIR}/guest-{name}.log"
+        self.cfg = f"{WORK_DIR}/{name}.cfg"
+
+    def create(self) -> int:
+        h = self.host
+        destroy_domain(h, self.name)
+        remove_stale_backends(h)
+        h.mkdir_p(WORK_DIR)
+        h.mkdir_p(CONSOLE_DIR)
+        h.write_text(
+            self.cfg,
+            render_guest_config(self.name, self.image.kernel, self.image.ramdisk, self.pci, self.expect, self.test),
+        )
+        h.run(["rm", "-f", self.console])
+        h.run(["xl", "create", self.cfg], timeout=180)
+        self.domid = int(h.out(["xl", "domid", self.name]))
+        return self.domid
+
+    def markers(self) -> list[Marker]:
+        return parse_markers(self.host.read_text(self.console) or "")
+
+    def wait_marker(
+        self, after_seq: int = 0, count: int | None = None, timeout: float = MARKER_TIMEOUT_S
+    ) -> Marker | None:
+        """First marker with seq > after_seq (and the given count, if any); the last one seen on timeout."""
+        deadline = time.monotonic() + timeout
+        last = None
+        while True:
+            for m in self.markers():
+                if m.seq <= after_seq:
+                    continue
+                last = m
+                if count is None or m.count == count:
+                    return m
+            if time.monotonic() > deadline:
+                return last if count is None else None
+            time.sleep(1.0)
+
+    def backend(self) -> dict[str, Any]:
+        base = f"{PCIBACK_BE}/{self.domid}/0"
+        rc, out, _ = self.host.run(["xenstore-ls", "-f", base], check=False, timeout=30)
+        return backend_summary(parse_xenstore_ls(out, base)) if rc == 0 else {}
+
+    def __enter__(self) -> Guest:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        destroy_domain(self.host, self.name)
+        remove_stale_backends(self.host)
+        self.host.run(["rm", "-f", self.cfg], check=False)
+
+
+def destroy_domain(host: Host, name: str, timeout: float = 60.0) -> None:
+    rc, _, _ = host.run(["xl", "domid", name], check=False, timeout=30)
+    if rc != 0:
+        return
+    host.run(["xl", "destroy", name], check=False, timeout=120)
+    deadline = time.monotonic() + timeout
+    while host.run(["xl", "domid", name], check=False, timeout=30)[0] == 0:
+        if time.monotonic() > deadline:
+            raise HostError(f"{host.name}: domain {name} still exists {timeout:.0f} s after xl destroy")
+        time.sleep(0.5)
+
+
+# ------------------------------------------------------------------ tests
+
+
+def vf_boot(host: Host, n: int, module_label: str, image: GuestImage, progress: Progress = _noprogress) -> TestResult:
+    """Guest created with N VFs in pci=[...]; pass iff it sees N and every state-i is 3."""
+    name = f"vf-boot-{n}"
+    res = TestResult(name=name, host=host.name, module=module_label, expected=n)
+    t0 = time.monotonic()
+    try:
+        with VfPool(host, n, progress) as pool:
+            with Guest(host, f"pvtest-{name}", image, pool.bdfs, n, name) as guest:
+                progress(f"{host.name}: {name} [{module_label}]: xl create with {', '.join(pool.bdfs)}")
+                t_create = time.monotonic()
+                domid = guest.create()
+                marker = guest.wait_marker()
+                res.metrics["marker_s"] = round(time.monotonic() - t_create, 1)
+                res.backend = guest.backend()  # before teardown: late devices appear while dying
+                res.metrics["domid"] = domid
+                res.metrics["host_bdfs"] = pool.bdfs
+                if marker is not None:
+                    res.seen = marker.count
+                    res.seen_bdfs = marker.bdfs
+                res.passed, res.reason = verdict(n, marker, res.backend)
+    except HostError as e:
+        res.passed = False
+        res.reason = (res.reason + "; " if res.reason else "") + f"error: {e.message}"
+    res.duration_s = round(time.monotonic() - t0, 1)
+    progress(f"{host.name}: {name} [{module_label}]: {'PASS' if res.passed else 'FAIL'}: {res.reason}")
+    return res
+
+
+def vf_hotplug(
+    host: Host, n: int, cycles: int, module_label: str, image: GuestImage, progress: Progress = _noprogress
+) -> TestResult:
+    """Guest with 1 VF, the others attached one by one, then `cycles` detach/attach cycles of the last one."""
+    name = "vf-hotplug"
+    res = TestResult(name=name, host=host.name, module=module_label, expected=n)
+    t0 = time.monotonic()
+    steps: list[dict[str, Any]] = []
+    failures: list[str] = []
+    try:
+        with VfPool(host, n, progress) as pool:
+            vfs = pool.bdfs
+            with Guest(host, f"pvtest-{name}", image, vfs[:1], 1, name) as guest:
+                progress(f"{host.name}: {name} [{module_label}]: xl create with {vfs[0]}")
+                guest.create()
+                seq = 0
+
+                def step(label: str, want: int) -> None:
+                    nonlocal seq
+                    m = guest.wait_marker(after_seq=seq, count=want)
+                    be = guest.backend()
+                    entry = {
+                        "step": label,
+                        "want": want,
+                        "seen": m.count if m else None,
+                        "num_devs": be.get("num_devs"),
+                        "dev_entries": dev_entries(be),
+                    }
+                    steps.append(entry)
+                    if m is None:
+                        latest = guest.markers()
+                        got = latest[-1].count if latest else "nothing"
+                        failures.append(f"{label}: guest did not report {want} (last report: {got})")
+                        if latest:
+                            seq = latest[-1].seq
+                    else:
+                        seq = m.seq
+                        res.seen = m.count
+                        res.seen_bdfs = m.bdfs
+                    progress(f"{host.name}: {name}: {label}: seen {entry['seen']}/{want}, num_devs {entry['num_devs']}")
+
+                step("boot", 1)
+                for k, bdf in enumerate(vfs[1:], start=2):
+                    host.run(["xl", "pci-attach", guest.name, bdf], timeout=180)
+                    step(f"attach {bdf}", k)
+                for c in range(1, cycles + 1):
+                    last = vfs[-1]
+                    host.run(["xl", "pci-detach", guest.name, last], timeout=180)
+                    step(f"cycle {c}: detach {last}", n - 1)
+                    host.run(["xl", "pci-attach", guest.name, last], timeout=180)
+                    step(f"cycle {c}: attach {last}", n)
+                res.backend = guest.backend()
+    except HostError as e:
+        failures.append(f"error: {e.message}")
+    res.metrics["steps"] = steps
+    nd = [s["num_devs"] for s in steps if s["num_devs"] is not None]
+    de = [s["dev_entries"] for s in steps]
+    res.metrics["num_devs"] = nd
+    res.metrics["dev_entries"] = de
+    if nd and nd[-1] > n:
+        res.warnings.append(
+            f"num_devs grew to {nd[-1]} ({de[-1]} dev-N entries) for {n} devices after {cycles} detach/attach "
+            "cycle(s): leftover entries accumulate"
+        )
+    res.passed = not failures and len(steps) == n + 2 * cycles
+    res.reason = "; ".join(failures) if failures else f"guest saw the right count after all {len(steps)} steps"
+    res.duration_s = round(time.monotonic() - t0, 1)
+    progress(f"{host.name}: {name} [{module_label}]: {'PASS' if res.passed else 'FAIL'}: {res.reason}")
+    return res
+
+
+def run_vf_tests(
+    host: Host,
+    settings: Settings,
+    module_label: str,
+    progress: Progress = _noprogress,
+    image: GuestImage | None = None,
+    hotplug: bool = True,
+) -> list[TestResult]:
+    """vf-boot-N for each N in settings.vf_counts, then vf-hotplug (with the largest N, if >= 2)."""
+    image = image or default_guest(host, settings)
+    results = []
+    limit = host.config.max_vfs
+    for n in settings.vf_counts:
+        if n > limit:
+            results.append(
+                TestResult(
+                    name=f"vf-boot-{n}",
+                    host=host.name,
+                    module=module_label,
+                    expected=n,
+                    reason=f"skipped: host {host.name} offers {limit} VFs",
+                )
+            )
+            continue
+        results.append(vf_boot(host, n, module_label, image, progress))
+    n_hot = min(max(settings.vf_counts, default=0), limit)
+    if hotplug and n_hot >= 2:
+        results.append(vf_hotplug(host, n_hot, settings.hotplug_cycles, module_label, image, progress))
+    return results
