@@ -239,6 +239,191 @@ def lab_console(c, lines=40, follow=False):
 # ---- end lab ----
 
 
+# ---- report ----
+
+
+def _run_path(settings, run: str | None):
+    """A run directory: a path, a run id under the results root, or (default) the results root's `latest`."""
+    from pathlib import Path
+
+    from pipeline.errors import ConfigError
+
+    root = settings.path(settings.results_root)
+    candidates = [root / "latest"] if not run else [Path(run), root / run]
+    for p in candidates:
+        if (p / "results.json").is_file():
+            return p.resolve()
+    raise ConfigError(f"no results.json in {' or '.join(str(p) for p in candidates)}")
+
+
+@task(
+    help={
+        "run": "run directory or run id (default: latest)",
+        "compare": "compare this earlier run (e.g. the series' v1) with --run (default latest, e.g. v2) instead of re-rendering",
+    },
+    positional=[],  # Invoke has no optional positionals: RUN is --run/-r
+)
+@cli
+def report(c, run=None, compare=None):
+    """Re-render the reports of an earlier run (--run), or compare two: `invoke report --compare RUN_A --run RUN_B`."""
+    from pipeline.report import compare as compare_runs
+    from pipeline.report import format_table, write_reports
+    from pipeline.results import load_results
+
+    settings = _settings(c)
+    run_dir = _run_path(settings, run)
+    result = load_results(run_dir)
+    if compare:
+        print(compare_runs(load_results(_run_path(settings, compare)), result), end="")
+        return
+    for p in write_reports(result, run_dir):
+        _progress(f"wrote {p}")
+    print(format_table(result), end="")
+
+
+@task(
+    help={
+        "run": "run directory or run id (default: latest)",
+        "patchwork": "patchwork URL (default: $PATCHWORK_URL); token from $PATCHWORK_TOKEN",
+        "patch": "patchwork patch id to post checks on (repeatable)",
+        "series_id": "patchwork series id: post on each of its patches (default: $PATCHWORK_SERIES)",
+        "gitlab": "GitLab API URL (default: $CI_API_V4_URL); token from $GITLAB_TOKEN or $CI_JOB_TOKEN",
+        "project": "GitLab project id or path (default: $CI_PROJECT_ID)",
+        "sha": "commit to set statuses on (default: $CI_COMMIT_SHA)",
+        "target_url": "link of each check; {kernel} and {run_id} are substituted (default: $CI_JOB_URL)",
+        "pending": "post `pending` (verification started) instead of the results",
+    },
+    iterable=["patch"],
+    positional=[],
+)
+@cli
+def post(
+    c,
+    run=None,
+    patchwork=None,
+    patch=None,
+    series_id=None,
+    gitlab=None,
+    project=None,
+    sha=None,
+    target_url=None,
+    pending=False,
+):
+    """Post the run's per-kernel verdicts as patchwork checks and/or GitLab commit statuses."""
+    import os
+
+    from pipeline.intake import patchwork_series
+    from pipeline.post import PostError, post_gitlab, post_patchwork
+    from pipeline.results import load_results
+
+    settings = _settings(c)
+    result = load_results(_run_path(settings, run))
+    env = os.environ.get
+    target = target_url or env("CI_JOB_URL", "")
+    pw_url = patchwork or env("PATCHWORK_URL")
+    gl_url = gitlab or env("CI_API_V4_URL")
+    if not pw_url and not gl_url:
+        raise PostError("nothing to post to: give --patchwork/--gitlab or set PATCHWORK_URL / CI_API_V4_URL")
+    if pw_url:
+        ids = [int(p) for p in patch or []]
+        sid = series_id or env("PATCHWORK_SERIES")
+        if sid and not ids:
+            ids = [int(p["id"]) for p in patchwork_series(pw_url, int(sid)).get("patches", [])]
+        sent = post_patchwork(result, pw_url, ids, target_url=target, pending=pending, progress=_progress)
+        print(f"patchwork: {sum(p.sent for p in sent)} check(s) sent, {sum(not p.sent for p in sent)} unchanged")
+    if gl_url:
+        proj = project or env("CI_PROJECT_ID")
+        if not proj:
+            raise PostError("gitlab: no project; give --project or set CI_PROJECT_ID")
+        sent = post_gitlab(
+            result,
+            gl_url,
+            proj,
+            sha or env("CI_COMMIT_SHA", ""),
+            target_url=target,
+            ref=env("CI_COMMIT_REF_NAME", ""),
+            pending=pending,
+            progress=_progress,
+        )
+        print(f"gitlab: {sum(p.sent for p in sent)} status(es) sent, {sum(not p.sent for p in sent)} unchanged")
+
+
+@task(
+    help={
+        "msgid": "lore message-id of any patch of the series (b4 fetches the thread, picks the newest revision)",
+        "patchwork": "patchwork URL, with --series-id",
+        "series_id": "patchwork series id",
+        "out": "directory for the mbox (default: .cache/intake/<id>)",
+        "midmask": "b4.midmask for another public-inbox, e.g. https://lore.kernel.org/all/%s",
+    }
+)
+@cli
+def intake_fetch(c, msgid=None, patchwork=None, series_id=None, out=None, midmask=None):
+    """Fetch a series from lore (b4) or patchwork into an mbox; print its path for `invoke verify --series`."""
+    from pipeline.errors import SeriesError
+    from pipeline.intake import from_lore, from_patchwork
+
+    settings = _settings(c)
+    if msgid:
+        dest = settings.path(out or f"{settings.cache_dir}/intake/{msgid.strip('<>').replace('/', '_')}")
+        got = from_lore(msgid, dest, midmask=midmask)
+    elif patchwork and series_id:
+        got = from_patchwork(
+            patchwork, int(series_id), settings.path(out or f"{settings.cache_dir}/intake/pw-{int(series_id)}")
+        )
+    else:
+        raise SeriesError("give --msgid, or --patchwork with --series-id")
+    others = [f"v{r}" for r in got.revisions if r != got.revision]
+    _progress(f"{got.name}: v{got.revision}" + (f" (also in the thread: {', '.join(others)})" if others else ""))
+    print(got.mbox)
+
+
+@task(
+    help={
+        "patchwork": "patchwork URL (default: $PATCHWORK_URL)",
+        "project": "patchwork project link name (default: $PATCHWORK_PROJECT)",
+        "state": "file remembering verified revisions (default: .cache/ci-poll.json; keep it in the CI cache)",
+        "trigger": "start a GitLab pipeline per new revision (needs $CI_API_V4_URL, $CI_PROJECT_ID, a trigger token)",
+    }
+)
+@cli
+def ci_poll(c, patchwork=None, project=None, state=None, trigger=False):
+    """Find series revisions on patchwork not verified yet; print them (and start a pipeline for each) once."""
+    import json
+    import os
+
+    from pipeline.errors import ConfigError
+    from pipeline.intake import patchwork_new_series
+    from pipeline.post import trigger_pipeline
+    from pipeline.results import atomic_write_text
+
+    settings = _settings(c)
+    url = patchwork or os.environ.get("PATCHWORK_URL")
+    proj = project or os.environ.get("PATCHWORK_PROJECT")
+    if not url or not proj:
+        raise ConfigError("ci.poll: give --patchwork and --project (or PATCHWORK_URL, PATCHWORK_PROJECT)")
+    state_path = settings.path(state or f"{settings.cache_dir}/ci-poll.json")
+    seen = set(json.loads(state_path.read_text())) if state_path.is_file() else set()
+    for s in patchwork_new_series(url, proj, seen):
+        key = f"{s['id']}:v{s.get('version') or 1}"
+        if trigger:
+            pid = trigger_pipeline(
+                os.environ.get("CI_API_V4_URL", ""),
+                os.environ.get("CI_PROJECT_ID", ""),
+                os.environ.get("CI_DEFAULT_BRANCH", "main"),
+                {"PATCHWORK_SERIES": str(s["id"]), "PATCHWORK_URL": url},
+            )
+            _progress(f"series {key}: pipeline {pid}")
+        print(f"{s['id']} v{s.get('version') or 1} {s.get('name', '')}")
+        seen.add(key)
+        atomic_write_text(
+            state_path, json.dumps(sorted(seen), indent=1) + "\n"
+        )  # once per revision, even if a later one fails
+
+
+# ---- end report ----
+
+
 ns = Collection(verify, test)
 ns.add_collection(Collection("config", show=config_show))
 ns.add_collection(Collection("source", **{"import": source_import}))
@@ -246,3 +431,9 @@ ns.add_collection(Collection("series", show=series_show))
 ns.add_collection(
     Collection("lab", build=lab_build, up=lab_up, down=lab_down, status=lab_status, ssh=lab_ssh, console=lab_console)
 )
+# ---- report ----
+ns.add_task(report)
+ns.add_task(post)
+ns.add_collection(Collection("intake", fetch=intake_fetch))
+ns.add_collection(Collection("ci", poll=ci_poll))
+# ---- end report ----

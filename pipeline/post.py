@@ -258,3 +258,16 @@ def post_gitlab(
         if progress:
             progress(f"gitlab {check.context}: {p.state}" + ("" if p.sent else f" (not sent: {p.reason})"))
     return out
+
+
+def trigger_pipeline(url: str, project: str | int, ref: str, variables: dict[str, str], token: str | None = None) -> int:
+    """Start a GitLab pipeline on `ref` with variables (POST /projects/:id/trigger/pipeline); returns its id.
+
+    Token: a pipeline trigger token from CI_TRIGGER_TOKEN (or the job's CI_JOB_TOKEN, which GitLab accepts here).
+    """
+    _, tok = _token(token, ["CI_TRIGGER_TOKEN", "CI_JOB_TOKEN"], "gitlab trigger")
+    base = url.rstrip("/").removesuffix("/api/v4")
+    api = _Api(base, {}, tok, 30)
+    form = {"token": tok, "ref": ref, **{f"variables[{k}]": v for k, v in variables.items()}}
+    resp = api.request("POST", f"{base}/api/v4/projects/{GitLab._project(project)}/trigger/pipeline", data=form)
+    return int(resp.json().get("id") or 0)
