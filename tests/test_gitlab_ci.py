@@ -1,0 +1,57 @@
+from pathlib import Path
+
+import yaml
+
+CI = Path(__file__).resolve().parent.parent / ".gitlab-ci.yml"
+KEYWORDS = {
+    "default",
+    "include",
+    "stages",
+    "variables",
+    "workflow",
+    "image",
+    "services",
+    "cache",
+    "before_script",
+    "after_script",
+}
+
+
+def load():
+    return yaml.safe_load(CI.read_text())
+
+
+def jobs(ci):
+    return {k: v for k, v in ci.items() if k not in KEYWORDS and not k.startswith(".")}
+
+
+def test_loads_and_every_job_has_a_known_stage_and_script():
+    ci = load()
+    stages = ci["stages"]
+    assert stages[:2] == ["lint", "unit"] and stages[-1] == "report"
+    for name, job in jobs(ci).items():
+        assert job["stage"] in stages, name
+        assert job.get("script"), name
+
+
+def test_kernel_matrix_build_test_and_host_lock():
+    ci = load()
+    j = jobs(ci)
+    assert j["build"]["parallel"]["matrix"][0]["KERNEL"] == ["debian-6.1", "debian-6.1-prefix"]
+    assert j["test"]["resource_group"] and "xen-host" in j["test"]["tags"]
+    for name in ("build", "test"):
+        assert j[name]["artifacts"]["reports"]["junit"] == "runs/latest/junit.xml"
+        assert "runs/" in j[name]["artifacts"]["paths"]
+    assert any("invoke post" in line for line in j["report"]["script"])
+
+
+def test_matrix_kernels_exist_in_the_default_matrix():
+    cfg = yaml.safe_load((CI.parent / "invoke.yaml").read_text())
+    names = {k["name"] for k in cfg["pv"]["matrices"]["default"]}
+    assert set(load()["build"]["parallel"]["matrix"][0]["KERNEL"]) <= names
+
+
+def test_scheduled_poll_job():
+    j = jobs(load())
+    assert j["poll"]["rules"] == [{"if": '$CI_PIPELINE_SOURCE == "schedule"'}]
+    assert "invoke ci.poll --trigger" in j["poll"]["script"]
