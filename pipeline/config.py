@@ -93,7 +93,9 @@ class Settings:
         for k in self.kernels:
             if k.name == name:
                 return k
-        raise ConfigError(f"unknown kernel {name!r} in matrix {self.matrix!r}: have {', '.join(k.name for k in self.kernels)}")
+        raise ConfigError(
+            f"unknown kernel {name!r} in matrix {self.matrix!r}: have {', '.join(k.name for k in self.kernels)}"
+        )
 
 
 # ---------------------------------------------------------------- validation
@@ -219,7 +221,10 @@ def load_settings(config: Any = None, data: dict | None = None, matrix: str | No
                 validator.fail(f"{key}.build.mode", f"expected one of {', '.join(BUILD_MODES)}, got {k.build.mode!r}")
             for h in k.hosts:
                 if h not in settings.hosts:
-                    validator.fail(f"{key}.hosts", f"unknown host {h!r}; inventory has {', '.join(sorted(settings.hosts)) or 'none'}")
+                    validator.fail(
+                        f"{key}.hosts",
+                        f"unknown host {h!r}; inventory has {', '.join(sorted(settings.hosts)) or 'none'}",
+                    )
     if settings.jobs < 1:
         validator.fail("pv.jobs", f"expected an integer >= 1, got {settings.jobs}")
     return settings

@@ -58,9 +58,7 @@ def parse_subject(raw: str) -> tuple[str, int, int, int]:
 
 def patch_id(text: str) -> str:
     """`git patch-id --stable` of a patch: stable across line shifts and commit metadata."""
-    proc = subprocess.run(
-        ["git", "patch-id", "--stable"], input=text.encode(), capture_output=True, check=False
-    )
+    proc = subprocess.run(["git", "patch-id", "--stable"], input=text.encode(), capture_output=True, check=False)
     out = proc.stdout.decode().split()
     return out[0] if out else ""
 

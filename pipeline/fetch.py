@@ -1,0 +1,175 @@
+"""Fetch stage: one shared bare object cache for every kernel and run, a worktree per kernel per run.
+
+Refs are resolved with `git ls-remote` first, so an unknown ref or an unreachable
+remote fails fast with a clear message, and a ref whose commit the cache already
+holds is not fetched at all (a repeat run transfers no objects).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import re
+import subprocess
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlparse
+
+import git
+
+from .config import KernelConfig, Settings
+from .errors import FetchError
+from .results import FetchResult
+
+_SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+
+
+def cache_path(settings: Settings) -> Path:
+    return settings.path(settings.cache_dir) / "git" / "objects.git"
+
+
+def worktree_root(settings: Settings) -> Path:
+    return settings.path(settings.cache_dir) / "worktrees"
+
+
+def cache_repo(settings: Settings) -> git.Repo:
+    path = cache_path(settings)
+    if not (path / "HEAD").exists():
+        path.mkdir(parents=True, exist_ok=True)
+        repo = git.Repo.init(path, bare=True)
+        with repo.config_writer() as cw:
+            cw.set_value("gc", "auto", "0")  # never gc under a running fetch of another row
+        return repo
+    return git.Repo(path)
+
+
+def remote_url(settings: Settings, remote: str) -> str:
+    """URLs pass through; a local path becomes file:// so that --depth is honoured."""
+    parsed = urlparse(remote)
+    if parsed.scheme in ("http", "https", "git", "ssh", "file") or re.match(r"^[\w.-]+@[\w.-]+:", remote):
+        return remote
+    path = settings.path(remote)
+    if not path.exists():
+        raise FetchError(f"remote {remote!r}: no such path ({path})")
+    return path.resolve().as_uri()
+
+
+def _remote_name(url: str) -> str:
+    return "r-" + hashlib.sha1(url.encode()).hexdigest()[:12]
+
+
+@contextmanager
+def _cache_lock(settings: Settings):
+    """Fetches into the shared cache one at a time (shallow-file updates are not concurrent-safe)."""
+    lock = cache_path(settings).parent / "fetch.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def resolve_ref(url: str, ref: str, display: str) -> tuple[str, str]:
+    """(full ref name, commit) of `ref` on the remote, via ls-remote."""
+    if _SHA_RE.match(ref):
+        return ref, ref
+    cmd = ["git", "ls-remote", "--", url, ref, f"refs/heads/{ref}", f"refs/tags/{ref}", f"refs/tags/{ref}^{{}}"]
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}  # never wait for a password
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False, env=env)
+    if proc.returncode:
+        reason = (proc.stderr.strip().splitlines() or ["no answer"])[-1]
+        raise FetchError(f"remote {display!r} unreachable: {reason}")
+    found = {}
+    for line in proc.stdout.splitlines():
+        sha, _, name = line.partition("\t")
+        found[name] = sha
+    for name in (f"refs/heads/{ref}", f"refs/tags/{ref}^{{}}", f"refs/tags/{ref}", ref):
+        if name in found:
+            return name.removesuffix("^{}"), found[name]
+    raise FetchError(f"ref {ref!r} not found in remote {display!r}")
+
+
+def _object_count(repo: git.Repo) -> int:
+    stats = dict(line.split(": ", 1) for line in repo.git.count_objects("-v").splitlines() if ": " in line)
+    return int(stats.get("count", 0)) + int(stats.get("in-pack", 0))
+
+
+def _has_commit(repo: git.Repo, sha: str) -> bool:
+    try:
+        repo.git.cat_file("-e", f"{sha}^{{commit}}")
+        return True
+    except git.GitCommandError:
+        return False
+
+
+class _Progress(git.RemoteProgress):
+    """Print git's fetch progress at most every few seconds, only for fetches that take a moment."""
+
+    def __init__(self, label: str, progress):
+        super().__init__()
+        self.label, self.progress = label, progress
+        self.start = time.monotonic()
+        self.last = 0.0
+
+    def update(self, op_code, cur_count, max_count=None, message=""):
+        now = time.monotonic()
+        if now - self.start < 2 or now - self.last < 3:
+            return
+        self.last = now
+        stage = {
+            self.COUNTING: "counting",
+            self.COMPRESSING: "compressing",
+            self.RECEIVING: "receiving",
+            self.RESOLVING: "resolving",
+        }.get(op_code & self.OP_MASK, "working")
+        pct = f" {100 * cur_count / max_count:5.1f}%" if max_count else ""
+        self.progress(f"fetch {self.label}: {stage}{pct} {message}".rstrip())
+
+
+def fetch_kernel(settings: Settings, kcfg: KernelConfig, run_id: str, progress=print) -> FetchResult:
+    t0 = time.monotonic()
+    result = FetchResult(remote=kcfg.remote, ref=kcfg.ref)
+    url = remote_url(settings, kcfg.remote)
+    fullref, sha = resolve_ref(url, kcfg.ref, kcfg.remote)
+    repo = cache_repo(settings)
+    with _cache_lock(settings):
+        before = _object_count(repo)
+        if not _has_commit(repo, sha):
+            name = _remote_name(url)
+            remote = repo.remote(name) if name in [r.name for r in repo.remotes] else repo.create_remote(name, url)
+            local = f"refs/pv/{name}/{kcfg.ref}" if fullref != sha else f"refs/pv/{name}/{sha}"
+            progress(f"fetch {kcfg.name}: {kcfg.ref} from {kcfg.remote}")
+            try:
+                remote.fetch(f"+{fullref}:{local}", depth=1, progress=_Progress(kcfg.name, progress))
+            except git.GitCommandError as e:
+                raise FetchError(
+                    f"fetch of {kcfg.ref!r} from {kcfg.remote!r} failed: {e.stderr.strip()[-300:]}"
+                ) from None
+        # keep what every kernel uses reachable from a ref of our own, whatever the remote does later
+        repo.git.update_ref(f"refs/pv/kernels/{kcfg.name}", sha)
+        result.objects_received = _object_count(repo) - before
+    result.commit = sha
+    wt = worktree_root(settings) / run_id / kcfg.name
+    wt.parent.mkdir(parents=True, exist_ok=True)
+    progress(f"fetch {kcfg.name}: checking out {sha[:12]} into {wt}")
+    with _cache_lock(settings):
+        repo.git.worktree("add", "--detach", "--force", str(wt), sha)
+    result.worktree = str(wt)
+    result.status = "ok"
+    result.duration_s = round(time.monotonic() - t0, 2)
+    result.detail = f"{fullref} at {sha[:12]}, {result.objects_received} new objects"
+    return result
+
+
+def remove_worktree(settings: Settings, worktree: str | Path) -> None:
+    repo = cache_repo(settings)
+    with _cache_lock(settings):
+        try:
+            repo.git.worktree("remove", "--force", str(worktree))
+        except git.GitCommandError:
+            pass
+        repo.git.worktree("prune")

@@ -1,0 +1,294 @@
+"""The matrix run behind `invoke verify`: every kernel is one row of stages, rows side by side within a bound.
+
+A stage that cannot run records why; nothing raised inside a row escapes it.
+Host stages (deploy, test) run after the builds, one host at a time, because
+they change the host's loaded module.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from . import kernelsrc
+from .config import HostConfig, KernelConfig, Settings
+from .errors import ConfigError, Interrupted, PipelineError
+from .results import (
+    BuildResult,
+    DeployResult,
+    KernelResult,
+    RunDir,
+    RunResult,
+    SeriesInfo,
+    TestResult,
+    now_iso,
+    write_results,
+)
+
+STAGES = ["series", "fetch", "apply", "build", "deploy", "test", "report"]
+# exit codes of a row that never reached a defined status, by the stage that failed
+_STAGE_EXIT = {"fetch": 5, "apply": 5, "build": 6, "deploy": 7, "test": 7, "error": 1}
+
+
+def _wants(until: str, stage: str) -> bool:
+    return STAGES.index(stage) <= STAGES.index(until)
+
+
+def format_config(settings: Settings) -> str:
+    lines = [f"matrix {settings.matrix!r} ({len(settings.kernels)} kernels), series {settings.series}"]
+    for k in settings.kernels:
+        b = k.build
+        mode = f"headers ({b.headers})" if b.mode == "headers" else f"full ({b.base_config} + {', '.join(b.fragments)})"
+        lines.append(f"  {k.name:<20} {k.remote} @ {k.ref}  build: {mode}  hosts: {', '.join(k.hosts) or '-'}")
+    lines.append(f"hosts ({len(settings.hosts)}):")
+    for h in settings.hosts.values():
+        where = "built-in QEMU lab" if h.lab else f"{h.user}@{h.address}:{h.port}"
+        lines.append(f"  {h.name:<20} {where}  PF {h.pf_bdf}, up to {h.max_vfs} VFs")
+    lines.append(f"other matrices: {', '.join(m for m in settings.matrices if m != settings.matrix) or '-'}")
+    return "\n".join(lines)
+
+
+class _Run:
+    def __init__(self, settings: Settings, run: RunResult, run_dir: Path, series: SeriesInfo, until: str, progress):
+        self.settings, self.run, self.run_dir, self.series, self.until = settings, run, run_dir, series, until
+        self.progress = progress
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+
+    def save(self) -> None:
+        with self.lock:
+            write_results(self.run_dir, self.run)
+
+    # ------------------------------------------------------------ per-kernel rows
+
+    def row(self, kcfg: KernelConfig, kr: KernelResult) -> None:
+        from .apply import apply_series
+        from .fetch import fetch_kernel
+
+        p = self.progress
+        try:
+            if self.stop.is_set():
+                return
+            kr.fetch.status = "running"
+            kr.fetch = fetch_kernel(self.settings, kcfg, self.run.run_id, progress=p)
+            self.save()
+            if not _wants(self.until, "apply") or self.stop.is_set():
+                return
+            kr.apply = apply_series(kr.fetch, self.series, self.run.run_id, progress=p, label=kcfg.name)
+            self.save()
+            if not _wants(self.until, "build") or self.stop.is_set():
+                return
+            if kr.apply.status == "conflict":
+                kr.build = BuildResult(status="skipped", detail="the series does not apply")
+                return
+            kr.build = self.build(kcfg, kr)
+            self.save()
+        except PipelineError as e:
+            stage = _current_stage(kr)
+            _stage_obj(kr, stage).status = "failed"
+            _stage_obj(kr, stage).detail = e.message
+            kr.error = f"{stage}: {e.message}"
+            p(f"{kcfg.name}: {stage} failed: {e.message}")
+        except Exception as e:  # a bug of ours: the row says so, the other rows go on
+            kr.error = f"internal error: {type(e).__name__}: {e}"
+            (self.run_dir / f"{kcfg.name}.traceback.txt").write_text(traceback.format_exc())
+            p(f"{kcfg.name}: internal error, see {self.run_dir / (kcfg.name + '.traceback.txt')}")
+
+    def build(self, kcfg: KernelConfig, kr: KernelResult) -> BuildResult:
+        from . import build
+
+        return build.build_kernel(
+            self.settings,
+            kcfg,
+            Path(kr.fetch.worktree),
+            kr.fetch.commit,
+            self.series.patches,
+            self.run_dir,
+            self.progress,
+            already_applied=kr.apply.status == "already-applied",
+        )
+
+    # ------------------------------------------------------------ hosts
+
+    def host_config(self, name: str) -> HostConfig:
+        hcfg = self.settings.hosts[name]
+        if hcfg.lab:
+            from . import lab
+
+            return lab.ensure_up(self.settings, self.progress)
+        return hcfg
+
+    def host_stages(self, pairs: list[tuple[KernelConfig, KernelResult]], keep: bool) -> None:
+        from . import deploy as deploy_mod
+        from . import vftest
+        from .host import Host
+
+        by_host: dict[str, list[tuple[KernelConfig, KernelResult]]] = {}
+        for kcfg, kr in pairs:
+            for h in kcfg.hosts:
+                by_host.setdefault(h, []).append((kcfg, kr))
+        for hname, rows in by_host.items():
+            ready = [(k, r) for k, r in rows if r.build.status == "ok" and r.build.module]
+            if not ready or self.stop.is_set():
+                continue
+            try:
+                host = Host(self.host_config(hname))
+            except PipelineError as e:
+                for _, kr in ready:
+                    kr.deploy.append(DeployResult(status="failed", host=hname, detail=e.message))
+                    kr.error = f"deploy: host {hname}: {e.message}"
+                continue
+            for kcfg, kr in ready:
+                if self.stop.is_set():
+                    return
+                self.kernel_on_host(host, kcfg, kr, keep, deploy_mod, vftest)
+                self.save()
+
+    def kernel_on_host(self, host, kcfg, kr: KernelResult, keep: bool, deploy_mod, vftest) -> None:
+        p = self.progress
+        b = kr.build
+        need = max(self.settings.vf_counts, default=1)
+        reason = deploy_mod.preflight(host, b, min(need, host.config.max_vfs))
+        if reason:
+            kr.deploy.append(DeployResult(status="skipped", host=host.name, detail=reason))
+            p(f"{kcfg.name} on {host.name}: skipped: {reason}")
+            return
+        image = vftest.default_guest(host, self.settings)
+        # the series' module (for an already-applied kernel: the tree's own module, the fix included)
+        dep = deploy_mod.deploy(host, Path(b.module), b.srcversion, p)
+        kr.deploy.append(dep)
+        if dep.status == "ok":
+            try:
+                if _wants(self.until, "test"):
+                    kr.tests += vftest.run_vf_tests(host, self.settings, "series", p, image=image)
+            finally:
+                if not (keep and not b.control_module):
+                    deploy_mod.restore(host, dep, p)
+                    dep.restored = True
+        # negative control: the module without the fix must fail vf-boot-3
+        if not b.control_module:
+            kr.tests.append(
+                TestResult(
+                    name="vf-boot-3",
+                    host=host.name,
+                    module="control",
+                    reason=f"skipped: no control module ({b.detail or 'not built'})",
+                )
+            )
+            return
+        if not _wants(self.until, "test") or self.stop.is_set():
+            return
+        cdep = deploy_mod.deploy(host, Path(b.control_module), b.control_srcversion, p)
+        cdep.detail = ("control module; " + cdep.detail).strip("; ")
+        kr.deploy.append(cdep)
+        if cdep.status != "ok":
+            return
+        try:
+            n = min(3, host.config.max_vfs)
+            kr.tests.append(vftest.vf_boot(host, n, "control", image, p))
+        finally:
+            deploy_mod.restore(host, cdep, p)
+            cdep.restored = True
+
+
+def _current_stage(kr: KernelResult) -> str:
+    if kr.fetch.status in ("not-run", "running"):
+        return "fetch"
+    if kr.apply.status == "not-run":
+        return "apply"
+    return "build"
+
+
+def _stage_obj(kr: KernelResult, stage: str):
+    return {"fetch": kr.fetch, "apply": kr.apply, "build": kr.build}[stage]
+
+
+def verify(
+    settings: Settings,
+    kernels: list[str] | None = None,
+    series_path: str | None = None,
+    until: str | None = None,
+    jobs: int | None = None,
+    keep: bool = False,
+    lab_down: bool = False,
+    progress=print,
+) -> RunResult:
+    from .series import load_series
+
+    until = until or "report"
+    if until not in STAGES:
+        raise ConfigError(f"--until {until!r}: expected one of {', '.join(STAGES)}")
+    kcfgs = [settings.kernel(n) for n in kernels] if kernels else list(settings.kernels)
+    # the series is checked before anything touches a tree
+    series = load_series(settings.path(series_path or settings.series))
+    progress(f"series: {series.name} v{series.revision}, {len(series.patches)} patch(es)")
+
+    rd = RunDir(settings.path(settings.results_root))
+    run = RunResult(run_id=rd.run_id, started=now_iso(), until=until, series=series)
+    run.kernels = [KernelResult(name=k.name, ref=k.ref, remote=k.remote) for k in kcfgs]
+    run.hosts = sorted({h for k in kcfgs for h in k.hosts})
+    ctx = _Run(settings, run, rd.path, series, until, progress)
+    ctx.save()
+    rd.point_latest()
+    progress(f"run {rd.run_id}: {rd.path}")
+    lab_used = False
+    try:
+        if until != "series":
+            if any(kernelsrc.is_debian_remote(settings, k.remote) for k in kcfgs):
+                kernelsrc.import_debian_source(settings, progress=progress)
+            pairs = list(zip(kcfgs, run.kernels, strict=True))
+            with ThreadPoolExecutor(max_workers=jobs or settings.jobs) as pool:
+                futures = [pool.submit(ctx.row, k, r) for k, r in pairs]
+                try:
+                    for f in futures:
+                        while not f.done():
+                            time.sleep(0.2)  # keeps the main thread responsive to Ctrl-C
+                except KeyboardInterrupt:
+                    ctx.stop.set()
+                    raise
+            if _wants(until, "deploy"):
+                lab_used = any(settings.hosts[h].lab for k in kcfgs for h in k.hosts)
+                ctx.host_stages(pairs, keep)
+        run.status = "complete"
+    except KeyboardInterrupt:
+        run.status = "interrupted"
+        raise Interrupted("interrupted; partial results in " + str(rd.path)) from None
+    finally:
+        run.finished = now_iso()
+        _finish(settings, run, rd.path, progress)
+        if lab_used and lab_down:
+            from . import lab
+
+            lab.down(settings, progress)
+    return run
+
+
+def _finish(settings: Settings, run: RunResult, run_dir: Path, progress) -> None:
+    from . import report, verdict
+    from .fetch import remove_worktree
+
+    verdict.apply_verdicts(run.kernels)
+    try:
+        report.write_reports(run, run_dir)  # before results.json: it fills series.patchset_hash
+    except Exception as e:  # reports are derived; results.json must still be written
+        progress(f"report: failed: {e}")
+    write_results(run_dir, run)
+    for k in run.kernels:
+        if k.fetch.worktree:
+            remove_worktree(settings, k.fetch.worktree)
+    print(report.format_table(run))
+    print(f"results: {run_dir / 'results.json'}")
+
+
+def exit_status(run: RunResult) -> tuple[int, str]:
+    """0 when every kernel reached a defined status; otherwise the first failing row's code and reason."""
+    for k in run.kernels:
+        if k.error:
+            stage = k.error.split(":", 1)[0]
+            return _STAGE_EXIT.get(stage, 1), f"{k.name}: {k.error}"
+    if run.status != "complete":
+        return 1, f"run {run.status}"
+    return 0, ""
