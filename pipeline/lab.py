@@ -62,8 +62,6 @@ DEBOOTSTRAP_PACKAGES = [
     "udev",
     "kmod",
     "iproute2",
-    "ifupdown",
-    "isc-dhcp-client",
     "openssh-server",
     "pciutils",
     "procps",
@@ -77,6 +75,20 @@ DEBOOTSTRAP_PACKAGES = [
     "ca-certificates",
 ]
 KERNEL_PACKAGE = "linux-image-amd64"
+# Boot time under TCG is precious: no udev-settle networking, timers, VT gettys or e2scrub.
+ENABLED_UNITS = ["systemd-networkd.service"]
+MASKED_UNITS = [
+    "systemd-networkd-wait-online.service",
+    "e2scrub_reap.service",
+    "e2scrub_all.timer",
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "dpkg-db-backup.timer",
+    "fstrim.timer",
+    "getty-static.service",
+    "getty@tty1.service",
+    "systemd-binfmt.service",
+]
 # Host-side apt candidates that decide what the image contains: part of the input hash.
 VERSIONED_PACKAGES = [
     KERNEL_PACKAGE,
@@ -382,6 +394,7 @@ def collect_inputs(settings: Settings, key_pub: str) -> dict[str, Any]:
         "suite": SUITE,
         "debootstrap_packages": DEBOOTSTRAP_PACKAGES,
         "kernel_package": KERNEL_PACKAGE,
+        "units": {"enabled": ENABLED_UNITS, "masked": MASKED_UNITS},
         "templates": {k: hashlib.sha256(v.encode()).hexdigest() for k, v in recipe_files().items()},
         "mirror": resolve_mirror(settings, entries),
         "apt_sources": [dataclasses.asdict(e) for e in chroot_apt_entries(settings, entries)],
@@ -443,10 +456,11 @@ class _Builder:
 
 def _tail(path: Path, n: int) -> str:
     try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        text = path.read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError:
         return ""
-    return " | ".join(line.strip() for line in lines[-n:] if line.strip())
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return " | ".join(lines[-n:])
 
 
 @contextlib.contextmanager
@@ -570,6 +584,8 @@ def _build(b: _Builder, inputs: dict[str, Any], h: str) -> dict[str, Any]:
         b.run(["chroot", str(root), "apt-get", "-y", "--no-install-recommends", "install", f"{KERNEL_PACKAGE}={kver}"])
         b.run(["chroot", str(root), "apt-get", "-y", "--no-install-recommends", "upgrade"])
         b.run(["chroot", str(root), "apt-get", "clean"])
+        b.run(["chroot", str(root), "systemctl", "enable", *ENABLED_UNITS])
+        b.run(["chroot", str(root), "systemctl", "mask", *MASKED_UNITS])
         pkg_versions = b.run(
             [
                 "chroot",
@@ -707,7 +723,8 @@ def _rmtree_unmounted(path: Path) -> None:
     busy = [m.split()[1] for m in mounts if m and (m.split()[1] + "/").startswith(prefix)]
     for m in sorted(busy, reverse=True):
         subprocess.run(["umount", "-l", m], check=False)
-    shutil.rmtree(path)
+    # rm is much faster than shutil.rmtree on a 40k-file rootfs
+    subprocess.run(["rm", "-rf", "--one-file-system", str(path)], check=True)
 
 
 # ------------------------------------------------------------------ running QEMU
@@ -1010,8 +1027,9 @@ def down(settings: Settings, progress: Progress = _quiet, timeout: float = 90) -
     progress("lab: powering dom0 off")
     if host.port:
         with contextlib.suppress(LabError):
-            # systemd returns before the machine is off; the connection may drop
-            run_ssh(host, "systemctl poweroff --no-block || poweroff", timeout=20)
+            # --force skips the orderly stop of every unit (a minute under TCG) but still kills
+            # processes and unmounts cleanly; the ssh connection drops when that happens
+            run_ssh(host, "sync; systemctl poweroff --force", timeout=20)
     if not _wait_gone(pid, p, timeout * 2 / 3):
         progress("lab: no clean poweroff; QMP system_powerdown")
         with contextlib.suppress(OSError, ValueError):

@@ -1,0 +1,295 @@
+"""The built-in Xen lab: fast checks of its command lines and records, then the real lab (marked `lab`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline import lab
+from pipeline.config import HostConfig, LabConfig, Settings
+
+# ------------------------------------------------------------------ unit (no QEMU)
+
+
+def _settings(tmp_path: Path, **lab_kw) -> Settings:
+    return Settings(lab=LabConfig(dir=str(tmp_path / "lab"), **lab_kw))
+
+
+def _opt(argv: list[str], flag: str) -> list[str]:
+    return [argv[i + 1] for i, a in enumerate(argv) if a == flag]
+
+
+def test_qemu_argv_has_the_working_recipe(tmp_path):
+    s = _settings(tmp_path)
+    argv = lab.qemu_argv(s, 2345)
+    assert argv[0] == "qemu-system-x86_64"
+    assert _opt(argv, "-accel") == ["tcg,thread=multi"] and _opt(argv, "-cpu") == ["max"]
+    assert _opt(argv, "-machine") == ["q35"] and _opt(argv, "-m") == ["3G"]
+    devices = _opt(argv, "-device")
+    assert "intel-iommu,intremap=on" in devices
+    assert "pcie-root-port,id=rp1,bus=pcie.0,chassis=1,slot=1" in devices
+    nvme = next(d for d in devices if d.startswith("nvme,"))
+    assert "bus=rp1" in nvme and "sriov_max_vfs=3" in nvme
+    assert "sriov_vq_flexible=6" in nvme and "sriov_vi_flexible=3" in nvme
+    assert "max_ioqpairs=10" in nvme and "msix_qsize=8" in nvme
+    assert _opt(argv, "-netdev") == ["user,id=n0,hostfwd=tcp:127.0.0.1:2345-:22"]
+    xen_args = _opt(argv, "-append")[0]
+    assert "smap=0" in xen_args.split() and "iommu=1,verbose,debug" in xen_args
+    p = lab.paths(s)
+    assert _opt(argv, "-pidfile") == [str(p.pidfile)] and "-daemonize" in argv
+    assert _opt(argv, "-qmp") == [f"unix:{p.qmp},server=on,wait=off"]
+    assert _opt(argv, "-serial") == [f"file:{p.console}"]
+
+
+def test_qemu_argv_scales_sriov_and_escapes_initrd_commas(tmp_path):
+    argv = lab.qemu_argv(_settings(tmp_path, vfs=5), 2222)
+    nvme = next(d for d in _opt(argv, "-device") if d.startswith("nvme,"))
+    assert "sriov_max_vfs=5,sriov_vq_flexible=10,sriov_vi_flexible=5,max_ioqpairs=14,msix_qsize=10" in nvme
+    initrd = _opt(argv, "-initrd")[0]
+    kernel_part, initrd_part = initrd.rsplit(",", 1)
+    # a comma inside the dom0 arguments is doubled, the one separating modules is single
+    assert initrd_part.endswith("boot/initrd.img")
+    assert "console=hvc0" in kernel_part and ",," not in initrd_part
+    assert "root=/dev/vda" in kernel_part
+
+
+def test_ssh_argv_checks_host_keys_strictly():
+    host = HostConfig(name="lab", port=2400, key="/k/id", known_hosts="/k/known_hosts")
+    argv = lab.ssh_argv(host)
+    assert "StrictHostKeyChecking=yes" in argv
+    assert not any(a.lower().endswith("=no") and "stricthostkey" in a.lower() for a in argv)
+    assert "UserKnownHostsFile=/k/known_hosts" in argv and "GlobalKnownHostsFile=/dev/null" in argv
+    assert argv[argv.index("-p") + 1] == "2400" and argv[-1] == "root@127.0.0.1"
+
+
+def test_parse_apt_sources_deb822_and_one_line():
+    files = {
+        "/etc/apt/sources.list.d/debian.sources": (
+            "Types: deb\n# comment\nURIs: http://deb.debian.org/debian\nSuites: bookworm bookworm-updates\n"
+            "Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n"
+            "Types: deb\nURIs: http://deb.debian.org/debian-security\nSuites: bookworm-security\nComponents: main\n\n"
+            "Types: deb-src\nURIs: http://deb.debian.org/debian\nSuites: bookworm\nComponents: main\n"
+        ),
+        "/etc/apt/sources.list": "deb [arch=amd64 signed-by=/k.gpg] http://m.example/debian bookworm main contrib\n"
+        "deb http://other.example/ubuntu jammy main\n",
+    }
+    entries = lab.parse_apt_sources(files)
+    assert [(e.uri, e.suites) for e in entries] == [
+        ("http://m.example/debian", ["bookworm"]),
+        ("http://deb.debian.org/debian", ["bookworm", "bookworm-updates"]),
+        ("http://deb.debian.org/debian-security", ["bookworm-security"]),
+    ]
+    assert entries[0].signed_by == "/k.gpg" and entries[0].components == ["main", "contrib"]
+    s = Settings()
+    assert lab.resolve_mirror(s, entries) == "http://m.example/debian"
+    s.lab.mirror = "http://mirror.local/debian"
+    chroot = lab.chroot_apt_entries(s, entries)
+    assert [e.uri for e in chroot] == [
+        "http://mirror.local/debian",
+        "http://mirror.local/debian",
+        "http://deb.debian.org/debian-security",
+    ]
+
+
+def test_input_hash_follows_templates_and_versions():
+    files = lab.recipe_files()
+    assert "guest-init.sh.j2" in files and "guest.cfg.j2" in files
+    base = {"recipe_version": 1, "templates": {"a": "1"}, "candidates": {"linux-image-amd64": "6.1.192-2"}}
+    h = lab.input_hash(base)
+    assert h == lab.input_hash(json.loads(json.dumps(base)))
+    assert h != lab.input_hash({**base, "templates": {"a": "2"}})
+    assert h != lab.input_hash({**base, "candidates": {"linux-image-amd64": "6.1.193-1"}})
+
+
+def test_guest_templates_follow_the_protocol(tmp_path):
+    init = lab.render("guest-init.sh.j2", settle_s=3, timeout_s=20)
+    assert init.startswith("#!/bin/busybox sh\n")
+    assert 'echo "PVLAB_BOOT"' in init and "PVLAB_MARKER seq=$seq count=$count bdfs=$bdfs" in init
+    assert "pvlab.expect=" in init and "insmod /xen-pcifront.ko" in init and "poweroff" not in init
+    s = _settings(tmp_path)
+    p = lab.paths(s)
+    p.dir.mkdir(parents=True)
+    p.manifest.write_text(json.dumps({"guest": {"kernel": "/boot/vmlinuz-6.1.0-56-amd64", "initrd": lab.GUEST_INITRD}}))
+    cfg = lab.guest_config(s, "t1", ["01:00.1", "01:00.2"])
+    assert "pci = [ '01:00.1', '01:00.2' ]" in cfg and "pvlab.expect=2" in cfg
+    assert 'kernel = "/boot/vmlinuz-6.1.0-56-amd64"' in cfg and f'ramdisk = "{lab.GUEST_INITRD}"' in cfg
+    assert lab.guest_files(s) == lab.GuestFiles("/boot/vmlinuz-6.1.0-56-amd64", lab.GUEST_INITRD)
+
+
+def test_parse_markers():
+    log = (
+        "[2025-01-01 10:00:00] PVLAB_BOOT\n"
+        "[2025-01-01 10:00:04] PVLAB_MARKER seq=1 count=1 bdfs=0000:00:00.0\n"
+        "[2025-01-01 10:00:09] PVLAB_MARKER seq=2 count=0 bdfs=\n"
+    )
+    assert lab.parse_markers(log) == [(1, 1, ["0000:00:00.0"]), (2, 0, [])]
+
+
+def test_host_config_and_kernel_release_from_state(tmp_path):
+    s = _settings(tmp_path)
+    assert lab.kernel_release(s) is None and not lab.is_built(s)
+    p = lab.paths(s)
+    p.dir.mkdir(parents=True)
+    p.manifest.write_text(json.dumps({"dom0_kernel_release": "6.1.0-56-amd64"}))
+    p.state.write_text(json.dumps({"port": 2444, "pid": 1}))
+    assert lab.kernel_release(s) == "6.1.0-56-amd64"
+    h = lab.host_config(s)
+    assert (h.name, h.address, h.port, h.user, h.lab) == ("lab", "127.0.0.1", 2444, "root", True)
+    assert h.key == str(p.key) and h.known_hosts == str(p.known_hosts)
+    assert h.kernel_release == "6.1.0-56-amd64" and h.max_vfs == 3 and h.pf_bdf == "0000:01:00.0"
+    # pid 1 is not our QEMU: not running, whatever the pid file says
+    p.pidfile.write_text("1\n")
+    assert not lab.status(s, probe=False).running
+
+
+def test_known_hosts_entry_for_the_chosen_port(tmp_path):
+    s = _settings(tmp_path)
+    p = lab.paths(s)
+    p.dir.mkdir(parents=True)
+    p.host_key_pub.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKey root@xen-dom0\n")
+    lab.write_known_hosts(s, 2501)
+    assert p.known_hosts.read_text() == "[127.0.0.1]:2501 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKey\n"
+
+
+def test_free_port_prefers_the_previous_one():
+    port = lab.free_port()
+    assert not lab.port_in_use(port)
+    assert lab.free_port(port) == port
+
+
+# ------------------------------------------------------------------ the real lab
+
+
+def _sh(host: HostConfig, cmd: str, timeout: float = 120) -> str:
+    return lab.run_ssh(host, cmd, timeout=timeout, check=True).stdout
+
+
+def _our_qemus(settings: Settings) -> list[int]:
+    """Every process on the machine that runs QEMU on this lab's image (not other people's QEMUs)."""
+    image = f"file={lab.paths(settings).image},".encode()
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if image in (d / "cmdline").read_bytes():
+                    pids.append(int(d.name))
+            except OSError:
+                pass
+    return pids
+
+
+@pytest.mark.lab
+def test_lab_dom0_runs_the_recorded_kernel(lab_host, lab_settings):
+    m = lab.read_manifest(lab_settings)
+    assert m and m["dom0_kernel_release"] == lab.kernel_release(lab_settings) == lab_host.kernel_release
+    assert _sh(lab_host, "uname -r").strip() == m["dom0_kernel_release"]
+    # the host's headers are those of the dom0 kernel, so modules built here load there
+    assert Path(f"/usr/src/linux-headers-{m['dom0_kernel_release']}").is_dir()
+    assert _sh(lab_host, f"test -s {lab.GUEST_INITRD} && test -e {m['guest']['kernel']} && echo ok").strip() == "ok"
+    assert _sh(lab_host, "modprobe -n -v nvme >/dev/null && modprobe -n xen-pciback && echo ok").strip() == "ok"
+
+
+@pytest.mark.lab
+def test_xl_info_xen_417_with_iommu(lab_host):
+    info = dict(line.split(":", 1) for line in _sh(lab_host, "xl info").splitlines() if ":" in line)
+    info = {k.strip(): v.strip() for k, v in info.items()}
+    assert (info["xen_major"], info["xen_minor"]) == ("4", "17")
+    assert "directio" in info["virt_caps"], info["virt_caps"]
+    dmesg = _sh(lab_host, "xl dmesg")
+    assert "I/O virtualisation enabled" in dmesg
+
+
+@pytest.fixture(scope="module")
+def three_vfs(lab_host):
+    """3 VFs on the lab's PF, each made assignable; removed again afterwards."""
+    pf = f"/sys/bus/pci/devices/{lab_host.pf_bdf}"
+    _sh(
+        lab_host,
+        f"modprobe nvme && modprobe xen-pciback && "
+        f"for i in $(seq 30); do [ -e {pf}/driver ] && [ -e {pf}/sriov_numvfs ] && break; sleep 1; done; "
+        f"echo 0 > {pf}/sriov_numvfs && echo 3 > {pf}/sriov_numvfs && sleep 2",
+    )
+    vfs = [f"01:00.{f}" for f in (1, 2, 3)]
+    try:
+        for vf in vfs:
+            _sh(lab_host, f"xl pci-assignable-add {vf}")
+        yield vfs
+    finally:
+        lab.run_ssh(lab_host, "for d in 01:00.1 01:00.2 01:00.3; do xl pci-assignable-remove -r $d; done", timeout=60)
+        _sh(lab_host, f"echo 0 > {pf}/sriov_numvfs && cat {pf}/sriov_numvfs")
+
+
+@pytest.mark.lab
+def test_three_vfs_become_assignable(lab_host, three_vfs):
+    assert _sh(lab_host, f"cat /sys/bus/pci/devices/{lab_host.pf_bdf}/sriov_numvfs").strip() == "3"
+    assignable = _sh(lab_host, "xl pci-assignable-list").split()
+    assert sorted(assignable) == ["0000:01:00.1", "0000:01:00.2", "0000:01:00.3"]
+
+
+@pytest.mark.lab
+def test_guest_with_one_vf_prints_its_marker(lab_host, lab_settings, three_vfs):
+    name = "pvlabtest1"
+    log = f"/var/log/xen/console/guest-{name}.log"
+    cfg = f"{lab.GUEST_DIR}/{name}.cfg"
+    lab.run_ssh(lab_host, f"cat > {cfg}", input=lab.guest_config(lab_settings, name, three_vfs[:1]), check=True)
+    _sh(lab_host, f"xl destroy {name} 2>/dev/null; rm -f {log}; xl create {cfg}", timeout=180)
+    try:
+        markers, text = [], ""
+        deadline = time.monotonic() + 120
+        while not markers and time.monotonic() < deadline:
+            time.sleep(2)
+            text = lab.run_ssh(lab_host, f"cat {log}").stdout
+            markers = lab.parse_markers(text)
+        assert "PVLAB_BOOT" in text
+        assert markers, f"no marker in the guest console: {text[-500:]}"
+        seq, count, bdfs = markers[0]
+        assert (seq, count, len(bdfs)) == (1, 1, 1), text[-500:]
+    finally:
+        lab.run_ssh(lab_host, f"xl destroy {name}", timeout=60)
+
+
+@pytest.mark.lab
+def test_second_build_with_unchanged_inputs_does_nothing(lab_host, lab_settings):
+    before = lab.read_manifest(lab_settings)
+    image_mtime = lab.paths(lab_settings).image.stat().st_mtime_ns
+    info = lab.build(lab_settings)
+    assert not info.rebuilt and info.input_hash == before["input_hash"]
+    assert lab.read_manifest(lab_settings) == before
+    assert lab.paths(lab_settings).image.stat().st_mtime_ns == image_mtime
+    last = lab.paths(lab_settings).build_log.read_text().splitlines()[-1]
+    assert "up to date" in last and "nothing rebuilt" in last
+
+
+@pytest.mark.lab
+def test_down_frees_everything_and_up_recovers_after_kill9(lab_host, lab_settings):
+    p = lab.paths(lab_settings)
+    port = lab_host.port
+    assert lab.down(lab_settings)
+    assert _our_qemus(lab_settings) == []
+    assert not lab.port_in_use(port)
+    assert not p.pidfile.exists() and not p.qmp.exists()
+    assert not lab.status(lab_settings, probe=False).running
+
+    host = lab.up(lab_settings)
+    pid = lab.status(lab_settings, probe=False).pid
+    os.kill(pid, signal.SIGKILL)
+    for _ in range(40):
+        if pid not in _our_qemus(lab_settings):
+            break
+        time.sleep(0.25)
+    assert p.pidfile.exists() and p.qmp.exists()  # stale leftovers of the killed QEMU
+    assert not lab.status(lab_settings, probe=False).running
+
+    host = lab.up(lab_settings)
+    assert lab.status(lab_settings, probe=False).pid != pid
+    assert len(_our_qemus(lab_settings)) == 1
+    assert "xen_version" in _sh(host, "xl info")
+    # the session's HostConfig stays valid for the tests that follow
+    for f in dataclasses.fields(host):
+        setattr(lab_host, f.name, getattr(host, f.name))
