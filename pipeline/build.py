@@ -40,7 +40,7 @@ from pathlib import Path
 from .checkpatch import run_checkpatch
 from .config import KernelConfig, Settings
 from .errors import BuildSetupError
-from .kconfig import check_fragments
+from .kconfig import check_fragments, parse_config
 from .results import BuildResult, PatchInfo, atomic_write_text
 
 MODULE_DIR = "drivers/xen/xen-pciback"
@@ -256,25 +256,29 @@ def resolve_headers(settings: Settings, kcfg: KernelConfig) -> Path:
 # ------------------------------------------------------------------ diagnostics
 
 
-def _normalise_path(path: str, roots: list[tuple[Path, str]]) -> str:
-    p = os.path.normpath(path)
+def _normalise_path(path: str, roots: list[tuple[Path, str]], cwd: Path | None) -> str:
+    # relative paths are relative to make's directory (ccache's base_dir makes them so)
+    p = os.path.normpath(os.path.join(cwd, path) if cwd and not os.path.isabs(path) else path)
     for root, label in roots:
-        r = str(root)
-        if p == r or p.startswith(r + "/"):
-            rel = os.path.relpath(p, r)
-            return f"{label}/{rel}" if label else rel
+        for r in {os.path.normpath(root), os.path.realpath(root)}:
+            if p == r or p.startswith(r + "/"):
+                rel = os.path.relpath(p, r)
+                return f"{label}/{rel}" if label else rel
     return p
 
 
-def parse_diagnostics(output: str, roots: list[tuple[Path, str]]) -> tuple[list[str], list[str]]:
+def parse_diagnostics(
+    output: str, roots: list[tuple[Path, str]], cwd: Path | None = None
+) -> tuple[list[str], list[str]]:
     """Compiler warnings and errors as `file:line:col: kind: message [-Wflag]`, paths relative to the tree."""
     warnings: list[str] = []
     errors: list[str] = []
     for line in output.splitlines():
-        m = _DIAG_RE.match(line.rstrip())
+        # kbuild unexports LC_ALL, so gcc may still quote in UTF-8
+        m = _DIAG_RE.match(line.rstrip().replace("\u2018", "'").replace("\u2019", "'"))
         if not m:
             continue
-        file = _normalise_path(m.group("file"), roots)
+        file = _normalise_path(m.group("file"), roots, cwd)
         col = f"{m.group('col')}:" if m.group("col") else ""
         text = f"{file}:{m.group('line')}:{col} {m.group('kind')}: {m.group('msg')}"
         target = warnings if m.group("kind") == "warning" else errors
@@ -442,7 +446,7 @@ def build_module(target: _Target, run: _Runner, files: dict[str, bytes], role: s
     with _locked(target.key_dir / "work" / f"{role}.lock"):
         _fill(moddir, files)
         rc, out = run(target.make_cmd(moddir, make_jobs()), moddir, what)
-        warnings, errors = parse_diagnostics(out, target.roots(moddir))
+        warnings, errors = parse_diagnostics(out, target.roots(moddir), target.kdir)
         ko = moddir / MODULE_NAME
         if rc or not ko.exists():
             return ModuleBuild(False, None, warnings, _first_errors(out, errors))
@@ -585,10 +589,10 @@ def _full_target(
         config_text = (out / ".config").read_text(errors="replace")
         issues = check_fragments([(n, t) for n, _, t in frags], config_text, worktree)
         config_warnings = [i.message() for i in issues]
-        symbol = next((i.got for i in issues if i.symbol == MODULE_SYMBOL), "m")
+        symbol = parse_config(config_text).get(MODULE_SYMBOL, "absent")
         if symbol != "m":
             # not cached as prepared: the fragments must change anyway
-            return _Prepared(target, config_warnings, symbol or "absent", False)
+            return _Prepared(target, config_warnings, symbol, False)
         progress(f"{kcfg.name}: build: make modules_prepare (once per base commit and config)")
         _check(
             run(make + [f"-j{jobs}", "modules_prepare"], worktree, "prepare: make modules_prepare"), "modules_prepare"
@@ -631,7 +635,11 @@ def _build_env(settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
     cache = settings.path(settings.cache_dir)
     env.update(
-        LC_ALL="C",  # plain ASCII diagnostics for the parser
+        # plain ASCII diagnostics for the parser; kbuild unexports LC_ALL, hence the others too
+        LC_ALL="C",
+        LANG="C",
+        LC_CTYPE="C",
+        LC_MESSAGES="C",
         CCACHE_DIR=str(cache / "ccache"),
         CCACHE_BASEDIR=str(cache),
         CCACHE_NOHASHDIR="1",
@@ -681,7 +689,9 @@ def build_kernel(
         res.kernel_release = target.release
 
         progress(f"{kcfg.name}: build: xen-pciback.ko (series)")
-        series = build_module(target, run, _worktree_sources(worktree), "series", "module: series")
+        # one work directory per kernel: kernels sharing headers build side by side
+        role = "series-" + re.sub(r"[^A-Za-z0-9._-]", "_", kcfg.name)
+        series = build_module(target, run, _worktree_sources(worktree), role, "module: series")
         res.warnings = series.warnings
         if not series.ok:
             res.status = "build-failed"
