@@ -1,0 +1,94 @@
+#!/usr/bin/env python3
+"""Soak: vf-boot-3 N times with the fixed module and N times with the control (fix reverted).
+
+    .venv/bin/python bench/soak_vf.py [-n 20] [--keep-lab]
+
+Boots (or reuses) the built-in lab, builds both modules against the lab dom0's headers,
+deploys each in turn, runs vf-boot-3 N times, restores the original module, and prints
+pass/fail counts and the median time per test case. Target: fixed 20/20 pass, control
+20/20 fail — a single flake in either is a finding. Exit 0 only on zero flakes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from invoke import Config  # noqa: E402
+
+from pipeline import PROJECT_ROOT, lab  # noqa: E402
+from pipeline.config import load_settings  # noqa: E402
+from pipeline.deploy import deploy, preflight, restore  # noqa: E402
+from pipeline.host import Host  # noqa: E402
+from pipeline.labmod import build_pair  # noqa: E402
+from pipeline.vftest import default_guest, vf_boot  # noqa: E402
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    ap.add_argument("-n", type=int, default=20, help="runs per module (default 20)")
+    ap.add_argument("--vfs", type=int, default=3, help="VFs per guest (default 3)")
+    ap.add_argument("--keep-lab", action="store_true", help="leave the lab running if this script booted it")
+    args = ap.parse_args()
+
+    cfg = Config(project_location=str(PROJECT_ROOT))
+    cfg.load_project()
+    cfg.load_shell_env()
+    settings = load_settings(cfg)
+    was_running = lab.status(settings, probe=False).running
+    hc = lab.ensure_up(settings, say)
+    release = hc.kernel_release or lab.kernel_release(settings) or ""
+    rows = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="soak-vf-") as tmp:
+            mods = build_pair(release, Path(tmp), say)
+            with Host(hc) as host:
+                image = default_guest(host, settings)
+                for label, want_pass in (("series", True), ("control", False)):
+                    b = mods[label]
+                    why = preflight(host, b, args.vfs)
+                    if why:
+                        say(f"preflight refused {label}: {why}")
+                        return 2
+                    d = deploy(host, Path(b.module), b.srcversion, say)
+                    if d.status != "ok":
+                        say(f"deploy of {label} failed: {d.detail}")
+                        return 2
+                    times, passed, seen = [], 0, {}
+                    try:
+                        for i in range(1, args.n + 1):
+                            r = vf_boot(host, args.vfs, label, image, lambda m: None)
+                            times.append(r.duration_s)
+                            passed += r.passed
+                            seen[r.seen] = seen.get(r.seen, 0) + 1
+                            say(
+                                f"[{label} {i}/{args.n}] {'PASS' if r.passed else 'FAIL'} {r.duration_s:.1f}s {r.reason}"
+                            )
+                    finally:
+                        restore(host, d, say)
+                    rows.append((label, want_pass, passed, args.n - passed, statistics.median(times), seen))
+    finally:
+        if not was_running and not args.keep_lab:
+            lab.down(settings, say)
+
+    flakes = 0
+    print(f"{'module':<8} {'expect':<6} {'pass':>5} {'fail':>5} {'median_s':>9}  seen-counts")
+    for label, want_pass, p, f, med, seen in rows:
+        flakes += f if want_pass else p
+        counts = ", ".join(f"{k}:{v}" for k, v in sorted(seen.items()))
+        print(f"{label:<8} {'pass' if want_pass else 'fail':<6} {p:>5} {f:>5} {med:>9.1f}  {counts}")
+    print(f"flakes: {flakes}")
+    return 0 if flakes == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""Deploy stage and VF tests against the built-in Xen lab (marked `lab`), plus fast unit tests.
+
+The lab tests build the fixed and the reverted (control) module from Debian's source against
+the lab dom0's headers (pipeline.labmod), load them with deploy(), run the real tests and
+check that the host is left exactly as found.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.deploy import vermagic_release
+from pipeline.results import BuildResult
+
+
+def test_vermagic_release():
+    assert vermagic_release("6.1.0-56-amd64 SMP preempt mod_unload modversions ") == "6.1.0-56-amd64"
+    assert vermagic_release("") == ""
+
+
+# ------------------------------------------------------------------ lab
+
+
+def _edit_ko(src: Path, dst: Path, old: bytes, new: bytes) -> None:
+    """Copy a module, replacing one same-length string in it (its .modinfo vermagic)."""
+    assert len(old) == len(new)
+    data = src.read_bytes()
+    assert data.count(old) >= 1, f"{old!r} not in {src}"
+    dst.write_bytes(data.replace(old, new))
+
+
+@pytest.fixture(scope="session")
+def lab_modules(lab_host, lab_settings, tmp_path_factory):
+    from pipeline import lab
+    from pipeline.labmod import build_pair
+
+    release = lab_host.kernel_release or lab.kernel_release(lab_settings)
+    assert release, "lab kernel release unknown"
+    mods = build_pair(release, tmp_path_factory.mktemp("modules"))
+    for label, b in mods.items():
+        assert b.status == "ok", f"{label}: {b.log}"
+        assert b.srcversion, f"{label} built without srcversion"
+    assert mods["series"].srcversion != mods["control"].srcversion
+    return mods
+
+
+@pytest.fixture
+def host(lab_host):
+    from pipeline.host import Host
+
+    with Host(lab_host) as h:
+        yield h
+
+
+def _host_state(h) -> dict:
+    """What must be the same before and after a deploy/test/restore."""
+    from pipeline import deploy as D
+
+    pf = f"/sys/bus/pci/devices/{h.config.pf_bdf}"
+    return {
+        "module": D.loaded_state(h),
+        "taint": D.loaded_taint(h) if D.is_loaded(h) else None,
+        "domids": sorted(D.live_domids(h)),
+        "numvfs": (h.read_text(f"{pf}/sriov_numvfs") or "").strip(),
+        "assignable": sorted(D.assignable_devices(h)),
+        "marker": h.exists(D.MARKER),
+    }
+
+
+@pytest.mark.lab
+def test_host_key_is_checked(lab_host, tmp_path):
+    """A known_hosts file without the lab's key: the connection is refused, not trusted on first use."""
+    import dataclasses
+
+    from pipeline.errors import HostError
+    from pipeline.host import Host
+
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    with pytest.raises(HostError, match="ssh to"):
+        Host(dataclasses.replace(lab_host, known_hosts=str(empty))).connect()
+
+
+@pytest.mark.lab
+def test_preflight_ok_and_other_release_refused(host, lab_modules, tmp_path):
+    from pipeline.deploy import preflight
+
+    series = lab_modules["series"]
+    assert preflight(host, series, 3) is None
+    assert "offers" in (preflight(host, series, 64) or "")
+    # the same module as if built for another release: refused, nothing loaded
+    release = series.kernel_release
+    other = ("9" if release[0] != "9" else "8") + release[1:]
+    assert other != release and len(other) == len(release)
+    ko = tmp_path / "xen-pciback.ko"
+    _edit_ko(Path(series.module), ko, release.encode() + b" ", other.encode() + b" ")
+    from pipeline.labmod import _modinfo
+
+    foreign = BuildResult(status="ok", module=str(ko), vermagic=_modinfo(ko, "vermagic"), srcversion=series.srcversion)
+    assert vermagic_release(foreign.vermagic) == other
+    before = _host_state(host)
+    reason = preflight(host, foreign, 3)
+    assert reason and f"module built for {other}" in reason and "not loaded" in reason
+    assert _host_state(host) == before
+
+
+@pytest.mark.lab
+def test_deploy_failure_restores_original(host, lab_modules, tmp_path):
+    """insmod fails after the original was unloaded: deploy must put the original back."""
+    from pipeline.deploy import deploy
+
+    series = lab_modules["series"]
+    ko = tmp_path / "xen-pciback.ko"
+    _edit_ko(Path(series.module), ko, b"mod_unload", b"mod_unlo4d")  # vermagic mismatch: insmod refuses
+    before = _host_state(host)
+    res = deploy(host, ko, series.srcversion, print)
+    assert res.status == "failed"
+    assert "insmod" in res.detail
+    assert res.restored
+    assert _host_state(host) == before
+
+
+@pytest.mark.lab
+def test_series_passes_and_host_restored(host, lab_settings, lab_modules):
+    from pipeline.deploy import deploy, loaded_srcversion, restore
+    from pipeline.vftest import run_vf_tests
+
+    series = lab_modules["series"]
+    before = _host_state(host)
+    d = deploy(host, Path(series.module), series.srcversion, print)
+    try:
+        assert d.status == "ok", d.detail
+        assert loaded_srcversion(host) == series.srcversion == d.srcversion
+        assert host.exists("/run/pciback-verify/modified.json")
+        results = run_vf_tests(host, lab_settings, "series", print)
+    finally:
+        restore(host, d, print)
+    assert _host_state(host) == before
+    assert d.restored
+
+    by_name = {r.name: r for r in results}
+    for n in lab_settings.vf_counts:
+        r = by_name[f"vf-boot-{n}"]
+        assert r.passed, r.reason
+        assert r.seen == n and len(r.seen_bdfs) == n
+        assert r.backend["num_devs"] == n
+        assert all(r.backend[f"state-{i}"] == 3 for i in range(n)), r.backend
+        assert all(f"vdev-{i}" in r.backend for i in range(n))
+    hot = by_name["vf-hotplug"]
+    assert hot.passed, hot.reason
+    assert len(hot.metrics["num_devs"]) == len(hot.metrics["steps"]) == 3 + 2 * lab_settings.hotplug_cycles
+    assert [s["seen"] for s in hot.metrics["steps"]][:3] == [1, 2, 3]
+
+
+@pytest.mark.lab
+def test_control_fails_one_of_three(host, lab_modules, lab_settings):
+    from pipeline.deploy import deploy, restore
+    from pipeline.vftest import default_guest, vf_boot
+
+    control = lab_modules["control"]
+    before = _host_state(host)
+    d = deploy(host, Path(control.module), control.srcversion, print)
+    try:
+        assert d.status == "ok", d.detail
+        r = vf_boot(host, 3, "control", default_guest(host, lab_settings), print)
+    finally:
+        restore(host, d, print)
+    assert _host_state(host) == before
+    assert not r.passed
+    assert r.seen == 1, r.reason
+    assert r.backend["state-0"] == 3
+    assert r.backend["state-1"] == 1 and r.backend["state-2"] == 1, r.backend
+    assert "vdev-1" not in r.backend and "vdev-2" not in r.backend
+
+
+def test_edit_ko_helper(tmp_path):
+    src = tmp_path / "a"
+    src.write_bytes(b"xx vermagic=6.1.0-56-amd64 SMP mod_unload yy")
+    _edit_ko(src, tmp_path / "b", b"mod_unload", b"mod_unlo4d")
+    assert b"mod_unlo4d" in (tmp_path / "b").read_bytes()
