@@ -108,7 +108,6 @@ class _Run:
             self.series.patches,
             self.run_dir,
             self.progress,
-            already_applied=kr.apply.status == "already-applied",
         )
 
     # ------------------------------------------------------------ hosts
