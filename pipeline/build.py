@@ -440,13 +440,74 @@ class _Target:
         return roots
 
 
+_CC_RE = re.compile(r"^\s+CC \[M\]\s+(\S+\.o)\s*$")
+
+
+def _sync_sources(moddir: Path, files: dict[str, bytes]) -> bool:
+    """Make moddir hold exactly these sources, rewriting only files that changed.
+
+    Unchanged files keep their mtime, so make recompiles only what the new
+    revision changed. Returns False when the directory had to be started afresh.
+    """
+    present = (
+        {p.relative_to(moddir).as_posix() for p in moddir.rglob("*") if p.is_file() and not _PRODUCT_RE.search(p.name)}
+        if moddir.is_dir()
+        else set()
+    )
+    if not present or present - set(files):
+        _fill(moddir, files)  # first use, or a source was removed: stale objects could survive
+        return False
+    for rel, data in files.items():
+        dest = moddir / rel
+        if not dest.is_file() or dest.read_bytes() != data:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(data)
+    return True
+
+
+def _diagnostics_by_object(output: str, roots, cwd) -> dict[str, list[str]]:
+    """Warnings per compiled object; make -Otarget keeps each object's output in one block."""
+    blocks: dict[str, list[str]] = {}
+    current = ""
+    for line in output.splitlines():
+        if m := _CC_RE.match(line):
+            current = os.path.basename(m.group(1))
+            blocks[current] = []
+        elif current:
+            blocks[current].append(line)
+    return {obj: parse_diagnostics("\n".join(lines), roots, cwd)[0] for obj, lines in blocks.items()}
+
+
 def build_module(target: _Target, run: _Runner, files: dict[str, bytes], role: str, what: str) -> ModuleBuild:
-    """Build xen-pciback.ko from these sources in the target's `role` directory (locked while used)."""
-    moddir = target.key_dir / "work" / role / MODULE_DIR
+    """Build xen-pciback.ko from these sources in the target's `role` directory (locked while used).
+
+    The directory is kept between builds: a new revision recompiles only the
+    files it changed. Warnings of objects make did not rebuild come from the
+    previous build (same source, same flags, same warnings), kept per object.
+    """
+    workdir = target.key_dir / "work" / role
+    moddir = workdir / MODULE_DIR
+    state = workdir / "warnings.json"
     with _locked(target.key_dir / "work" / f"{role}.lock"):
-        _fill(moddir, files)
-        rc, out = run(target.make_cmd(moddir, make_jobs()), moddir, what)
-        warnings, errors = parse_diagnostics(out, target.roots(moddir), target.kdir)
+        try:
+            previous = json.loads(state.read_text()) if state.exists() else None
+        except ValueError:
+            previous = None
+        if previous is None:
+            _fill(moddir, files)
+            previous = {}
+        elif not _sync_sources(moddir, files):
+            previous = {}
+        state.unlink(missing_ok=True)  # stale if this build is interrupted
+        rc, out = run([*target.make_cmd(moddir, make_jobs()), "-Otarget"], moddir, what)
+        by_object = {**previous, **_diagnostics_by_object(out, target.roots(moddir), target.kdir)}
+        by_object = {obj: w for obj, w in by_object.items() if (moddir / obj).exists()}
+        atomic_write_text(state, json.dumps(by_object, indent=1, sort_keys=True) + "\n")
+        warnings: list[str] = []
+        for obj in sorted(by_object):  # the same order whether built afresh or incrementally
+            warnings += [w for w in by_object[obj] if w not in warnings]
+        others, errors = parse_diagnostics(out, target.roots(moddir), target.kdir)
+        warnings += [w for w in others if w not in warnings]
         ko = moddir / MODULE_NAME
         if rc or not ko.exists():
             return ModuleBuild(False, None, warnings, _first_errors(out, errors))
