@@ -32,6 +32,7 @@ from pipeline.kconfig import check_fragments
 from pipeline.results import PatchInfo
 
 XENBUS = f"{MODULE_DIR}/xenbus.c"
+VPCI = f"{MODULE_DIR}/vpci.c"
 
 
 def _progress(msg: str) -> None:
@@ -207,6 +208,10 @@ def _add_unused_variable(name: str):
     return edit
 
 
+def _add_unused_static(text: str) -> str:
+    return text + "\nstatic int pv_keep;\n"
+
+
 def _headers_kernel(name: str) -> KernelConfig:
     return KernelConfig(name=name, remote="r", ref="x", build=BuildConfig(mode="headers", headers="auto"))
 
@@ -335,7 +340,9 @@ def test_full_tree_dom0_fragment_and_incremental_revision(full_tree, debian_sour
     bogus.write_text("CONFIG_PV_VERIFY_NO_SUCH_SYMBOL=y\n")
     kcfg = _full_kernel("full-6.1", ["kconfigs/xen-dom0.config", str(bogus)])
 
-    # revision 1: one unused variable; cold cache, so config and modules_prepare run
+    # revision 1: an unused static in vpci.c and an unused variable in xenbus.c; cold cache,
+    # so config and modules_prepare run
+    _commit_edit(full_tree, VPCI, _add_unused_static, "xen-pciback: unused static")
     _commit_edit(full_tree, XENBUS, _add_unused_variable("pv_rev1"), "xen-pciback: revision 1")
     r1 = build_kernel(build_settings, kcfg, full_tree, base, _series(full_tree, base), tmp_path / "run1", _progress)
     assert r1.status == "ok", (r1.detail, r1.errors)
@@ -345,12 +352,16 @@ def test_full_tree_dom0_fragment_and_incremental_revision(full_tree, debian_sour
     ]
     assert Path(r1.module).is_file()
     assert r1.vermagic.split()[0] == r1.kernel_release and r1.kernel_release.startswith("6.1.")
-    assert [w.split(": warning: ")[1] for w in r1.new_warnings] == ["unused variable 'pv_rev1' [-Wunused-variable]"]
+    assert sorted(w.split(": warning: ")[1] for w in r1.new_warnings) == [
+        "'pv_keep' defined but not used [-Wunused-variable]",
+        "unused variable 'pv_rev1' [-Wunused-variable]",
+    ]
     log1 = Path(r1.log).read_text()
     assert "### prepare: make modules_prepare" in log1 and "### config: make olddefconfig" in log1
 
-    # revision 2 of the series on the same base: only the module is rebuilt
+    # revision 2 of the series on the same base, vpci.c unchanged: only the module is rebuilt
     _git(full_tree, "checkout", "-q", "-f", "--detach", base)
+    _commit_edit(full_tree, VPCI, _add_unused_static, "xen-pciback: unused static")
     _commit_edit(full_tree, XENBUS, _add_unused_variable("pv_rev2"), "xen-pciback: revision 2")
     prepared_config = Path(build_settings.path(build_settings.cache_dir)).glob("build/full-*/out/.config")
     (config_file,) = list(prepared_config)
@@ -364,6 +375,12 @@ def test_full_tree_dom0_fragment_and_incremental_revision(full_tree, debian_sour
     kbuild = _kbuild_output_of_step(log2, "module: series")
     # kbuild's own output: only the module's objects, nothing of prepare (scripts, syncconfig, generated headers)
     assert re.search(r"CC \[M\]\s+\S*/xenbus\.o", kbuild)
+    # only the changed file is recompiled; vpci.c's warning is still reported from revision 1's build
+    assert not re.search(r"CC \[M\]\s+\S*/vpci\.o", kbuild)
+    assert sorted(w.split(": warning: ")[1] for w in r2.new_warnings) == [
+        "'pv_keep' defined but not used [-Wunused-variable]",
+        "unused variable 'pv_rev2' [-Wunused-variable]",
+    ]
     for prepare_mark in ("SYNC", "HOSTCC", "HOSTLD", "UPD ", "WRAP", "scripts/"):
         assert prepare_mark not in kbuild, prepare_mark
     assert config_file.stat().st_mtime_ns == mtime
