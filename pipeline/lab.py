@@ -459,6 +459,7 @@ def _tail(path: Path, n: int) -> str:
         text = path.read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError:
         return ""
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)  # systemd's colours
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return " | ".join(lines[-n:])
 
@@ -546,10 +547,14 @@ def _build(b: _Builder, inputs: dict[str, Any], h: str) -> dict[str, Any]:
     env = _env()
 
     b.say(f"debootstrap {SUITE} minbase from {inputs['mirror']} (about 1-2 min)")
+    # downloaded .debs are kept: a rebuild after a recipe change does not fetch them again
+    debs = p.dir / "debs"
+    debs.mkdir(exist_ok=True)
     b.run(
         [
             "debootstrap",
             "--variant=minbase",
+            f"--cache-dir={debs.resolve()}",
             "--include=" + ",".join(DEBOOTSTRAP_PACKAGES),
             SUITE,
             str(root),
