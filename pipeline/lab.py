@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import glob
 import gzip
 import hashlib
@@ -497,6 +498,11 @@ def is_built(settings: Settings) -> bool:
 
 def build(settings: Settings, progress: Progress = _quiet, force: bool = False) -> BuildInfo:
     """Build the lab image unless it is up to date with its inputs. Needs root."""
+    with _locked(settings, progress):
+        return _build_unlocked(settings, progress, force)
+
+
+def _build_unlocked(settings: Settings, progress: Progress = _quiet, force: bool = False) -> BuildInfo:
     t0 = time.monotonic()
     p = paths(settings)
     key_pub = _ensure_client_key(p)
@@ -735,6 +741,20 @@ def _rmtree_unmounted(path: Path) -> None:
 # ------------------------------------------------------------------ running QEMU
 
 
+@contextlib.contextmanager
+def _locked(settings: Settings, progress: Progress) -> Iterator[None]:
+    """One lab command at a time across processes (two test sessions must not both start QEMU)."""
+    d = paths(settings).dir
+    d.mkdir(parents=True, exist_ok=True)
+    with open(d / "lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            progress("lab: waiting for another lab command to finish")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        yield  # released when the file is closed
+
+
 def qemu_argv(settings: Settings, port: int) -> list[str]:
     """QEMU's command line for the lab (reference: ../shared/lab/reference/run-xen.sh)."""
     p = paths(settings)
@@ -862,6 +882,13 @@ def _kill(pid: int, p: LabPaths) -> None:
     raise LabError(f"QEMU pid {pid} does not die")
 
 
+def _last_port(p: LabPaths) -> int:
+    try:
+        return int((p.dir / "last_port").read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
 def _cleanup_stale(p: LabPaths) -> None:
     for f in (p.pidfile, p.qmp, p.state):
         f.unlink(missing_ok=True)
@@ -943,6 +970,11 @@ def _ready(host: HostConfig) -> str | None:
 
 def up(settings: Settings, progress: Progress = _quiet) -> HostConfig:
     """Boot the lab (or return the running one) and wait until SSH answers and `xl info` works."""
+    with _locked(settings, progress):
+        return _up(settings, progress)
+
+
+def _up(settings: Settings, progress: Progress = _quiet) -> HostConfig:
     p = paths(settings)
     if not is_built(settings):
         raise LabError("the lab is not built: run `invoke lab.build`")
@@ -964,7 +996,8 @@ def up(settings: Settings, progress: Progress = _quiet) -> HostConfig:
 
     last_err = ""
     for _attempt in range(3):  # the port may be taken between probing and QEMU's bind
-        port = free_port(int(state.get("port") or 0))
+        # the previous port when free: known_hosts and HostConfigs held elsewhere stay valid
+        port = free_port(int(state.get("port") or _last_port(p)))
         write_known_hosts(settings, port)
         if p.console.exists():
             os.replace(p.console, p.dir / "console.log.1")
@@ -976,6 +1009,7 @@ def up(settings: Settings, progress: Progress = _quiet) -> HostConfig:
             pid = _our_pid(p)
             if not pid:
                 raise LabError(f"QEMU started but left no live pid in {p.pidfile}; console: {_tail(p.console, 5)}")
+            atomic_write_text(p.dir / "last_port", f"{port}\n")
             atomic_write_text(
                 p.state,
                 json.dumps(
@@ -1021,6 +1055,11 @@ def _wait_ready(settings: Settings, pid: int, t0: float, progress: Progress) -> 
 
 def down(settings: Settings, progress: Progress = _quiet, timeout: float = 90) -> bool:
     """Power the lab off (ssh poweroff, then QMP, then signals); False when it was not running."""
+    with _locked(settings, progress):
+        return _down(settings, progress, timeout)
+
+
+def _down(settings: Settings, progress: Progress = _quiet, timeout: float = 90) -> bool:
     p = paths(settings)
     pid = _our_pid(p)
     if not pid:

@@ -286,8 +286,10 @@ def test_down_frees_everything_and_up_recovers_after_kill9(lab_host, lab_setting
     assert p.pidfile.exists() and p.qmp.exists()  # stale leftovers of the killed QEMU
     assert not lab.status(lab_settings, probe=False).running
 
-    host = lab.up(lab_settings)
+    host2 = lab.up(lab_settings)
     assert lab.status(lab_settings, probe=False).pid != pid
+    assert host2.port == host.port  # the freed port is taken again: known_hosts entries stay valid
+    host = host2
     assert len(_our_qemus(lab_settings)) == 1
     assert "xen_version" in _sh(host, "xl info")
     # the session's HostConfig stays valid for the tests that follow
