@@ -33,6 +33,7 @@ import tarfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -733,6 +734,8 @@ def build_kernel(
     res.network_isolated = not run.sandbox_note
     notes = [run.sandbox_note] if run.sandbox_note else []
     run.note(f"{kcfg.name}: {kcfg.build.mode} build of {worktree} (base {base_commit})")
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"checkpatch-{kcfg.name}")
+    checkpatch: Future | None = None
     try:
         if kcfg.build.mode == "headers":
             target = _headers_target(settings, kcfg, run, progress)
@@ -748,6 +751,13 @@ def build_kernel(
                 )
                 return res
         res.kernel_release = target.release
+
+        if patches:
+            progress(f"{kcfg.name}: build: checkpatch on {len(patches)} patch(es), beside the build")
+            # independent of the build and mostly one core: run it alongside, logged on its own
+            cp_run = _Runner(out_dir / "checkpatch.log", run.deadline, run.env, kcfg.build.timeout_s)
+            checkpatch = pool.submit(run_checkpatch, worktree, patches, cp_run)
+            run.note(f"checkpatch: running beside the build, log {cp_run.log}")
 
         progress(f"{kcfg.name}: build: xen-pciback.ko (series)")
         # one work directory per kernel: kernels sharing headers build side by side
@@ -800,9 +810,8 @@ def build_kernel(
         elif control is not None:
             res.control_detail = f"control does not build ({cdetail}): {'; '.join(control.errors[:2])}"
 
-        if patches:
-            progress(f"{kcfg.name}: build: checkpatch on {len(patches)} patch(es)")
-            res.checkpatch, note = run_checkpatch(worktree, patches, run)
+        if checkpatch is not None:
+            res.checkpatch, note = checkpatch.result()
             if note:
                 notes.append(note)
     except BuildTimeout as e:
@@ -813,6 +822,7 @@ def build_kernel(
         _, errors = parse_diagnostics(e.output, [(worktree, "")])
         res.errors = [f"{e.step} failed"] + _first_errors(e.output, errors)
     finally:
+        pool.shutdown(wait=True)
         res.duration_s = round(time.monotonic() - start, 2)
     if res.status == "build-failed" and not res.detail:
         notes.insert(0, f"build failed: {res.errors[0] if res.errors else 'see ' + str(log)}")
