@@ -130,7 +130,13 @@ class _Progress(git.RemoteProgress):
         self.progress(f"fetch {self.label}: {stage}{pct} {message}".rstrip())
 
 
-def fetch_kernel(settings: Settings, kcfg: KernelConfig, run_id: str, progress=print) -> FetchResult:
+def fetch_kernel(
+    settings: Settings, kcfg: KernelConfig, run_id: str, progress=print, sparse: list[str] | None = None
+) -> FetchResult:
+    """Fetch the kernel's ref into the cache and check it out into a worktree of this run.
+
+    `sparse`: check out only these paths (a headers-mode build needs the driver and
+    scripts/, not the 75,000 files of the whole tree)."""
     t0 = time.monotonic()
     result = FetchResult(remote=kcfg.remote, ref=kcfg.ref)
     url = remote_url(settings, kcfg.remote)
@@ -157,7 +163,14 @@ def fetch_kernel(settings: Settings, kcfg: KernelConfig, run_id: str, progress=p
     wt.parent.mkdir(parents=True, exist_ok=True)
     progress(f"fetch {kcfg.name}: checking out {sha[:12]} into {wt}")
     with _cache_lock(settings):
-        repo.git.worktree("add", "--detach", "--force", str(wt), sha)
+        if sparse:
+            repo.git.worktree("add", "--detach", "--force", "--no-checkout", str(wt), sha)
+            wrepo = git.Repo(wt)
+            wrepo.git.sparse_checkout("set", "--no-cone", *sparse)
+            wrepo.git.checkout("--quiet", "--detach", sha)
+        else:
+            repo.git.worktree("add", "--detach", "--force", str(wt), sha)
+    result.sparse = list(sparse or [])
     result.worktree = str(wt)
     result.status = "ok"
     result.duration_s = round(time.monotonic() - t0, 2)

@@ -58,6 +58,7 @@ class FetchResult:
     commit: str = ""  # the ref resolved to this commit
     worktree: str = ""
     objects_received: int = 0  # from git's own fetch statistics
+    sparse: list[str] = field(default_factory=list)  # paths checked out, empty: the whole tree
     duration_s: float = 0.0
     detail: str = ""
 

@@ -73,7 +73,7 @@ class _Run:
             if self.stop.is_set():
                 return
             kr.fetch.status = "running"
-            kr.fetch = fetch_kernel(self.settings, kcfg, self.run.run_id, progress=p)
+            kr.fetch = fetch_kernel(self.settings, kcfg, self.run.run_id, progress=p, sparse=self.sparse_paths(kcfg))
             self.save()
             if not _wants(self.until, "apply") or self.stop.is_set():
                 return
@@ -96,6 +96,13 @@ class _Run:
             kr.error = f"internal error: {type(e).__name__}: {e}"
             (self.run_dir / f"{kcfg.name}.traceback.txt").write_text(traceback.format_exc())
             p(f"{kcfg.name}: internal error, see {self.run_dir / (kcfg.name + '.traceback.txt')}")
+
+    def sparse_paths(self, kcfg: KernelConfig) -> list[str] | None:
+        """What a headers-mode row reads from its tree: the driver, scripts/ (checkpatch) and the series' files."""
+        if kcfg.build.mode != "headers":
+            return None
+        files = {f for p in self.series.patches for f in p.files}
+        return sorted({"/drivers/xen/xen-pciback/", "/scripts/", "/Makefile"} | {f"/{f}" for f in files})
 
     def build(self, kcfg: KernelConfig, kr: KernelResult) -> BuildResult:
         from . import build
