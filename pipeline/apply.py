@@ -162,15 +162,19 @@ def _conflict_detail(text: str, stderr: str) -> tuple[list[str], list[str]]:
     return files, hunks
 
 
-def _branch_name(series: SeriesInfo, run_id: str) -> str:
-    base = re.sub(r"[^A-Za-z0-9._-]+", "-", series.name).strip("-.") or "series"
-    return f"pv/{base}-v{series.revision}/{run_id}"
+def _refname_part(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-") or "x"
+
+
+def branch_name(series: SeriesInfo, run_id: str, kernel: str) -> str:
+    # branches live in the shared cache: one per kernel and run, or rows would move each other's
+    return f"pv/{_refname_part(run_id)}/{_refname_part(kernel)}/{_refname_part(series.name)}-v{series.revision}"
 
 
 def apply_series(fetch: FetchResult, series: SeriesInfo, run_id: str, progress=print, label: str = "") -> ApplyResult:
     t0 = time.monotonic()
     wt = Path(fetch.worktree)
-    result = ApplyResult(base_commit=fetch.commit, branch=_branch_name(series, run_id))
+    result = ApplyResult(base_commit=fetch.commit, branch=branch_name(series, run_id, label or wt.name))
     _git(wt, "switch", "--quiet", "--force-create", result.branch, fetch.commit)
     conflicted = False
     with tempfile.TemporaryDirectory(prefix="pv-apply-") as tmp:

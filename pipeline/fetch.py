@@ -42,7 +42,11 @@ def cache_repo(settings: Settings) -> git.Repo:
         with repo.config_writer() as cw:
             cw.set_value("gc", "auto", "0")  # never gc under a running fetch of another row
         return repo
-    return git.Repo(path)
+    repo = git.Repo(path)
+    # `sparse-checkout set` in a worktree moves core.bare into config.worktree, which GitPython
+    # does not read; it would then run git in the parent folder. Run git inside the cache itself.
+    repo.git = repo.GitCommandWrapperType(str(path))
+    return repo
 
 
 def remote_url(settings: Settings, remote: str) -> str:
@@ -178,11 +182,21 @@ def fetch_kernel(
     return result
 
 
-def remove_worktree(settings: Settings, worktree: str | Path) -> None:
+def remove_worktree(settings: Settings, worktree: str | Path, branch: str = "", progress=print) -> None:
+    """Drop a run's worktree (results and modules live in the run directory) and its branch."""
     repo = cache_repo(settings)
     with _cache_lock(settings):
         try:
-            repo.git.worktree("remove", "--force", str(worktree))
-        except git.GitCommandError:
-            pass
+            repo.git.worktree("remove", "--force", "--force", str(worktree))
+        except git.GitCommandError as e:
+            progress(f"fetch: could not remove worktree {worktree}: {e.stderr.strip()[-200:]}")
         repo.git.worktree("prune")
+        if branch:
+            try:
+                repo.git.branch("-D", branch)
+            except git.GitCommandError:
+                pass
+    try:
+        Path(worktree).parent.rmdir()  # the run's folder, once its last worktree is gone
+    except OSError:
+        pass

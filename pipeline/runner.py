@@ -284,7 +284,7 @@ def _finish(settings: Settings, run: RunResult, run_dir: Path, progress) -> None
     write_results(run_dir, run)
     for k in run.kernels:
         if k.fetch.worktree:
-            remove_worktree(settings, k.fetch.worktree)
+            remove_worktree(settings, k.fetch.worktree, k.apply.branch, progress)
     print(report.format_table(run))
     print(f"results: {run_dir / 'results.json'}")
 
