@@ -181,15 +181,31 @@ class Host:
         except (OSError, paramiko.SSHException) as e:
             raise HostError(f"host {self.name}: download of {remote} failed: {e}") from None
 
+    def _reset_sftp(self) -> None:
+        if self._sftp is not None:
+            try:
+                self._sftp.close()
+            except Exception:  # noqa: BLE001 - dropping a broken session
+                pass
+            self._sftp = None
+
     def read_text(self, remote: str) -> str | None:
-        """Contents of a remote file, None if it does not exist."""
-        try:
-            with self.sftp().open(remote, "r") as fh:
-                return fh.read().decode(errors="replace")
-        except FileNotFoundError:
-            return None
-        except (OSError, paramiko.SSHException) as e:
-            raise HostError(f"host {self.name}: cannot read {remote}: {e}") from None
+        """Contents of a remote file, None if it does not exist.
+
+        One retry on a fresh SFTP session: a long-lived session occasionally fails with
+        "Garbage packet received" on a file that is being appended to (guest console logs).
+        """
+        for attempt in (1, 2):
+            try:
+                with self.sftp().open(remote, "r") as fh:
+                    return fh.read().decode(errors="replace")
+            except FileNotFoundError:
+                return None
+            except (OSError, paramiko.SSHException, paramiko.sftp.SFTPError, EOFError) as e:
+                self._reset_sftp()
+                if attempt == 2:
+                    raise HostError(f"host {self.name}: cannot read {remote}: {e}") from None
+        return None
 
     def write_text(self, remote: str, text: str) -> None:
         try:
@@ -208,7 +224,8 @@ class Host:
             return True
         except FileNotFoundError:
             return False
-        except (OSError, paramiko.SSHException) as e:
+        except (OSError, paramiko.SSHException, paramiko.sftp.SFTPError, EOFError) as e:
+            self._reset_sftp()
             raise HostError(f"host {self.name}: cannot stat {remote}: {e}") from None
 
     def mkdir_p(self, remote: str) -> None:
