@@ -774,11 +774,12 @@ def build_kernel(
             res.srcversion, res.vermagic = series.srcversion, series.vermagic
 
         changed = _module_changed(worktree, base_commit)
-        base_files = _commit_sources(worktree, base_commit) if changed else None
+        # read lazily: a warm rebuild finds baseline and control in the cache and never needs them
+        base_files = functools.cache(lambda: _commit_sources(worktree, base_commit))
         if changed:
             progress(f"{kcfg.name}: build: baseline without the series ({base_commit[:12]})")
             baseline, _, _ = _cached_build(
-                target, run, f"baseline/{base_commit}", lambda: (base_files, "base commit"), "module: baseline"
+                target, run, f"baseline/{base_commit}", lambda: (base_files(), "base commit"), "module: baseline"
             )
             if baseline is not None and baseline.ok:
                 res.new_warnings = new_warnings(res.warnings, baseline.warnings)
@@ -791,8 +792,7 @@ def build_kernel(
         revert = settings.path(kcfg.control_revert)
 
         def control_files() -> tuple[dict[str, bytes] | None, str]:
-            files = base_files if base_files is not None else _commit_sources(worktree, base_commit)
-            return control_sources(files, revert, target.key_dir / "work" / "control-stage")
+            return control_sources(base_files(), revert, target.key_dir / "work" / "control-stage")
 
         control, cdetail, _ = _cached_build(
             target,
