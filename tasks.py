@@ -10,8 +10,14 @@ import sys
 
 from invoke import Collection, Exit, task
 
+from pipeline import clihook
 from pipeline.config import load_settings
 from pipeline.errors import PipelineError
+
+# invoke reads `-f FILE` and the project's invoke.yaml after importing this file: a file that
+# does not parse becomes one line and exit code 31 instead of a traceback (~/.invoke.yaml is read
+# earlier; the venv's .pth hook covers it, see pipeline/clihook.py)
+clihook.install()
 
 
 def _progress(msg: str) -> None:

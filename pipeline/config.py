@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import PROJECT_ROOT
-from .errors import ConfigError
+from .errors import ConfigError, UnknownConfigKey
 
 BUILD_MODES = ("headers", "full")
 
@@ -116,8 +116,8 @@ class _Validator:
     def __init__(self, source_of):
         self.source_of = source_of
 
-    def fail(self, keypath: str, msg: str) -> typing.NoReturn:
-        raise ConfigError(f"{self.source_of(keypath)}: key {keypath}: {msg}")
+    def fail(self, keypath: str, msg: str, error: type[ConfigError] = ConfigError) -> typing.NoReturn:
+        raise error(f"{self.source_of(keypath)}: key {keypath}: {msg}")
 
     def convert(self, tp: Any, value: Any, keypath: str, name: str | None = None) -> Any:
         origin = typing.get_origin(tp)
@@ -150,7 +150,9 @@ class _Validator:
         kwargs: dict[str, Any] = {}
         for key, v in value.items():
             if key not in fields:
-                self.fail(f"{keypath}.{key}", f"unknown key; expected one of {', '.join(sorted(fields))}")
+                self.fail(
+                    f"{keypath}.{key}", f"unknown key; expected one of {', '.join(sorted(fields))}", UnknownConfigKey
+                )
             kwargs[key] = self.convert(hints[key], v, f"{keypath}.{key}", name=key)
         if "name" in fields and "name" not in kwargs and name is not None:
             kwargs["name"] = name  # hosts are keyed by name

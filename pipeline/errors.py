@@ -14,15 +14,45 @@ class PipelineError(Exception):
 
 
 class ConfigError(PipelineError):
+    """A configuration value of the wrong type or out of range (and the family of config errors)."""
+
     exit_code = 3
 
 
+class ConfigSyntaxError(ConfigError):
+    """A config file that is not valid YAML/JSON (pipeline/clihook.py uses the same code)."""
+
+    exit_code = 31
+
+
+class UnknownConfigKey(ConfigError):
+    exit_code = 32
+
+
 class SeriesError(PipelineError):
+    """Malformed, empty or binary series input (and the family of series errors)."""
+
     exit_code = 4
 
 
+class UnsafePatchPath(SeriesError):
+    """A patch naming a path outside the tree (absolute, '..', .git/)."""
+
+    exit_code = 41
+
+
+class PatchTooLarge(SeriesError):
+    exit_code = 42
+
+
 class FetchError(PipelineError):
+    """Remote unreachable or fetch failed (and the family of fetch errors)."""
+
     exit_code = 5
+
+
+class UnknownRef(FetchError):
+    exit_code = 51
 
 
 class BuildSetupError(PipelineError):

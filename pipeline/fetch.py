@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 import git
 
 from .config import KernelConfig, Settings
-from .errors import FetchError
+from .errors import FetchError, UnknownRef
 from .results import FetchResult
 
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
@@ -94,7 +94,7 @@ def resolve_ref(url: str, ref: str, display: str) -> tuple[str, str]:
     for name in (f"refs/heads/{ref}", f"refs/tags/{ref}^{{}}", f"refs/tags/{ref}", ref):
         if name in found:
             return name.removesuffix("^{}"), found[name]
-    raise FetchError(f"ref {ref!r} not found in remote {display!r}")
+    raise UnknownRef(f"ref {ref!r} not found in remote {display!r}")
 
 
 def _object_count(repo: git.Repo) -> int:

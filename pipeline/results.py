@@ -159,6 +159,7 @@ class KernelResult:
     deploy: list[DeployResult] = field(default_factory=list)
     tests: list[TestResult] = field(default_factory=list)
     error: str = ""  # the pipeline itself failed for this row
+    error_code: int = 0  # exit code of the PipelineError behind `error` (0: by stage)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from pathlib import Path
 from . import kernelsrc
 from .config import HostConfig, KernelConfig, Settings
 from .errors import ConfigError, Interrupted, PipelineError
+from .interrupt import stop_children, sweep_run
 from .results import (
     BuildResult,
     DeployResult,
@@ -74,10 +75,12 @@ class _Run:
                 return
             kr.fetch.status = "running"
             kr.fetch = fetch_kernel(self.settings, kcfg, self.run.run_id, progress=p, sparse=self.sparse_paths(kcfg))
+            self.interrupted_during(kr.fetch)
             self.save()
             if not _wants(self.until, "apply") or self.stop.is_set():
                 return
             kr.apply = apply_series(kr.fetch, self.series, self.run.run_id, progress=p, label=kcfg.name)
+            self.interrupted_during(kr.apply)
             self.save()
             if not _wants(self.until, "build") or self.stop.is_set():
                 return
@@ -85,17 +88,31 @@ class _Run:
                 kr.build = BuildResult(status="skipped", detail="the series does not apply")
                 return
             kr.build = self.build(kcfg, kr)
+            self.interrupted_during(kr.build)
             self.save()
         except PipelineError as e:
             stage = _current_stage(kr)
+            if self.interrupted_during(_stage_obj(kr, stage)):
+                return
             _stage_obj(kr, stage).status = "failed"
             _stage_obj(kr, stage).detail = e.message
             kr.error = f"{stage}: {e.message}"
+            kr.error_code = e.exit_code
             p(f"{kcfg.name}: {stage} failed: {e.message}")
         except Exception as e:  # a bug of ours: the row says so, the other rows go on
+            if self.interrupted_during(_stage_obj(kr, _current_stage(kr))):
+                return
             kr.error = f"internal error: {type(e).__name__}: {e}"
             (self.run_dir / f"{kcfg.name}.traceback.txt").write_text(traceback.format_exc())
             p(f"{kcfg.name}: internal error, see {self.run_dir / (kcfg.name + '.traceback.txt')}")
+
+    def interrupted_during(self, stage) -> bool:
+        """After Ctrl-C, a stage that ended (its processes were stopped) says `interrupted`, not failed."""
+        if not self.stop.is_set():
+            return False
+        stage.status = "interrupted"
+        stage.detail = ("interrupted; " + (stage.detail or "")).rstrip("; ")
+        return True
 
     def sparse_paths(self, kcfg: KernelConfig) -> list[str] | None:
         """What a headers-mode row reads from its tree: the driver, scripts/ (checkpatch) and the series' files."""
@@ -254,6 +271,8 @@ def verify(
                             time.sleep(0.2)  # keeps the main thread responsive to Ctrl-C
                 except KeyboardInterrupt:
                     ctx.stop.set()
+                    stop_children()  # git and make (own session) never saw the Ctrl-C sent to us
+                    progress("interrupted: stopping the running stages")
                     raise
             if _wants(until, "deploy"):
                 lab_used = any(settings.hosts[h].lab for k in kcfgs for h in k.hosts)
@@ -265,6 +284,8 @@ def verify(
     finally:
         run.finished = now_iso()
         _finish(settings, run, rd.path, progress)
+        if run.status == "interrupted":
+            sweep_run(settings, run.run_id, progress)  # what a cut-short stage had half-created
         if lab_used and lab_down:
             from . import lab
 
@@ -294,7 +315,7 @@ def exit_status(run: RunResult) -> tuple[int, str]:
     for k in run.kernels:
         if k.error:
             stage = k.error.split(":", 1)[0]
-            return _STAGE_EXIT.get(stage, 1), f"{k.name}: {k.error}"
+            return k.error_code or _STAGE_EXIT.get(stage, 1), f"{k.name}: {k.error}"
     if run.status != "complete":
         return 1, f"run {run.status}"
     return 0, ""

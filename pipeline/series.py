@@ -14,7 +14,7 @@ import subprocess
 from email.message import Message
 from pathlib import Path, PurePosixPath
 
-from .errors import SeriesError
+from .errors import PatchTooLarge, SeriesError, UnsafePatchPath
 from .results import PatchInfo, SeriesInfo
 
 MAX_PATCH_BYTES = 5 * 1024 * 1024  # far beyond any sane pciback series
@@ -38,7 +38,12 @@ def _decode(value: str | None) -> str:
     parts = email.header.decode_header(value)
     out = []
     for text, charset in parts:
-        out.append(text.decode(charset or "utf-8", "replace") if isinstance(text, bytes) else text)
+        if isinstance(text, bytes):
+            try:
+                text = text.decode(charset or "utf-8", "replace")
+            except LookupError:  # an unknown charset in an encoded word (found by tests/test_fuzz.py)
+                text = text.decode("utf-8", "replace")
+        out.append(text)
     return " ".join("".join(out).split())
 
 
@@ -73,7 +78,7 @@ def check_patch_text(text: str, where: str) -> list[str]:
     if not text.strip():
         raise SeriesError(f"{where}: empty patch")
     if len(text.encode()) > MAX_PATCH_BYTES:
-        raise SeriesError(f"{where}: patch is larger than {MAX_PATCH_BYTES // (1024 * 1024)} MiB")
+        raise PatchTooLarge(f"{where}: patch is larger than {MAX_PATCH_BYTES // (1024 * 1024)} MiB")
     diff = _diff_part(text)
     if not diff or not re.search(r"^@@ ", diff, re.M):
         if "GIT binary patch" in text or re.search(r"^Binary files .* differ$", text, re.M):
@@ -93,11 +98,11 @@ def check_patch_text(text: str, where: str) -> list[str]:
         path = raw
         pure = PurePosixPath(path)
         if path.startswith("/") or pure.is_absolute():
-            raise SeriesError(f"{where}: path {raw!r} is absolute; a patch must stay inside the kernel tree")
+            raise UnsafePatchPath(f"{where}: path {raw!r} is absolute; a patch must stay inside the kernel tree")
         if ".." in pure.parts:
-            raise SeriesError(f"{where}: path {raw!r} escapes the tree ('..')")
+            raise UnsafePatchPath(f"{where}: path {raw!r} escapes the tree ('..')")
         if ".git" in pure.parts:
-            raise SeriesError(f"{where}: path {raw!r} touches .git/")
+            raise UnsafePatchPath(f"{where}: path {raw!r} touches .git/")
         if path not in files:
             files.append(path)
     return files
@@ -141,7 +146,7 @@ def _read_text(path: Path) -> str:
     except OSError as e:
         raise SeriesError(f"{path}: cannot read ({e.strerror})") from None
     if len(data) > MAX_PATCH_BYTES * 4:
-        raise SeriesError(f"{path}: file is larger than {MAX_PATCH_BYTES * 4 // (1024 * 1024)} MiB")
+        raise PatchTooLarge(f"{path}: file is larger than {MAX_PATCH_BYTES * 4 // (1024 * 1024)} MiB")
     if b"\0" in data:
         raise SeriesError(f"{path}: binary file, not a patch or mbox")
     return data.decode("utf-8", "replace")
@@ -200,7 +205,7 @@ def load_series(path: Path | str, name: str | None = None) -> SeriesInfo:
             fname = entry.split()[0]  # quilt allows options such as -p1 after the name
             pure = PurePosixPath(fname)
             if pure.is_absolute() or ".." in pure.parts:
-                raise SeriesError(f"{series_file}:{lineno}: {fname!r} is outside the series folder")
+                raise UnsafePatchPath(f"{series_file}:{lineno}: {fname!r} is outside the series folder")
             pfile = path / fname
             if not pfile.is_file():
                 raise SeriesError(f"{series_file}:{lineno}: no such patch file {fname!r}")

@@ -152,7 +152,7 @@ def test_verify_until_apply_writes_results(tmp_path, debian_source):
     "kind,expect_code,expect",
     [
         ("bad-series", 4, "not a patch"),
-        ("unknown-ref", 5, "ref 'v0.0.0-nope' not found"),
+        ("unknown-ref", 51, "ref 'v0.0.0-nope' not found"),  # errors.UnknownRef
         ("unreachable", 5, "unreachable"),
         ("wrong-type", 3, "pv.jobs"),
     ],

@@ -1,0 +1,188 @@
+"""Results never lost, Ctrl-C safe: kill -9 and SIGINT in the middle of `invoke verify` (real Debian 6.1 source)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline import PROJECT_ROOT
+from pipeline.interrupt import descendants
+
+pytestmark = pytest.mark.kernel
+
+DEBIAN = PROJECT_ROOT / ".cache" / "debian-linux.git"
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INVOKE_")}
+    env.update(INVOKE_PV_RESULTS_ROOT=str(tmp_path / "runs"), PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def _start(tmp_path: Path, *args: str, **env: str) -> subprocess.Popen:
+    # own session: like a terminal job; the signals below go to the pid only (the harder case)
+    return subprocess.Popen(
+        [sys.executable, "-m", "invoke", *args],
+        cwd=PROJECT_ROOT,
+        env=_env(tmp_path, **env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _wait_for(proc: subprocess.Popen, needle: str, timeout: float = 300) -> list[str]:
+    seen, t0 = [], time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if needle in line:
+            return seen
+    proc.kill()
+    pytest.fail(f"never saw {needle!r}: {''.join(seen)[-2000:]}")
+
+
+def _run_dir(out: str, root: Path) -> Path:
+    for line in out.splitlines():
+        if line.startswith("run ") and ": " in line:
+            return Path(line.split(": ", 1)[1].strip())
+    runs = [p for p in root.iterdir() if p.name != "latest"]
+    return max(runs, key=lambda p: p.stat().st_mtime)
+
+
+def _settings(**env: str):
+    from invoke import Config
+
+    from pipeline.config import load_settings
+
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        cfg = Config(project_location=str(PROJECT_ROOT))
+        cfg.load_project()
+        cfg.load_shell_env()
+        return load_settings(cfg)
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+def _leftovers(cache_dir: Path, run_id: str) -> list[str]:
+    objects = cache_dir / "git" / "objects.git"
+    if not objects.exists():
+        return []
+    wts = subprocess.run(
+        ["git", f"--git-dir={objects}", "worktree", "list", "--porcelain"], capture_output=True, text=True
+    ).stdout
+    refs = subprocess.run(
+        ["git", f"--git-dir={objects}", "for-each-ref", "--format=%(refname)", f"refs/heads/pv/{run_id}/"],
+        capture_output=True,
+        text=True,
+    ).stdout
+    return [line for line in wts.splitlines() if run_id in line] + refs.split()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _debian_source():
+    if not (DEBIAN / "HEAD").exists():
+        pytest.skip("Debian 6.1 source not imported: `invoke source.import`")
+
+
+def test_kill9_mid_build_keeps_earlier_runs_and_marks_the_run_incomplete(tmp_path):
+    root = tmp_path / "runs"
+    first = subprocess.run(
+        [sys.executable, "-m", "invoke", "verify", "--until", "series"],
+        cwd=PROJECT_ROOT,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+    )
+    assert first.returncode == 0, first.stderr
+    (earlier,) = [p for p in root.iterdir() if p.name != "latest"]
+    before = {p.name: p.read_bytes() for p in earlier.iterdir() if p.is_file()}
+
+    proc = _start(tmp_path, "verify", "--until", "build")
+    out = "".join(_wait_for(proc, ": build: "))
+    time.sleep(1)
+    kids = descendants(proc.pid)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    for pid in kids:  # the orphaned builds (own sessions) of the killed run
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    run = _run_dir(out, root)
+    try:
+        assert run != earlier and {p.name: p.read_bytes() for p in earlier.iterdir() if p.is_file()} == before
+        res = json.loads((run / "results.json").read_text())
+        assert res["status"] == "incomplete" and res["run_id"] == run.name
+        assert all(k["fetch"]["status"] in ("ok", "running", "not-run") for k in res["kernels"])
+        assert not list(run.glob(".results.json.*"))  # no half-written temp file left as the result
+        rep = subprocess.run(
+            [sys.executable, "-m", "invoke", "report", "--run", str(run)],
+            cwd=PROJECT_ROOT,
+            env=_env(tmp_path),
+            capture_output=True,
+            text=True,
+        )
+        assert rep.returncode == 0, rep.stderr
+        assert "debian-6.1" in rep.stdout and (run / "summary.md").is_file()
+    finally:
+        from pipeline.interrupt import sweep_run
+
+        time.sleep(1)
+        sweep_run(_settings(), run.name, progress=lambda m: None)  # kill -9 cannot clean up: the test does
+        assert _leftovers(PROJECT_ROOT / ".cache", run.name) == []
+
+
+def _assert_interrupted(proc: subprocess.Popen, t_signal: float, root: Path, out: str, cache: Path) -> dict:
+    rest, _ = proc.communicate(timeout=60)
+    elapsed = time.monotonic() - t_signal
+    assert proc.returncode == 130, out + rest
+    assert elapsed < 20, f"took {elapsed:.1f}s to stop"
+    assert "Traceback" not in out + rest
+    run = _run_dir(out, root)
+    res = json.loads((run / "results.json").read_text())
+    assert res["status"] == "interrupted"
+    assert _leftovers(cache, run.name) == []
+    assert not (cache / "worktrees" / run.name).exists()
+    return res
+
+
+def test_sigint_during_build_stops_promptly_and_cleans_up(tmp_path):
+    proc = _start(tmp_path, "verify", "--until", "build")
+    out = "".join(_wait_for(proc, ": build: "))
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    res = _assert_interrupted(proc, time.monotonic(), tmp_path / "runs", out, PROJECT_ROOT / ".cache")
+    k = res["kernels"]
+    assert all(r["fetch"]["status"] == "ok" for r in k)  # what completed is recorded
+    assert any(r["build"]["status"] == "interrupted" for r in k), [r["build"]["status"] for r in k]
+    assert not [p for p in descendants(proc.pid)]
+
+
+def test_sigint_during_fetch_stops_promptly_and_cleans_up(tmp_path):
+    cache = tmp_path / "cache"  # cold: the fetch of the whole tree takes long enough to interrupt it
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(
+        yaml.safe_dump({"pv": {"matrices": {"default": [{"name": "deb", "remote": str(DEBIAN), "ref": "debian-6.1"}]}}})
+    )
+    proc = _start(tmp_path, "-f", str(cfg), "verify", "--until", "apply", INVOKE_PV_CACHE_DIR=str(cache))
+    out = "".join(_wait_for(proc, "fetch deb: debian-6.1 from"))
+    time.sleep(2)
+    proc.send_signal(signal.SIGINT)
+    res = _assert_interrupted(proc, time.monotonic(), tmp_path / "runs", out, cache)
+    (k,) = res["kernels"]
+    assert k["fetch"]["status"] == "interrupted" and k["apply"]["status"] == "not-run", k
