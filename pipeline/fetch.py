@@ -145,8 +145,8 @@ def fetch_kernel(
     result = FetchResult(remote=kcfg.remote, ref=kcfg.ref)
     url = remote_url(settings, kcfg.remote)
     fullref, sha = resolve_ref(url, kcfg.ref, kcfg.remote)
-    repo = cache_repo(settings)
     with _cache_lock(settings):
+        repo = cache_repo(settings)
         before = _object_count(repo)
         if not _has_commit(repo, sha):
             name = _remote_name(url)
@@ -166,6 +166,7 @@ def fetch_kernel(
     wt = worktree_root(settings) / run_id / kcfg.name
     wt.parent.mkdir(parents=True, exist_ok=True)
     progress(f"fetch {kcfg.name}: checking out {sha[:12]} into {wt}")
+    t_checkout = time.monotonic()
     with _cache_lock(settings):
         if sparse:
             repo.git.worktree("add", "--detach", "--force", "--no-checkout", str(wt), sha)
@@ -175,6 +176,7 @@ def fetch_kernel(
         else:
             repo.git.worktree("add", "--detach", "--force", str(wt), sha)
     result.sparse = list(sparse or [])
+    result.checkout_s = round(time.monotonic() - t_checkout, 2)
     result.worktree = str(wt)
     result.status = "ok"
     result.duration_s = round(time.monotonic() - t0, 2)

@@ -59,6 +59,7 @@ class FetchResult:
     worktree: str = ""
     objects_received: int = 0  # from git's own fetch statistics
     sparse: list[str] = field(default_factory=list)  # paths checked out, empty: the whole tree
+    checkout_s: float = 0.0  # of duration_s, the worktree checkout
     duration_s: float = 0.0
     detail: str = ""
 
