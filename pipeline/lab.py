@@ -897,17 +897,21 @@ def _cleanup_stale(p: LabPaths) -> None:
 def free_port(preferred: int = 0) -> int:
     """A TCP port on 127.0.0.1 nobody listens on; the preferred one when it is free."""
     for candidate in ([preferred] if preferred else []) + [0]:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("127.0.0.1", candidate))
-            except OSError:
-                continue
-            return s.getsockname()[1]
+        if not port_in_use(candidate):
+            if candidate:
+                return candidate
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(("127.0.0.1", 0))
+                return s.getsockname()[1]
     raise LabError("no free TCP port on 127.0.0.1")
 
 
 def port_in_use(port: int) -> bool:
+    """Whether something listens on 127.0.0.1:port. SO_REUSEADDR as QEMU's hostfwd uses it: closed
+    connections in TIME_WAIT (after a kill -9) do not count."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
