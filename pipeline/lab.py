@@ -13,6 +13,9 @@ the inventory host `lab`. All state lives in `settings.path(settings.lab.dir)`:
     manifest.json        what was built from which inputs (see build())
     build.log            every command of the last build and its output
     qemu.pid, qmp.sock, console.log, state.json   the running lab
+    last_port            SSH port of the last boot, taken again when free
+    lock                 flock: one lab command (build/up/down) at a time across processes
+    debs/                debootstrap's download cache
 """
 
 from __future__ import annotations
@@ -853,11 +856,16 @@ def _our_pid(p: LabPaths) -> int:
 def _is_our_qemu(pid: int, p: LabPaths) -> bool:
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (FileNotFoundError, ProcessLookupError, IndexError, PermissionError):
         return False
-    if state in ("Z", "X"):
+    if state in ("Z", "X"):  # a zombie has closed its port and released the image lock
         return False
+    if cmdline == [b""]:
+        # an exiting process has dropped its memory (and cmdline) before closing its files:
+        # still ours until the port and the image lock are free
+        return comm.startswith("qemu-system")
     return any(QEMU.encode() in a for a in cmdline[:1]) and f"file={p.image},".encode() in b"\0".join(cmdline)
 
 

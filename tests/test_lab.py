@@ -280,8 +280,8 @@ def test_down_frees_everything_and_up_recovers_after_kill9(lab_host, lab_setting
     host = lab.up(lab_settings)
     pid = lab.status(lab_settings, probe=False).pid
     os.kill(pid, signal.SIGKILL)
-    for _ in range(40):
-        if pid not in _our_qemus(lab_settings):
+    for _ in range(80):
+        if not lab.status(lab_settings, probe=False).running:  # gone or a zombie: port and image freed
             break
         time.sleep(0.25)
     assert p.pidfile.exists() and p.qmp.exists()  # stale leftovers of the killed QEMU
