@@ -860,7 +860,11 @@ def _is_our_qemu(pid: int, p: LabPaths) -> bool:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (FileNotFoundError, ProcessLookupError, IndexError, PermissionError):
         return False
-    if state in ("Z", "X"):  # a zombie has closed its port and released the image lock
+    if state in ("Z", "X"):
+        # the leader thread is a zombie at once, but its files (port, image lock) are released
+        # only when the last of QEMU's threads has exited
+        with contextlib.suppress(OSError):
+            return len(os.listdir(f"/proc/{pid}/task")) > 1
         return False
     if cmdline == [b""]:
         # an exiting process has dropped its memory (and cmdline) before closing its files:
