@@ -833,7 +833,8 @@ def run_ssh(
     except subprocess.TimeoutExpired as e:
         raise LabError(f"ssh {host.name}: `{cmd}` timed out after {timeout:.0f}s") from e
     if check and proc.returncode != 0:
-        raise LabError(f"ssh {host.name}: `{cmd}` exited {proc.returncode}: {proc.stderr.strip()[-300:]}")
+        out = " | ".join(x for x in (proc.stdout.strip(), proc.stderr.strip()) if x).replace("\n", " | ")
+        raise LabError(f"ssh {host.name}: `{cmd}` exited {proc.returncode}: {out[-600:]}")
     return proc
 
 
