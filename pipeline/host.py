@@ -121,14 +121,17 @@ class Host:
         if transport is None:
             raise HostError(f"host {self.name}: ssh connection lost")
         try:
-            chan = transport.open_session(timeout=self.connect_timeout)
-            chan.settimeout(1.0)
-            chan.exec_command(command)
-            if stdin is not None:
-                chan.sendall(stdin.encode())
-            chan.shutdown_write()
-        except (paramiko.SSHException, OSError) as e:
-            raise HostError(f"host {self.name}: cannot run {argv[0]}: {e}") from None
+            chan = self._start(transport, command, stdin)
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            # a transport that died under load ("Invalid packet blocking", "Garbage packet"):
+            # the command did not start, so one fresh connection is safe to try
+            self.close()
+            try:
+                self.connect()
+                assert self._client is not None
+                chan = self._start(self._client.get_transport(), command, stdin)
+            except (paramiko.SSHException, OSError, EOFError, HostError):
+                raise HostError(f"host {self.name}: cannot run {argv[0]}: {e}") from None
         out, err = bytearray(), bytearray()
         deadline = time.monotonic() + timeout
         timed_out = False
@@ -155,6 +158,17 @@ class Host:
             detail = (serr.strip() or sout.strip()).splitlines()
             raise HostError(f"host {self.name}: `{command}` {what}" + (f": {detail[-1]}" if detail else ""))
         return rc, sout, serr
+
+    def _start(self, transport, command: str, stdin: str | None) -> paramiko.Channel:
+        if transport is None or not transport.is_active():
+            raise paramiko.SSHException("ssh connection lost")
+        chan = transport.open_session(timeout=self.connect_timeout)
+        chan.settimeout(1.0)
+        chan.exec_command(command)
+        if stdin is not None:
+            chan.sendall(stdin.encode())
+        chan.shutdown_write()
+        return chan
 
     def out(self, argv: list[str], timeout: float = 60.0) -> str:
         """stdout of a command that must succeed, stripped."""
