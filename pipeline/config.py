@@ -55,6 +55,8 @@ class HostConfig:
     max_vfs: int = 3
     kernel_release: str = ""  # expected running release; empty: ask the host
     lab: bool = False  # the built-in QEMU lab fills address/port/key/known_hosts itself
+    lock_timeout_s: int = 1800  # how long a run waits for another run's lock on this host
+    lock_stale_s: int = 43200  # a lock older than this (of a run on another machine) is broken
 
 
 @dataclass

@@ -22,6 +22,7 @@ MARKER = f"{MARKER_DIR}/modified.json"
 STAGING = "/var/tmp/pciback-verify"
 SYS_MODULE = "/sys/module/xen_pciback"
 PCIBACK_BE = "/local/domain/0/backend/pci"
+TEST_DOMAIN_PREFIX = "pvtest-"
 
 Progress = Callable[[str], None]
 
@@ -112,6 +113,78 @@ def remove_stale_backends(host: Host) -> list[int]:
     for d in stale:
         host.run(["xenstore-rm", f"{PCIBACK_BE}/{d}"], check=False, timeout=30)
     return stale
+
+
+def test_domains(host: Host) -> list[str]:
+    """Names of the pipeline's test guests (`pvtest-*`) that exist on the host."""
+    out = host.out(["xl", "list"], timeout=60)
+    return [f[0] for f in (line.split() for line in out.splitlines()[1:]) if f and f[0].startswith(TEST_DOMAIN_PREFIX)]
+
+
+def staged_entries(host: Host) -> list[str]:
+    """What is left under the staging directory (module versions uploaded by deploys)."""
+    try:
+        return sorted(host.sftp().listdir(STAGING))
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        raise HostError(f"host {host.name}: cannot list {STAGING}: {e}") from None
+
+
+def clean_staging(host: Host, keep: str = "") -> None:
+    """Remove uploaded modules (all but `keep`, a staged srcversion still loaded as the original)."""
+    for entry in staged_entries(host):
+        if entry != keep:
+            host.run(["rm", "-rf", "--", f"{STAGING}/{entry}"], timeout=60)
+    host.run(["rmdir", "--ignore-fail-on-non-empty", STAGING], check=False, timeout=30)
+
+
+def pf_numvfs(host: Host) -> int | None:
+    text = host.read_text(f"/sys/bus/pci/devices/{host.config.pf_bdf}/sriov_numvfs")
+    return int(text.strip() or 0) if text is not None else None
+
+
+def recover(host: Host, progress: Progress = _noprogress) -> str | None:
+    """Put a host back that an earlier run left modified (its marker file exists); None when clean.
+
+    Destroys the pipeline's test guests, removes their backend entries, sets sriov_numvfs back to
+    what the earlier deploy found, reloads the original xen-pciback, makes the devices that were
+    assignable assignable again, empties the staging directory and removes the marker. Call it
+    with the host lock held, before anything else touches the host.
+    """
+    marker = read_marker(host)
+    if marker is None:
+        if host.exists(MARKER):  # unreadable marker: we cannot know the original; stock is the safe bet
+            marker = {"original": "stock"}
+        else:
+            return None
+    original = str(marker.get("original") or "stock")
+    progress(
+        f"{host.name}: an earlier run left the host modified (deployed {marker.get('deployed', '?')} "
+        f"since {marker.get('since', '?')}); restoring it first"
+    )
+    for dom in test_domains(host):
+        progress(f"{host.name}: destroying leftover test domain {dom}")
+        from .vftest import destroy_domain
+
+        destroy_domain(host, dom)
+    remove_stale_backends(host)
+    want = marker.get("numvfs")
+    now = pf_numvfs(host)
+    if isinstance(want, int) and now is not None and now != want:
+        if loaded_srcversion(host) is not None:
+            _release(host)
+        pf = f"/sys/bus/pci/devices/{host.config.pf_bdf}"
+        host.write_sysfs(f"{pf}/sriov_numvfs", "0")
+        if want:
+            host.write_sysfs(f"{pf}/sriov_numvfs", str(want))
+        progress(f"{host.name}: sriov_numvfs of {host.config.pf_bdf} back from {now} to {want}")
+    held = [b for b in marker.get("assignable") or [] if isinstance(b, str)]
+    _restore_module(host, original, progress, held)
+    clean_staging(host, keep=original)
+    what = f"xen_pciback {original}, sriov_numvfs {want if isinstance(want, int) else 'unchanged'}"
+    progress(f"{host.name}: recovered: {what}")
+    return what
 
 
 def read_marker(host: Host) -> dict | None:
@@ -216,13 +289,13 @@ def deploy(host: Host, module_path: Path, srcversion: str, progress: Progress = 
         )
         return res
     try:
-        marker = read_marker(host)
-        if marker and marker.get("original"):
-            # an earlier run left the host modified: what it found is the real original
-            res.original = marker["original"]
-            progress(f"{host.name}: marker of an earlier deploy found; original module was {res.original}")
-        else:
-            res.original, _ = loaded_state(host)
+        recover(host, progress)  # an earlier run left the host modified: put it back first
+    except HostError as e:
+        res.status = "failed"
+        res.detail = f"could not undo what an earlier run left on the host: {e.message}"
+        return res
+    try:
+        res.original, _ = loaded_state(host)
         progress(f"{host.name}: loaded now: {res.original}; uploading module {srcversion}")
         stage_dir = f"{STAGING}/{srcversion}"
         host.mkdir_p(stage_dir)
@@ -234,7 +307,17 @@ def deploy(host: Host, module_path: Path, srcversion: str, progress: Progress = 
         host.mkdir_p(MARKER_DIR)
         host.write_text(
             MARKER,
-            json.dumps({"original": res.original, "deployed": srcversion, "module": staged, "since": now_iso()}) + "\n",
+            json.dumps(
+                {
+                    "original": res.original,
+                    "deployed": srcversion,
+                    "module": staged,
+                    "since": now_iso(),
+                    "numvfs": pf_numvfs(host),
+                    "assignable": assignable_devices(host),
+                }
+            )
+            + "\n",
         )
         touched = True
         held = _release(host)
@@ -259,10 +342,15 @@ def deploy(host: Host, module_path: Path, srcversion: str, progress: Progress = 
         res.detail = e.message
         progress(f"{host.name}: deploy failed: {e.message}; restoring {res.original or 'original'}")
         if not touched:
-            res.restored = True  # nothing was changed on the host
+            res.restored = True  # nothing was changed on the host but the upload
+            try:
+                clean_staging(host, keep=res.original or "")
+            except HostError as e2:
+                res.detail += f"; staging cleanup failed: {e2.message}"
         else:
             try:
                 _restore_module(host, res.original or "stock", progress, held)
+                clean_staging(host, keep=res.original or "")
                 res.restored = True
             except HostError as e2:
                 res.detail += f"; restore failed too: {e2.message}"
@@ -299,6 +387,7 @@ def restore(host: Host, deploy: DeployResult, progress: Progress = _noprogress) 
         original = deploy.original or "stock"
         progress(f"{host.name}: restoring xen_pciback ({original})")
         _restore_module(host, original, progress)
+        clean_staging(host, keep=original)
         deploy.restored = True
         cur = loaded_srcversion(host)
         progress(f"{host.name}: xen_pciback back to {original} (srcversion {cur or 'not loaded'})")

@@ -65,6 +65,12 @@ class HostError(PipelineError):
     exit_code = 7
 
 
+class HostLocked(HostError):
+    """Another run holds the host's lock and did not release it within lock_timeout_s."""
+
+    exit_code = 71
+
+
 class LabError(PipelineError):
     exit_code = 8
 

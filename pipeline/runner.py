@@ -148,6 +148,7 @@ class _Run:
         from . import deploy as deploy_mod
         from . import vftest
         from .host import Host
+        from .hostlock import HostLock
 
         by_host: dict[str, list[tuple[KernelConfig, KernelResult]]] = {}
         for kcfg, kr in pairs:
@@ -159,16 +160,25 @@ class _Run:
                 continue
             try:
                 host = Host(self.host_config(hname))
+                # held on the host from deploy to restore: other runs (any machine) wait; then undo leftovers
+                lock = HostLock(host, self.run.run_id, self.progress).acquire()
+                try:
+                    deploy_mod.recover(host, self.progress)
+                except PipelineError:
+                    lock.release()
+                    raise
             except PipelineError as e:
                 for _, kr in ready:
                     kr.deploy.append(DeployResult(status="failed", host=hname, detail=e.message))
                     kr.error = f"deploy: host {hname}: {e.message}"
+                    kr.error_code = e.exit_code
                 continue
-            for kcfg, kr in ready:
-                if self.stop.is_set():
-                    return
-                self.kernel_on_host(host, kcfg, kr, keep, deploy_mod, vftest)
-                self.save()
+            with lock:
+                for kcfg, kr in ready:
+                    if self.stop.is_set():
+                        return
+                    self.kernel_on_host(host, kcfg, kr, keep, deploy_mod, vftest)
+                    self.save()
 
     def kernel_on_host(self, host, kcfg, kr: KernelResult, keep: bool, deploy_mod, vftest) -> None:
         p = self.progress

@@ -353,7 +353,14 @@ def destroy_domain(host: Host, name: str, timeout: float = 60.0) -> None:
 # ------------------------------------------------------------------ tests
 
 
-def vf_boot(host: Host, n: int, module_label: str, image: GuestImage, progress: Progress = _noprogress) -> TestResult:
+def vf_boot(
+    host: Host,
+    n: int,
+    module_label: str,
+    image: GuestImage,
+    progress: Progress = _noprogress,
+    marker_timeout: float = MARKER_TIMEOUT_S,
+) -> TestResult:
     """Guest created with N VFs in pci=[...]; pass iff it sees N and every state-i is 3."""
     name = f"vf-boot-{n}"
     res = TestResult(name=name, host=host.name, module=module_label, expected=n)
@@ -364,7 +371,7 @@ def vf_boot(host: Host, n: int, module_label: str, image: GuestImage, progress: 
                 progress(f"{host.name}: {name} [{module_label}]: xl create with {', '.join(pool.bdfs)}")
                 t_create = time.monotonic()
                 domid = guest.create()
-                marker = guest.wait_marker()
+                marker = guest.wait_marker(timeout=marker_timeout)
                 res.metrics["marker_s"] = round(time.monotonic() - t_create, 1)
                 res.backend = guest.backend()  # before teardown: late devices appear while dying
                 res.metrics["domid"] = domid

@@ -1,0 +1,195 @@
+"""A lock held on the Xen host itself, so that two runs (from one machine or two) never
+change the same host's module, VFs or domains at the same time.
+
+The lock is a directory, LOCK_DIR, created with `mkdir` (atomic on the host) and an
+owner file inside it: run id, local hostname, pid, start time and a random token. A
+second run waits for it, printing who holds it, up to `HostConfig.lock_timeout_s`,
+then fails with HostLocked.
+
+A lock is stale, and broken, when its owner ran on this machine and that pid is gone,
+or when it is older than `HostConfig.lock_stale_s` (the host's clock, the directory's
+mtime). Breaking happens under a second, short-lived lock (BREAK_DIR) and re-reads the
+owner first, so two runs breaking the same stale lock cannot remove a fresh one. A
+lock without an owner file (its holder died between mkdir and writing it) counts as
+stale after OWNERLESS_GRACE_S.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .errors import HostError, HostLocked
+from .host import Host
+from .results import now_iso
+
+LOCK_PARENT = "/run/pciback-verify"
+LOCK_DIR = f"{LOCK_PARENT}/lock"
+OWNER = f"{LOCK_DIR}/owner.json"
+BREAK_DIR = f"{LOCK_PARENT}/lock.break"
+OWNERLESS_GRACE_S = 60
+POLL_S = 2.0
+REPORT_EVERY_S = 30.0
+
+Progress = Callable[[str], None]
+
+
+def _noprogress(msg: str) -> None:
+    pass
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _describe(owner: dict | None) -> str:
+    if not owner:
+        return "an unknown run (no owner file)"
+    return (
+        f"run {owner.get('run_id') or '?'} (machine {owner.get('hostname')}, pid {owner.get('pid')}, "
+        f"since {owner.get('started')})"
+    )
+
+
+@dataclass
+class HostLock:
+    host: Host
+    run_id: str
+    progress: Progress = _noprogress
+    timeout_s: float | None = None  # None: the host's lock_timeout_s
+    token: str = ""
+    held: bool = False
+
+    # ------------------------------------------------------------ host side
+
+    def _mkdir(self, path: str) -> bool:
+        rc, _, err = self.host.run(["mkdir", path], check=False, timeout=30)
+        if rc == 0:
+            return True
+        if "File exists" in err:
+            return False
+        raise HostError(f"host {self.host.name}: cannot create lock {path}: {err.strip() or f'exit {rc}'}")
+
+    def _owner(self) -> dict | None:
+        text = self.host.read_text(OWNER)
+        if not text:
+            return None
+        try:
+            data = json.loads(text)
+        except ValueError:
+            return None
+        return data if isinstance(data, dict) else None
+
+    def _age(self, path: str) -> float | None:
+        """Seconds since `path` was last modified, by the host's clock; None when it is gone."""
+        rc, out, _ = self.host.run(["sh", "-c", 'stat -c %Y "$1" && date +%s', "sh", path], check=False, timeout=30)
+        nums = out.split()
+        if rc != 0 or len(nums) != 2:
+            return None
+        return float(int(nums[1]) - int(nums[0]))
+
+    def stale_reason(self, owner: dict | None) -> str | None:
+        """Why the current lock may be broken, or None when its holder may still be running."""
+        age = self._age(LOCK_DIR)
+        if age is None:
+            return None  # released meanwhile
+        if owner is None:
+            return f"no owner file after {age:.0f} s" if age > OWNERLESS_GRACE_S else None
+        if owner.get("hostname") == socket.gethostname() and isinstance(owner.get("pid"), int):
+            if not _pid_alive(owner["pid"]):
+                return f"its process {owner['pid']} on this machine is gone"
+            return None  # a holder alive on this machine is never broken
+        limit = self.host.config.lock_stale_s
+        if age > limit:
+            return f"it is {age:.0f} s old (lock_stale_s {limit})"
+        return None
+
+    def _break(self, owner: dict | None, why: str) -> None:
+        if not self._mkdir(BREAK_DIR):
+            age = self._age(BREAK_DIR)
+            if age is not None and age > OWNERLESS_GRACE_S:  # a breaker that died mid-way
+                self.host.run(["rmdir", BREAK_DIR], check=False, timeout=30)
+            return  # somebody else is breaking it; try again on the next poll
+        try:
+            now = self._owner()
+            same = (now or {}).get("token") == (owner or {}).get("token")
+            if same and self.host.exists(LOCK_DIR):
+                self.progress(f"host {self.host.name}: breaking the stale lock of {_describe(owner)}: {why}")
+                self.host.run(["rm", "-rf", "--", LOCK_DIR], timeout=30)
+        finally:
+            self.host.run(["rmdir", BREAK_DIR], check=False, timeout=30)
+
+    # ------------------------------------------------------------ API
+
+    def try_acquire(self) -> bool:
+        self.host.mkdir_p(LOCK_PARENT)
+        if not self._mkdir(LOCK_DIR):
+            return False
+        self.token = uuid.uuid4().hex
+        owner = {
+            "run_id": self.run_id,
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": now_iso(),
+            "token": self.token,
+        }
+        self.host.write_text(OWNER, json.dumps(owner) + "\n")
+        self.held = True
+        return True
+
+    def acquire(self) -> HostLock:
+        name = self.host.name
+        timeout = self.host.config.lock_timeout_s if self.timeout_s is None else self.timeout_s
+        t0 = time.monotonic()
+        last_report = None
+        while True:
+            if self.try_acquire():
+                if last_report is not None:
+                    self.progress(f"host {name}: lock acquired after {time.monotonic() - t0:.0f} s")
+                return self
+            owner = self._owner()
+            why = self.stale_reason(owner)
+            if why:
+                self._break(owner, why)
+                continue
+            waited = time.monotonic() - t0
+            if waited >= timeout:
+                raise HostLocked(
+                    f"host {name}: locked by {_describe(owner)}; gave up after {waited:.0f} s "
+                    f"(lock_timeout_s {timeout:g}); if that run is gone, remove {LOCK_DIR} on the host"
+                )
+            if last_report is None or time.monotonic() - last_report >= REPORT_EVERY_S:
+                self.progress(
+                    f"host {name}: locked by {_describe(owner)}; waiting (up to {timeout:g} s, {waited:.0f} s so far)"
+                )
+                last_report = time.monotonic()
+            time.sleep(min(POLL_S, max(0.1, timeout - waited)))
+
+    def release(self) -> None:
+        """Remove the lock if it is still ours (a breaker may have judged it stale)."""
+        if not self.held:
+            return
+        self.held = False
+        owner = self._owner()
+        if owner is not None and owner.get("token") == self.token:
+            self.host.run(["rm", "-rf", "--", LOCK_DIR], check=False, timeout=30)
+
+    def __enter__(self) -> HostLock:
+        return self if self.held else self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.release()
+        except HostError as e:  # host unreachable: the next run finds the lock stale
+            self.progress(f"host {self.host.name}: could not release the lock: {e.message}")
