@@ -254,22 +254,31 @@ def test_run_dead_with_guest_running_next_run_recovers(host, lab_host, lab_setti
     assert _state(host) == before
 
 
-def test_guest_without_marker_fails_with_reason_and_tears_down(host, lab_settings):
+def test_guest_without_marker_fails_with_reason_and_tears_down(host, lab_settings, lab_modules):
     from pipeline import lab
+    from pipeline.deploy import deploy, restore
     from pipeline.vftest import GuestImage, vf_boot
 
+    series = lab_modules["series"]
     before = _clean(host)
     files = lab.guest_files(lab_settings)
-    # the real guest kernel with a ramdisk that is not one: it boots, finds no init, crashes, never reports
-    crash = vf_boot(
-        host, 2, "stock", GuestImage(kernel=files.kernel, ramdisk="/etc/hostname"), print, marker_timeout=20
-    )
+    d = deploy(host, Path(series.module), series.srcversion, print)
+    try:
+        assert d.status == "ok", d.detail
+        during = _state(host)
+        # the real guest kernel with a ramdisk that is not one: it boots, finds no init, never reports
+        crash = vf_boot(
+            host, 2, "series", GuestImage(kernel=files.kernel, ramdisk="/etc/hostname"), print, marker_timeout=20
+        )
+        # a kernel that does not exist: xl create fails, the reason says so
+        gone = vf_boot(host, 2, "series", GuestImage(kernel="/boot/no-such-kernel", ramdisk=files.initrd), print)
+        after_tests = _state(host)
+    finally:
+        restore(host, d, print)
     assert not crash.passed and "guest printed no PVLAB_MARKER" in crash.reason, crash.reason
     assert crash.seen == 0
-    assert _state(host) == before
-    # a kernel that does not exist: xl create fails, the reason says so
-    gone = vf_boot(host, 2, "stock", GuestImage(kernel="/boot/no-such-kernel", ramdisk=files.initrd), print)
     assert not gone.passed and "error:" in gone.reason and "xl create" in gone.reason, gone.reason
+    assert after_tests == during  # teardown complete after each: no domain, numvfs and assignable as before
     assert _state(host) == before
 
 
