@@ -177,8 +177,28 @@ class _Run:
                 for kcfg, kr in ready:
                     if self.stop.is_set():
                         return
-                    self.kernel_on_host(host, kcfg, kr, keep, deploy_mod, vftest)
+                    try:
+                        self.kernel_on_host(host, kcfg, kr, keep, deploy_mod, vftest)
+                    except Exception as e:  # noqa: BLE001 - one kernel's host failure never ends the run
+                        self.host_row_failed(host, kcfg, kr, e, deploy_mod)
                     self.save()
+
+    def host_row_failed(self, host, kcfg: KernelConfig, kr: KernelResult, e: Exception, deploy_mod) -> None:
+        """Record the failure on the row and put the host back (fresh connection) before the next kernel."""
+        msg = e.message if isinstance(e, PipelineError) else f"{type(e).__name__}: {e}"
+        kr.error = f"test: host {host.name}: {msg}"
+        kr.error_code = getattr(e, "exit_code", 7)
+        self.progress(f"{kcfg.name} on {host.name}: failed: {msg}; restoring the host")
+        if not isinstance(e, PipelineError):
+            (self.run_dir / f"{kcfg.name}.host-traceback.txt").write_text(traceback.format_exc())
+        host.close()
+        for dep in reversed(kr.deploy):
+            if dep.status == "ok" and not dep.restored:
+                try:
+                    deploy_mod.restore(host, dep, self.progress)
+                    dep.restored = True
+                except Exception as re:  # noqa: BLE001 - the marker file lets the next run finish the job
+                    self.progress(f"{host.name}: restore failed ({re}); the next run restores from the host's marker")
 
     def kernel_on_host(self, host, kcfg, kr: KernelResult, keep: bool, deploy_mod, vftest) -> None:
         p = self.progress
