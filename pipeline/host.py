@@ -22,6 +22,13 @@ _LOCKS: dict[str, threading.Lock] = {}
 _LOCKS_GUARD = threading.Lock()
 
 
+EXEC_ANSWER_S = 60.0  # how long sshd may take to answer an exec request, even on a loaded TCG host
+
+
+class _NoAnswer(Exception):
+    """The host never answered an exec request."""
+
+
 def host_lock(name: str) -> threading.Lock:
     """One lock per host name: deploy+test on a host must not interleave between kernels."""
     with _LOCKS_GUARD:
@@ -122,6 +129,11 @@ class Host:
             raise HostError(f"host {self.name}: ssh connection lost")
         try:
             chan = self._start(transport, command, stdin)
+        except _NoAnswer:
+            self.close()  # the command may have started: never run it twice
+            raise HostError(
+                f"host {self.name}: no answer to `{command}` within {EXEC_ANSWER_S:.0f} s; connection reset"
+            ) from None
         except (paramiko.SSHException, OSError, EOFError) as e:
             # a transport that died under load ("Invalid packet blocking", "Garbage packet"):
             # the command did not start, so one fresh connection is safe to try
@@ -145,6 +157,9 @@ class Host:
                 progressed = True
             if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
                 break
+            if not chan.get_transport().is_active():
+                self.close()
+                raise HostError(f"host {self.name}: ssh connection lost while running `{command}`")
             if time.monotonic() > deadline:
                 timed_out = True
                 break
@@ -162,12 +177,30 @@ class Host:
     def _start(self, transport, command: str, stdin: str | None) -> paramiko.Channel:
         if transport is None or not transport.is_active():
             raise paramiko.SSHException("ssh connection lost")
-        chan = transport.open_session(timeout=self.connect_timeout)
-        chan.settimeout(1.0)
-        chan.exec_command(command)
-        if stdin is not None:
-            chan.sendall(stdin.encode())
-        chan.shutdown_write()
+        # paramiko waits for the answer to an exec request without a time limit; a reply lost
+        # on a damaged stream (seen in the lab under load) would hang the run for good
+        fired = threading.Event()
+
+        def reset() -> None:
+            fired.set()
+            transport.close()
+
+        watchdog = threading.Timer(EXEC_ANSWER_S, reset)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            chan = transport.open_session(timeout=self.connect_timeout)
+            chan.settimeout(1.0)
+            chan.exec_command(command)
+            if stdin is not None:
+                chan.sendall(stdin.encode())
+            chan.shutdown_write()
+        except (paramiko.SSHException, OSError, EOFError):
+            if fired.is_set():
+                raise _NoAnswer() from None
+            raise
+        finally:
+            watchdog.cancel()
         return chan
 
     def out(self, argv: list[str], timeout: float = 60.0) -> str:
@@ -181,6 +214,7 @@ class Host:
         assert self._client is not None
         if self._sftp is None:
             self._sftp = self._client.open_sftp()
+            self._sftp.get_channel().settimeout(120)  # no SFTP call may hang the run
         return self._sftp
 
     def put(self, local: Path | str, remote: str) -> None:
