@@ -120,3 +120,15 @@ def test_rank_orders_verdicts():
     assert rank("ready-untested") < rank("new-warnings") < rank("needs-backport") < rank("error")
     assert rank("nonsense") > rank("error")
     assert set(SEVERITY) >= {"ready", "ready-untested", "already-upstream", "needs-backport", "build-fails"}
+
+
+def test_control_that_errored_proves_nothing():
+    """A control whose guest never ran (an SSH error) must not count as 'fails as expected'."""
+    from pipeline.results import TestResult
+
+    k = k_prefix()
+    k.tests = [t for t in k.tests if t.module != "control"] + [
+        TestResult(name="vf-boot-3", host="lab", module="control", expected=3, reason="error: host lab: ssh lost")
+    ]
+    v, detail = verdict(k)
+    assert v == "test-inconclusive" and "did not run to a result" in detail
