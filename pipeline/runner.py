@@ -183,6 +183,20 @@ class _Run:
                         self.host_row_failed(host, kcfg, kr, e, deploy_mod)
                     self.save()
 
+    def retry_errored(self, host, t: TestResult, image, vftest) -> TestResult:
+        """Run a test case once more when it errored (no guest result: a lost SSH stream, a stuck
+        xl create) rather than failed; both attempts stay visible in the result."""
+        if not t.reason.startswith("error") or self.stop.is_set():
+            return t
+        self.progress(f"{t.name} [{t.module}]: errored ({t.reason}); one more attempt on a fresh connection")
+        host.close()
+        if t.name == "vf-hotplug":
+            again = vftest.vf_hotplug(host, t.expected, self.settings.hotplug_cycles, t.module, image, self.progress)
+        else:
+            again = vftest.vf_boot(host, t.expected, t.module, image, self.progress)
+        again.warnings.append(f"first attempt errored: {t.reason}")
+        return again
+
     def host_row_failed(self, host, kcfg: KernelConfig, kr: KernelResult, e: Exception, deploy_mod) -> None:
         """Record the failure on the row and put the host back (fresh connection) before the next kernel."""
         msg = e.message if isinstance(e, PipelineError) else f"{type(e).__name__}: {e}"
@@ -216,7 +230,8 @@ class _Run:
         if dep.status == "ok":
             try:
                 if _wants(self.until, "test"):
-                    kr.tests += vftest.run_vf_tests(host, self.settings, "series", p, image=image)
+                    results = vftest.run_vf_tests(host, self.settings, "series", p, image=image)
+                    kr.tests += [self.retry_errored(host, t, image, vftest) for t in results]
             finally:
                 if not (keep and not b.control_module):
                     deploy_mod.restore(host, dep, p)
@@ -241,7 +256,7 @@ class _Run:
             return
         try:
             n = min(3, host.config.max_vfs)
-            kr.tests.append(vftest.vf_boot(host, n, "control", image, p))
+            kr.tests.append(self.retry_errored(host, vftest.vf_boot(host, n, "control", image, p), image, vftest))
         finally:
             deploy_mod.restore(host, cdep, p)
             cdep.restored = True
