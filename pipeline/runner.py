@@ -215,8 +215,11 @@ class _Run:
                     self.progress(f"{host.name}: restore failed ({re}); the next run restores from the host's marker")
 
     def kernel_on_host(self, host, kcfg, kr: KernelResult, keep: bool, deploy_mod, vftest) -> None:
+        """Series module: vf-boot-N; control module: vf-boot-3; series again: vf-hotplug, last,
+        because hot-plug is the step that has crashed the emulated lab (QEMU's NVMe VFs)."""
         p = self.progress
         b = kr.build
+        self.ensure_host(host)
         need = max(self.settings.vf_counts, default=1)
         reason = deploy_mod.preflight(host, b, min(need, host.config.max_vfs))
         if reason:
@@ -224,42 +227,72 @@ class _Run:
             p(f"{kcfg.name} on {host.name}: skipped: {reason}")
             return
         image = vftest.default_guest(host, self.settings)
+        testing = _wants(self.until, "test")
         # the series' module (for an already-applied kernel: the tree's own module, the fix included)
         dep = deploy_mod.deploy(host, Path(b.module), b.srcversion, p)
         kr.deploy.append(dep)
         if dep.status == "ok":
             try:
-                if _wants(self.until, "test"):
-                    results = vftest.run_vf_tests(host, self.settings, "series", p, image=image)
+                if testing:
+                    results = vftest.run_vf_tests(host, self.settings, "series", p, image=image, hotplug=False)
                     kr.tests += [self.retry_errored(host, t, image, vftest) for t in results]
             finally:
-                if not (keep and not b.control_module):
-                    deploy_mod.restore(host, dep, p)
-                    dep.restored = True
+                deploy_mod.restore(host, dep, p)
+                dep.restored = True
+        if not testing or self.stop.is_set():
+            return
         # negative control: the module without the fix must fail vf-boot-3
         if not b.control_module:
-            kr.tests.append(
-                TestResult(
-                    name="vf-boot-3",
-                    host=host.name,
-                    module="control",
-                    reason=f"skipped: no control module ({b.detail or 'not built'})",
-                )
-            )
+            reason = f"skipped: no control module ({b.control_detail or b.detail or 'not built'})"
+            kr.tests.append(TestResult(name="vf-boot-3", host=host.name, module="control", reason=reason))
+        else:
+            cdep = deploy_mod.deploy(host, Path(b.control_module), b.control_srcversion, p)
+            cdep.detail = ("control module; " + cdep.detail).strip("; ")
+            kr.deploy.append(cdep)
+            if cdep.status == "ok":
+                try:
+                    n = min(3, host.config.max_vfs)
+                    kr.tests.append(
+                        self.retry_errored(host, vftest.vf_boot(host, n, "control", image, p), image, vftest)
+                    )
+                finally:
+                    deploy_mod.restore(host, cdep, p)
+                    cdep.restored = True
+        n_hot = min(max(self.settings.vf_counts, default=0), host.config.max_vfs)
+        if n_hot < 2 or dep.status != "ok" or self.stop.is_set():
             return
-        if not _wants(self.until, "test") or self.stop.is_set():
-            return
-        cdep = deploy_mod.deploy(host, Path(b.control_module), b.control_srcversion, p)
-        cdep.detail = ("control module; " + cdep.detail).strip("; ")
-        kr.deploy.append(cdep)
-        if cdep.status != "ok":
+        self.ensure_host(host)
+        hdep = deploy_mod.deploy(host, Path(b.module), b.srcversion, p)
+        kr.deploy.append(hdep)
+        if hdep.status != "ok":
             return
         try:
-            n = min(3, host.config.max_vfs)
-            kr.tests.append(self.retry_errored(host, vftest.vf_boot(host, n, "control", image, p), image, vftest))
+            t = vftest.vf_hotplug(host, n_hot, self.settings.hotplug_cycles, "series", image, p)
+            kr.tests.append(self.retry_errored(host, t, image, vftest))
         finally:
-            deploy_mod.restore(host, cdep, p)
-            cdep.restored = True
+            if not keep:
+                self.ensure_host(host)
+                deploy_mod.restore(host, hdep, p)
+                hdep.restored = True
+
+    def ensure_host(self, host) -> None:
+        """The built-in lab is restarted if its QEMU died (the marker file on its disk drives recovery)."""
+        from .errors import HostError
+
+        try:
+            host.run(["true"], timeout=30)
+            return
+        except HostError as e:
+            if not self.settings.hosts.get(host.name) or not self.settings.hosts[host.name].lab:
+                raise
+            self.progress(f"{host.name}: not answering ({e.message}); restarting the lab")
+        from . import deploy as deploy_mod
+        from . import lab
+
+        host.close()
+        lab.down(self.settings, self.progress)
+        host.config = lab.ensure_up(self.settings, self.progress)
+        deploy_mod.recover(host, self.progress)
 
 
 def _current_stage(kr: KernelResult) -> str:
