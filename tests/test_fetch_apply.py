@@ -139,6 +139,16 @@ def test_verify_until_apply_writes_results(tmp_path, debian_source):
     assert by["debian-6.1-prefix"]["apply"]["patches"][0]["status"] in ("applied", "applied-offset")
     assert by["debian-6.1-prefix"]["fetch"]["commit"] == debian_source.prefix_commit
     assert "debian-6.1-prefix" in proc.stdout  # the summary table
+    # the reports of a real run of the default matrix
+    run_dir = (tmp_path / "latest").resolve()
+    junit = (run_dir / "junit.xml").read_text()
+    assert 'classname="debian-6.1-prefix' in junit or "debian-6.1-prefix" in junit
+    kcidb = json.loads((run_dir / "kcidb.json").read_text())
+    assert {b["checkout_id"] for b in kcidb.get("builds", [])} <= {c["id"] for c in kcidb["checkouts"]}
+    assert len(kcidb["checkouts"]) == 2
+    md = (run_dir / "summary.md").read_text()
+    assert "debian-6.1-prefix" in md and "already-upstream" in md
+    assert "debian-6.1-prefix" in (run_dir / "summary.html").read_text()
     # a second run never overwrites the first
     first = (tmp_path / "latest").resolve()
     proc2 = _invoke(
