@@ -225,6 +225,8 @@ class _Run:
         if reason:
             kr.deploy.append(DeployResult(status="skipped", host=host.name, detail=reason))
             p(f"{kcfg.name} on {host.name}: skipped: {reason}")
+            # the row keeps its verdict (untested there); the command still says the host did not fit
+            kr.error_code = kr.error_code or _preflight_code(reason)
             return
         image = vftest.default_guest(host, self.settings)
         testing = _wants(self.until, "test")
@@ -293,6 +295,23 @@ class _Run:
         lab.down(self.settings, self.progress)
         host.config = lab.ensure_up(self.settings, self.progress)
         deploy_mod.recover(host, self.progress)
+
+
+# preflight refusals: a distinct exit code each (docs/bad-input.md)
+_PREFLIGHT_CODES = (
+    ("is not a Xen dom0", 72),
+    ("`xl info` failed", 72),
+    ("module built for", 73),
+    ("inventory expects", 73),
+    ("is not SR-IOV capable", 74),
+    ("not present on", 74),
+    ("VFs, tests need", 75),
+    ("use pciback; refusing", 76),
+)
+
+
+def _preflight_code(reason: str) -> int:
+    return next((code for text, code in _PREFLIGHT_CODES if text in reason), 7)
 
 
 def _current_stage(kr: KernelResult) -> str:
@@ -394,6 +413,11 @@ def exit_status(run: RunResult) -> tuple[int, str]:
         if k.error:
             stage = k.error.split(":", 1)[0]
             return k.error_code or _STAGE_EXIT.get(stage, 1), f"{k.name}: {k.error}"
+    for k in run.kernels:
+        if k.error_code:  # a host refused in preflight: the row is untested there
+            skipped = [d for d in k.deploy if d.status == "skipped"]
+            why = skipped[0].detail if skipped else "host refused"
+            return k.error_code, f"{k.name}: not deployed to {skipped[0].host if skipped else 'host'}: {why}"
     if run.status != "complete":
         return 1, f"run {run.status}"
     return 0, ""
