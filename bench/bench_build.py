@@ -101,7 +101,9 @@ def main() -> None:
         patches = revision(wt, base, 0)
         t_full, r = timed(lambda: build_kernel(settings, full, wt, base, patches, tmp / "run-cold", quiet))
         assert r.status == "ok" and not r.prepared_reused, (r.status, r.detail, r.errors)
-        steps = re.findall(r"^### (.+)\n\$ (?:.*\n)*?### exit status \d+ after ([\d.]+) s", Path(r.log).read_text(), re.M)
+        steps = re.findall(
+            r"^### (.+)\n\$ (?:.*\n)*?### exit status \d+ after ([\d.]+) s", Path(r.log).read_text(), re.M
+        )
         hsettings = Settings(cache_dir=str(tmp / "cache-headers"))
         t_headers, rh = timed(lambda: build_kernel(hsettings, headers, wt, base, patches, tmp / "run-h", quiet))
         assert rh.status == "ok", (rh.detail, rh.errors)

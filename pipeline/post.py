@@ -260,7 +260,9 @@ def post_gitlab(
     return out
 
 
-def trigger_pipeline(url: str, project: str | int, ref: str, variables: dict[str, str], token: str | None = None) -> int:
+def trigger_pipeline(
+    url: str, project: str | int, ref: str, variables: dict[str, str], token: str | None = None
+) -> int:
     """Start a GitLab pipeline on `ref` with variables (POST /projects/:id/trigger/pipeline); returns its id.
 
     Token: a pipeline trigger token from CI_TRIGGER_TOKEN (or the job's CI_JOB_TOKEN, which GitLab accepts here).
