@@ -63,29 +63,32 @@ def main() -> int:
                     if d.status != "ok":
                         say(f"deploy of {label} failed: {d.detail}")
                         return 2
-                    times, passed, seen = [], 0, {}
+                    times, passed, errored, seen = [], 0, 0, {}
                     try:
                         for i in range(1, args.n + 1):
                             r = vf_boot(host, args.vfs, label, image, lambda m: None)
                             times.append(r.duration_s)
                             passed += r.passed
+                            # no guest result (ssh, xl, libxl trouble): a flake whatever the module
+                            errored += r.reason.startswith("error")
                             seen[r.seen] = seen.get(r.seen, 0) + 1
                             say(
-                                f"[{label} {i}/{args.n}] {'PASS' if r.passed else 'FAIL'} {r.duration_s:.1f}s {r.reason}"
+                                f"[{label} {i}/{args.n}] {'PASS' if r.passed else 'ERROR' if r.reason.startswith('error') else 'FAIL'} {r.duration_s:.1f}s {r.reason}"
                             )
                     finally:
                         restore(host, d, say)
-                    rows.append((label, want_pass, passed, args.n - passed, statistics.median(times), seen))
+                    failed = args.n - passed - errored
+                    rows.append((label, want_pass, passed, failed, errored, statistics.median(times), seen))
     finally:
         if not was_running and not args.keep_lab:
             lab.down(settings, say)
 
     flakes = 0
-    print(f"{'module':<8} {'expect':<6} {'pass':>5} {'fail':>5} {'median_s':>9}  seen-counts")
-    for label, want_pass, p, f, med, seen in rows:
-        flakes += f if want_pass else p
+    print(f"{'module':<8} {'expect':<6} {'pass':>5} {'fail':>5} {'error':>5} {'median_s':>9}  seen-counts")
+    for label, want_pass, p, f, e, med, seen in rows:
+        flakes += (f if want_pass else p) + e
         counts = ", ".join(f"{k}:{v}" for k, v in sorted(seen.items()))
-        print(f"{label:<8} {'pass' if want_pass else 'fail':<6} {p:>5} {f:>5} {med:>9.1f}  {counts}")
+        print(f"{label:<8} {'pass' if want_pass else 'fail':<6} {p:>5} {f:>5} {e:>5} {med:>9.1f}  {counts}")
     print(f"flakes: {flakes}")
     return 0 if flakes == 0 else 1
 
