@@ -298,8 +298,21 @@ class Guest:
             self.cfg,
             render_guest_config(self.name, self.image.kernel, self.image.ramdisk, self.pci, self.expect, self.test),
         )
-        h.run(["rm", "-f", self.console])
-        h.run(["xl", "create", self.cfg], timeout=180)
+        for attempt in (1, 2):
+            h.run(["rm", "-f", self.console])
+            rc, out, err = h.run(["xl", "create", self.cfg], timeout=180, check=False)
+            if rc == 0:
+                break
+            # libxl's own helper crashing ("died due to fatal signal"), seen on the emulated lab:
+            # not the module under test, so clean up and create once more
+            if attempt == 1 and "died due to fatal signal" in err + out:
+                destroy_domain(h, self.name)
+                remove_stale_backends(h)
+                continue
+            detail = (err.strip() or out.strip()).splitlines()
+            raise HostError(
+                f"host {h.name}: `xl create {self.cfg}` exited {rc}" + (f": {detail[-1]}" if detail else "")
+            )
         self.domid = int(h.out(["xl", "domid", self.name]))
         return self.domid
 
