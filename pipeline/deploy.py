@@ -200,6 +200,17 @@ def read_marker(host: Host) -> dict | None:
 # ------------------------------------------------------------------ preflight
 
 
+def not_dom0_reason(host: Host) -> str | None:
+    """Why the host is not a usable Xen dom0, or None. Reads only: safe before the host lock."""
+    caps = host.read_text("/proc/xen/capabilities")
+    if caps is None or "control_d" not in caps:
+        return f"{host.name} is not a Xen dom0 (/proc/xen/capabilities has no control_d)"
+    rc, _, err = host.run(["xl", "info"], check=False, timeout=60)
+    if rc != 0:
+        return f"`xl info` failed on {host.name}: {err.strip().splitlines()[-1] if err.strip() else f'exit {rc}'}"
+    return None
+
+
 def preflight(host: Host, build: BuildResult, max_vfs_needed: int) -> str | None:
     """None when the host can take this module and run the tests, else the reason to skip it.
 
@@ -211,12 +222,9 @@ def preflight(host: Host, build: BuildResult, max_vfs_needed: int) -> str | None
     if not Path(build.module).is_file():
         return f"module file {build.module} missing"
     try:
-        caps = host.read_text("/proc/xen/capabilities")
-        if caps is None or "control_d" not in caps:
-            return f"{name} is not a Xen dom0 (/proc/xen/capabilities has no control_d)"
-        rc, _, err = host.run(["xl", "info"], check=False, timeout=60)
-        if rc != 0:
-            return f"`xl info` failed on {name}: {err.strip().splitlines()[-1] if err.strip() else f'exit {rc}'}"
+        why = not_dom0_reason(host)
+        if why:
+            return why
         running = host.out(["uname", "-r"])
         want = vermagic_release(build.vermagic) or build.kernel_release
         if not want:

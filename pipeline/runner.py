@@ -160,6 +160,12 @@ class _Run:
                 continue
             try:
                 host = Host(self.host_config(hname))
+                # before the lock: a host that is no dom0 must not get even a lock directory written
+                why = deploy_mod.not_dom0_reason(host)
+                if why:
+                    self.refuse_host(host, ready, why)
+                    host.close()
+                    continue
                 # held on the host from deploy to restore: other runs (any machine) wait; then undo leftovers
                 lock = HostLock(host, self.run.run_id, self.progress).acquire()
                 try:
@@ -173,7 +179,7 @@ class _Run:
                     kr.error = f"deploy: host {hname}: {e.message}"
                     kr.error_code = e.exit_code
                 continue
-            with lock:
+            with host, lock:
                 for kcfg, kr in ready:
                     if self.stop.is_set():
                         return
@@ -182,6 +188,13 @@ class _Run:
                     except Exception as e:  # noqa: BLE001 - one kernel's host failure never ends the run
                         self.host_row_failed(host, kcfg, kr, e, deploy_mod)
                     self.save()
+
+    def refuse_host(self, host, rows, reason: str) -> None:
+        """Preflight said no: the rows keep their verdict (untested there); the command still says why."""
+        for kcfg, kr in rows:
+            kr.deploy.append(DeployResult(status="skipped", host=host.name, detail=reason))
+            self.progress(f"{kcfg.name} on {host.name}: skipped: {reason}")
+            kr.error_code = kr.error_code or _preflight_code(reason)
 
     def retry_errored(self, host, t: TestResult, image, vftest) -> TestResult:
         """Run a test case once more when it errored (no guest result: a lost SSH stream, a stuck
@@ -223,10 +236,7 @@ class _Run:
         need = max(self.settings.vf_counts, default=1)
         reason = deploy_mod.preflight(host, b, min(need, host.config.max_vfs))
         if reason:
-            kr.deploy.append(DeployResult(status="skipped", host=host.name, detail=reason))
-            p(f"{kcfg.name} on {host.name}: skipped: {reason}")
-            # the row keeps its verdict (untested there); the command still says the host did not fit
-            kr.error_code = kr.error_code or _preflight_code(reason)
+            self.refuse_host(host, [(kcfg, kr)], reason)
             return
         image = vftest.default_guest(host, self.settings)
         testing = _wants(self.until, "test")
