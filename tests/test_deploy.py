@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import host_state
 
 from pipeline.deploy import vermagic_release
 from pipeline.results import BuildResult
@@ -56,17 +57,7 @@ def host(lab_host):
 
 def _host_state(h) -> dict:
     """What must be the same before and after a deploy/test/restore."""
-    from pipeline import deploy as D
-
-    pf = f"/sys/bus/pci/devices/{h.config.pf_bdf}"
-    return {
-        "module": D.loaded_state(h),
-        "taint": D.loaded_taint(h) if D.is_loaded(h) else None,
-        "domids": sorted(D.live_domids(h)),
-        "numvfs": (h.read_text(f"{pf}/sriov_numvfs") or "").strip(),
-        "assignable": sorted(D.assignable_devices(h)),
-        "marker": h.exists(D.MARKER),
-    }
+    return host_state(h, ("module", "taint", "domids", "numvfs", "assignable", "marker"))
 
 
 @pytest.mark.lab

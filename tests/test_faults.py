@@ -2,7 +2,7 @@
 left as found" after a failed load, a cut SSH connection, a run that died with a guest running,
 and a guest that never reports.
 
-"As found" is `_state`: the loaded xen-pciback (stock, by srcversion and taint), `xl list`,
+"As found" is conftest's `host_state`: the loaded xen-pciback (stock, by srcversion and taint), `xl list`,
 sriov_numvfs, `xl pci-assignable-list`, no marker, nothing staged, no lock.
 """
 
@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import host_state
 
 from pipeline import PROJECT_ROOT
 
@@ -33,24 +34,8 @@ def host(lab_host):
         yield h
 
 
-def _state(h) -> dict:
-    from pipeline import deploy as D
-    from pipeline.hostlock import LOCK_DIR
-
-    return {
-        "module": D.loaded_state(h),
-        "taint": D.loaded_taint(h) if D.is_loaded(h) else None,
-        "domains": sorted(line.split()[0] for line in h.out(["xl", "list"]).splitlines()[1:]),
-        "numvfs": D.pf_numvfs(h),
-        "assignable": sorted(D.assignable_devices(h)),
-        "marker": h.exists(D.MARKER),
-        "staged": D.staged_entries(h),
-        "lock": h.exists(LOCK_DIR),
-    }
-
-
 def _clean(h) -> dict:
-    s = _state(h)
+    s = host_state(h)
     assert s["module"][0] == "stock", s
     assert s["domains"] == ["Domain-0"], s
     assert not s["marker"] and not s["staged"] and not s["lock"], s
@@ -187,14 +172,14 @@ def test_module_that_fails_to_load_leaves_host_as_found(host, lab_modules, tmp_p
     bad.write_bytes(data.replace(b"mod_unload", b"mod_unlo4d"))
     res = deploy(host, bad, series.srcversion, print)
     assert res.status == "failed" and "insmod" in res.detail and res.restored, res.detail
-    assert _state(host) == before
+    assert host_state(host) == before
     # 2. a corrupted (truncated) module: refused before the host is touched, upload removed
     cut = tmp_path / "cut" / "xen-pciback.ko"
     cut.parent.mkdir()
     cut.write_bytes(data[: len(data) // 3])
     res = deploy(host, cut, series.srcversion, print)
     assert res.status == "failed" and res.restored, res.detail
-    assert _state(host) == before
+    assert host_state(host) == before
 
 
 def test_ssh_cut_mid_deploy_next_run_recovers(host, lab_host, lab_modules):
@@ -226,7 +211,7 @@ def test_ssh_cut_mid_deploy_next_run_recovers(host, lab_host, lab_modules):
     msgs: list[str] = []
     assert recover(host, msgs.append)
     assert any("an earlier run left the host modified" in m for m in msgs), msgs
-    assert _state(host) == before
+    assert host_state(host) == before
     assert recover(host) is None  # idempotent: nothing left to do
 
 
@@ -247,11 +232,11 @@ def test_run_dead_with_guest_running_next_run_recovers(host, lab_host, lab_setti
     guest = Guest(dead, "pvtest-vf-boot-2", default_guest(dead, lab_settings), pool.bdfs, 2, "vf-boot-2")
     guest.create()
     dead.close()  # the process is gone: no teardown, no restore
-    s = _state(host)
+    s = host_state(host)
     assert "pvtest-vf-boot-2" in s["domains"] and s["numvfs"] == 2 and s["marker"], s
     assert loaded_srcversion(host) == series.srcversion
     assert recover(host, print)
-    assert _state(host) == before
+    assert host_state(host) == before
 
 
 def test_guest_without_marker_fails_with_reason_and_tears_down(host, lab_settings, lab_modules):
@@ -265,21 +250,21 @@ def test_guest_without_marker_fails_with_reason_and_tears_down(host, lab_setting
     d = deploy(host, Path(series.module), series.srcversion, print)
     try:
         assert d.status == "ok", d.detail
-        during = _state(host)
+        during = host_state(host)
         # the real guest kernel with a ramdisk that is not one: it boots, finds no init, never reports
         crash = vf_boot(
             host, 2, "series", GuestImage(kernel=files.kernel, ramdisk="/etc/hostname"), print, marker_timeout=20
         )
         # a kernel that does not exist: xl create fails, the reason says so
         gone = vf_boot(host, 2, "series", GuestImage(kernel="/boot/no-such-kernel", ramdisk=files.initrd), print)
-        after_tests = _state(host)
+        after_tests = host_state(host)
     finally:
         restore(host, d, print)
     assert not crash.passed and "guest printed no PVLAB_MARKER" in crash.reason, crash.reason
     assert crash.seen == 0
     assert not gone.passed and "error:" in gone.reason and "xl create" in gone.reason, gone.reason
     assert after_tests == during  # teardown complete after each: no domain, numvfs and assignable as before
-    assert _state(host) == before
+    assert host_state(host) == before
 
 
 # ------------------------------------------------------------------ bad host input (docs/bad-input.md)
@@ -329,7 +314,7 @@ def test_pf_without_sriov_and_too_many_vfs_refused(host, lab_host, lab_modules):
     from pipeline.host import Host
 
     series = lab_modules["series"]
-    before = _state(host)
+    before = host_state(host)
     nic = host.out(["sh", "-c", "grep -l ^0x0200 /sys/bus/pci/devices/*/class"]).split()[0].split("/")[-2]
     with Host(dataclasses.replace(lab_host, pf_bdf=nic)) as h:
         assert preflight(h, series, 1) == f"{nic} on {lab_host.name} is not SR-IOV capable (no sriov_totalvfs)"
@@ -337,4 +322,4 @@ def test_pf_without_sriov_and_too_many_vfs_refused(host, lab_host, lab_modules):
     assert preflight(host, series, total + 1) == (
         f"PF {lab_host.pf_bdf} on {lab_host.name} offers {total} VFs, tests need {total + 1}"
     )
-    assert _state(host) == before
+    assert host_state(host) == before

@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import host_state
 
 from pipeline import PROJECT_ROOT
 
@@ -20,15 +21,7 @@ pytestmark = [pytest.mark.lab, pytest.mark.kernel, pytest.mark.build]
 
 
 def _host_state(host) -> dict:
-    from pipeline import deploy as D
-
-    pf = f"/sys/bus/pci/devices/{host.config.pf_bdf}"
-    return {
-        "module": D.loaded_state(host),
-        "domids": sorted(D.live_domids(host)),
-        "numvfs": (host.read_text(f"{pf}/sriov_numvfs") or "").strip(),
-        "assignable": sorted(D.assignable_devices(host)),
-    }
+    return host_state(host, ("module", "domids", "numvfs", "assignable"))
 
 
 def test_verify_default_matrix_on_the_lab(lab_host, lab_settings, tmp_path):
