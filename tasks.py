@@ -262,6 +262,14 @@ def _run_path(settings, run: str | None):
     raise ConfigError(f"no results.json in {' or '.join(str(p) for p in candidates)}")
 
 
+def _load_run(settings, run: str | None):
+    """(run directory, its RunResult) for --run/--compare: see `_run_path`."""
+    from pipeline.results import load_results
+
+    run_dir = _run_path(settings, run)
+    return run_dir, load_results(run_dir)
+
+
 @task(
     help={
         "run": "run directory or run id (default: latest)",
@@ -274,13 +282,11 @@ def report(c, run=None, compare=None):
     """Re-render the reports of an earlier run (--run), or compare two: `invoke report --compare RUN_A --run RUN_B`."""
     from pipeline.report import compare as compare_runs
     from pipeline.report import format_table, write_reports
-    from pipeline.results import load_results
 
     settings = _settings(c)
-    run_dir = _run_path(settings, run)
-    result = load_results(run_dir)
+    run_dir, result = _load_run(settings, run)
     if compare:
-        print(compare_runs(load_results(_run_path(settings, compare)), result), end="")
+        print(compare_runs(_load_run(settings, compare)[1], result), end="")
         return
     for p in write_reports(result, run_dir):
         _progress(f"wrote {p}")
@@ -320,10 +326,8 @@ def post(
 
     from pipeline.intake import patchwork_series
     from pipeline.post import PostError, post_gitlab, post_patchwork
-    from pipeline.results import load_results
 
-    settings = _settings(c)
-    result = load_results(_run_path(settings, run))
+    _, result = _load_run(_settings(c), run)
     env = os.environ.get
     target = target_url or env("CI_JOB_URL", "")
     pw_url = patchwork or env("PATCHWORK_URL")
