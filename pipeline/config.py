@@ -76,6 +76,7 @@ class Settings:
     series: str = "patches/xen-pciback-reconfigure"
     jobs: int = 2  # kernels processed side by side
     vf_counts: list[int] = field(default_factory=lambda: [1, 2, 3])
+    hotplug: bool = True  # run vf-hotplug (off: vf-boot only, e.g. bench/load_matrix.py)
     hotplug_cycles: int = 2
     matrix: str = "default"
     matrices: dict[str, list[KernelConfig]] = field(default_factory=dict)

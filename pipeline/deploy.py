@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .errors import HostError
 from .host import Host
+from .interrupt import deferred_sigint
 from .results import BuildResult, DeployResult, now_iso
 
 MARKER_DIR = "/run/pciback-verify"
@@ -150,8 +151,13 @@ def recover(host: Host, progress: Progress = _noprogress) -> str | None:
     Destroys the pipeline's test guests, removes their backend entries, sets sriov_numvfs back to
     what the earlier deploy found, reloads the original xen-pciback, makes the devices that were
     assignable assignable again, empties the staging directory and removes the marker. Call it
-    with the host lock held, before anything else touches the host.
+    with the host lock held, before anything else touches the host. Ctrl-C waits for it.
     """
+    with deferred_sigint(progress):
+        return _recover(host, progress)
+
+
+def _recover(host: Host, progress: Progress) -> str | None:
     marker = read_marker(host)
     if marker is None:
         if host.exists(MARKER):  # unreadable marker: we cannot know the original; stock is the safe bet
@@ -345,6 +351,14 @@ def deploy(host: Host, module_path: Path, srcversion: str, progress: Progress = 
         res.status = "ok"
         res.detail = f"xen_pciback {srcversion} loaded (was {res.original})"
         progress(f"{host.name}: {res.detail}")
+    except KeyboardInterrupt:
+        # Ctrl-C: put back what was there (a second Ctrl-C waits for that), then stop
+        progress(f"{host.name}: deploy interrupted; restoring {res.original or 'original'}")
+        with deferred_sigint(progress):
+            if touched:
+                _restore_module(host, res.original or "stock", progress, held)
+            clean_staging(host, keep=res.original or "")
+        raise
     except HostError as e:
         res.status = "failed"
         res.detail = e.message
@@ -390,7 +404,12 @@ def _restore_module(host: Host, original: str, progress: Progress, held: list[st
 
 
 def restore(host: Host, deploy: DeployResult, progress: Progress = _noprogress) -> None:
-    """Put the module that was loaded before `deploy` back; idempotent."""
+    """Put the module that was loaded before `deploy` back; idempotent. Ctrl-C waits for it."""
+    with deferred_sigint(progress):
+        _restore(host, deploy, progress)
+
+
+def _restore(host: Host, deploy: DeployResult, progress: Progress) -> None:
     if deploy.status in ("ok", "failed") and not deploy.restored:
         original = deploy.original or "stock"
         progress(f"{host.name}: restoring xen_pciback ({original})")

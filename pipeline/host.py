@@ -8,15 +8,22 @@ from data. Host keys are checked against the host's known_hosts file
 
 from __future__ import annotations
 
+import functools
 import shlex
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 import paramiko
 
 from .config import HostConfig
 from .errors import HostError
+from .interrupt import deferred_sigint
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 _LOCKS: dict[str, threading.Lock] = {}
 _LOCKS_GUARD = threading.Lock()
@@ -33,6 +40,19 @@ def host_lock(name: str) -> threading.Lock:
     """One lock per host name: deploy+test on a host must not interleave between kernels."""
     with _LOCKS_GUARD:
         return _LOCKS.setdefault(name, threading.Lock())
+
+
+def _whole(method: Callable[P, R]) -> Callable[P, R]:
+    """Ctrl-C waits until the host operation ends: a command abandoned half-way on the host (an
+    `xl create`, an `insmod`) leaves state the cleanup cannot see, and an SFTP request cut
+    short leaves the session out of step for the cleanup's own requests."""
+
+    @functools.wraps(method)
+    def whole(*args: P.args, **kwargs: P.kwargs) -> R:
+        with deferred_sigint():
+            return method(*args, **kwargs)
+
+    return whole
 
 
 class Host:
@@ -111,6 +131,7 @@ class Host:
 
     # ------------------------------------------------------------ commands
 
+    @_whole
     def run(
         self,
         argv: list[str],
@@ -118,7 +139,10 @@ class Host:
         check: bool = True,
         stdin: str | None = None,
     ) -> tuple[int, str, str]:
-        """Run argv on the host. rc 124 on timeout (when check is False); HostError when check and rc != 0."""
+        """Run argv on the host. rc 124 on timeout (when check is False); HostError when check and rc != 0.
+
+        A Ctrl-C waits for the command to end (at most `timeout`): see `_whole`.
+        """
         if not argv or not all(isinstance(a, str) for a in argv):
             raise TypeError(f"argv must be a non-empty list of str, got {argv!r}")
         self.connect()
@@ -217,12 +241,14 @@ class Host:
             self._sftp.get_channel().settimeout(120)  # no SFTP call may hang the run
         return self._sftp
 
+    @_whole
     def put(self, local: Path | str, remote: str) -> None:
         try:
             self.sftp().put(str(local), remote)
         except (OSError, paramiko.SSHException) as e:
             raise HostError(f"host {self.name}: upload of {local} to {remote} failed: {e}") from None
 
+    @_whole
     def get(self, remote: str, local: Path | str) -> None:
         try:
             self.sftp().get(remote, str(local))
@@ -237,6 +263,7 @@ class Host:
                 pass
             self._sftp = None
 
+    @_whole
     def read_text(self, remote: str) -> str | None:
         """Contents of a remote file, None if it does not exist.
 
@@ -255,6 +282,7 @@ class Host:
                     raise HostError(f"host {self.name}: cannot read {remote}: {e}") from None
         return None
 
+    @_whole
     def write_text(self, remote: str, text: str) -> None:
         try:
             with self.sftp().open(remote, "w") as fh:
@@ -266,6 +294,7 @@ class Host:
         """Write a value to a sysfs/proc file (through `tee`, the value on stdin)."""
         self.run(["tee", path], stdin=f"{value}\n", timeout=120)
 
+    @_whole
     def exists(self, remote: str) -> bool:
         try:
             self.sftp().stat(remote)

@@ -12,6 +12,10 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .config import Settings
@@ -58,6 +62,99 @@ def stop_children(sig: int = signal.SIGTERM) -> list[int]:
         except ProcessLookupError:
             pass
     return hit
+
+
+_requested = threading.Event()
+_watching = False
+
+
+def requested() -> bool:
+    """Ctrl-C was pressed during this `watch_sigint` block (even if a cleanup error hid the KeyboardInterrupt)."""
+    return _requested.is_set()
+
+
+@contextmanager
+def watch_sigint() -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt as usual and is also remembered (see `requested`)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    global _watching
+    _requested.clear()
+
+    def note(signum, frame) -> None:
+        if _requested.is_set():
+            _already_stopping()
+            return
+        _requested.set()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, note)
+    _watching = True
+    try:
+        yield
+    finally:
+        _watching = False
+        signal.signal(signal.SIGINT, previous or signal.default_int_handler)
+
+
+def _to_stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _already_stopping() -> None:
+    # one Ctrl-C stops the run; more would cut the host's cleanup short, so they only say so
+    _to_stderr(
+        f"Ctrl-C: already stopping, putting the host back first (kill -9 {os.getpid()} forces it; "
+        "the next run against that host then restores it)"
+    )
+
+
+class _Deferral:
+    depth = 0
+    pending = False
+    previous: object = None
+    notify: Callable[[str], None] | None = None
+
+
+@contextmanager
+def deferred_sigint(notify: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold Ctrl-C back until the block ends, then raise KeyboardInterrupt.
+
+    For what must not be cut in half on a host: a remote command in flight (an `xl create`
+    abandoned mid-way would leave a domain behind), a teardown, a module restore. Nested
+    blocks defer to the outermost one. Outside the main thread this is a no-op (only the
+    main thread receives signals).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    st = _Deferral
+    if st.depth == 0:
+        if not _watching:  # no run around this block: an old Ctrl-C must not mute a new one
+            _requested.clear()
+        st.pending = False
+        st.notify = notify or _to_stderr
+
+        def hold(signum, frame) -> None:
+            if _requested.is_set():
+                _already_stopping()
+                return
+            _requested.set()
+            st.notify("Ctrl-C: finishing the host step in progress, then stopping")
+            st.pending = True
+
+        st.previous = signal.signal(signal.SIGINT, hold)
+    st.depth += 1
+    try:
+        yield
+    finally:
+        st.depth -= 1
+        if st.depth == 0:
+            signal.signal(signal.SIGINT, st.previous or signal.default_int_handler)
+            if st.pending:
+                st.pending = False
+                raise KeyboardInterrupt
 
 
 def sweep_run(settings: Settings, run_id: str, progress=print) -> list[str]:

@@ -13,7 +13,7 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from . import kernelsrc
+from . import interrupt, kernelsrc
 from .config import HostConfig, KernelConfig, Settings
 from .errors import ConfigError, Interrupted, PipelineError
 from .interrupt import stop_children, sweep_run
@@ -58,6 +58,7 @@ class _Run:
         self.progress = progress
         self.lock = threading.Lock()
         self.stop = threading.Event()
+        self.host_step: tuple[str, str] | None = None  # (deploy | test name, module) on a host now
 
     def save(self) -> None:
         with self.lock:
@@ -185,9 +186,28 @@ class _Run:
                         return
                     try:
                         self.kernel_on_host(host, kcfg, kr, keep, deploy_mod, vftest)
+                    except KeyboardInterrupt:
+                        self.interrupted_on_host(host, kr)
+                        raise
                     except Exception as e:  # noqa: BLE001 - one kernel's host failure never ends the run
                         self.host_row_failed(host, kcfg, kr, e, deploy_mod)
+                        if interrupt.requested():  # a cleanup error hid the Ctrl-C: still stop
+                            self.interrupted_on_host(host, kr)
+                            raise KeyboardInterrupt from e
                     self.save()
+
+    def interrupted_on_host(self, host, kr: KernelResult) -> None:
+        """Ctrl-C: the step in progress (its cleanup already ran on the way out) goes on record."""
+        self.stop.set()
+        step, module = self.host_step or ("", "")
+        if step == "deploy":
+            kr.deploy.append(
+                DeployResult(status="interrupted", host=host.name, restored=True, detail=f"interrupted ({module})")
+            )
+        elif step:
+            kr.tests.append(TestResult(name=step, host=host.name, module=module, reason="interrupted"))
+        self.progress(f"{kr.name} on {host.name}: interrupted during {step or 'host stage'}; host put back")
+        self.save()
 
     def refuse_host(self, host, rows, reason: str) -> None:
         """Preflight said no: the rows keep their verdict (untested there); the command still says why."""
@@ -229,9 +249,11 @@ class _Run:
 
     def kernel_on_host(self, host, kcfg, kr: KernelResult, keep: bool, deploy_mod, vftest) -> None:
         """Series module: vf-boot-N; control module: vf-boot-3; series again: vf-hotplug, last,
-        because hot-plug is the step that has crashed the emulated lab (QEMU's NVMe VFs)."""
+        because hot-plug is the step that has crashed the emulated lab (QEMU's NVMe VFs).
+        `host_step` names what runs, so that a Ctrl-C can be put on record (interrupted_on_host)."""
         p = self.progress
         b = kr.build
+        self.host_step = None
         self.ensure_host(host)
         need = max(self.settings.vf_counts, default=1)
         reason = deploy_mod.preflight(host, b, min(need, host.config.max_vfs))
@@ -240,52 +262,63 @@ class _Run:
             return
         image = vftest.default_guest(host, self.settings)
         testing = _wants(self.until, "test")
+
+        def deploy(module: str, path: str, srcversion: str):
+            self.host_step = ("deploy", module)
+            d = deploy_mod.deploy(host, Path(path), srcversion, p)
+            if module == "control":
+                d.detail = ("control module; " + d.detail).strip("; ")
+            kr.deploy.append(d)
+            self.host_step = None
+            self.save()
+            return d
+
+        def test(name: str, module: str, run) -> None:
+            self.host_step = (name, module)
+            kr.tests.append(self.retry_errored(host, run(), image, vftest))
+            self.host_step = None
+            self.save()
+
         # the series' module (for an already-applied kernel: the tree's own module, the fix included)
-        dep = deploy_mod.deploy(host, Path(b.module), b.srcversion, p)
-        kr.deploy.append(dep)
+        dep = deploy("series", b.module, b.srcversion)
         if dep.status == "ok":
             try:
                 if testing:
-                    results = vftest.run_vf_tests(host, self.settings, "series", p, image=image, hotplug=False)
-                    kr.tests += [self.retry_errored(host, t, image, vftest) for t in results]
+                    for n, skip in vftest.boot_counts(host, self.settings):
+                        if skip:
+                            kr.tests.append(skip)
+                            continue
+                        test(f"vf-boot-{n}", "series", lambda n=n: vftest.vf_boot(host, n, "series", image, p))
             finally:
                 deploy_mod.restore(host, dep, p)
-                dep.restored = True
         if not testing or self.stop.is_set():
             return
         # negative control: the module without the fix must fail vf-boot-3
+        n = min(3, host.config.max_vfs)
         if not b.control_module:
             reason = f"skipped: no control module ({b.control_detail or b.detail or 'not built'})"
-            kr.tests.append(TestResult(name="vf-boot-3", host=host.name, module="control", reason=reason))
+            kr.tests.append(TestResult(name=f"vf-boot-{n}", host=host.name, module="control", reason=reason))
         else:
-            cdep = deploy_mod.deploy(host, Path(b.control_module), b.control_srcversion, p)
-            cdep.detail = ("control module; " + cdep.detail).strip("; ")
-            kr.deploy.append(cdep)
+            cdep = deploy("control", b.control_module, b.control_srcversion)
             if cdep.status == "ok":
                 try:
-                    n = min(3, host.config.max_vfs)
-                    kr.tests.append(
-                        self.retry_errored(host, vftest.vf_boot(host, n, "control", image, p), image, vftest)
-                    )
+                    test(f"vf-boot-{n}", "control", lambda: vftest.vf_boot(host, n, "control", image, p))
                 finally:
                     deploy_mod.restore(host, cdep, p)
-                    cdep.restored = True
         n_hot = min(max(self.settings.vf_counts, default=0), host.config.max_vfs)
-        if n_hot < 2 or dep.status != "ok" or self.stop.is_set():
+        if not self.settings.hotplug or n_hot < 2 or dep.status != "ok" or self.stop.is_set():
             return
         self.ensure_host(host)
-        hdep = deploy_mod.deploy(host, Path(b.module), b.srcversion, p)
-        kr.deploy.append(hdep)
+        hdep = deploy("series", b.module, b.srcversion)
         if hdep.status != "ok":
             return
+        cycles = self.settings.hotplug_cycles
         try:
-            t = vftest.vf_hotplug(host, n_hot, self.settings.hotplug_cycles, "series", image, p)
-            kr.tests.append(self.retry_errored(host, t, image, vftest))
+            test("vf-hotplug", "series", lambda: vftest.vf_hotplug(host, n_hot, cycles, "series", image, p))
         finally:
             if not keep:
                 self.ensure_host(host)
                 deploy_mod.restore(host, hdep, p)
-                hdep.restored = True
 
     def ensure_host(self, host) -> None:
         """The built-in lab is restarted if its QEMU died (the marker file on its disk drives recovery)."""
@@ -364,39 +397,41 @@ def verify(
     ctx.save()
     rd.point_latest()
     progress(f"run {rd.run_id}: {rd.path}")
-    lab_used = False
-    try:
-        if until != "series":
-            if any(kernelsrc.is_debian_remote(settings, k.remote) for k in kcfgs):
-                kernelsrc.import_debian_source(settings, progress=progress)
-            pairs = list(zip(kcfgs, run.kernels, strict=True))
-            with ThreadPoolExecutor(max_workers=jobs or settings.jobs) as pool:
-                futures = [pool.submit(ctx.row, k, r) for k, r in pairs]
-                try:
-                    for f in futures:
-                        while not f.done():
-                            time.sleep(0.2)  # keeps the main thread responsive to Ctrl-C
-                except KeyboardInterrupt:
-                    ctx.stop.set()
-                    stop_children()  # git and make (own session) never saw the Ctrl-C sent to us
-                    progress("interrupted: stopping the running stages")
-                    raise
-            if _wants(until, "deploy"):
-                lab_used = any(settings.hosts[h].lab for k in kcfgs for h in k.hosts)
-                ctx.host_stages(pairs, keep)
-        run.status = "complete"
-    except KeyboardInterrupt:
-        run.status = "interrupted"
-        raise Interrupted("interrupted; partial results in " + str(rd.path)) from None
-    finally:
-        run.finished = now_iso()
-        _finish(settings, run, rd.path, progress)
-        if run.status == "interrupted":
-            sweep_run(settings, run.run_id, progress)  # what a cut-short stage had half-created
-        if lab_used and lab_down:
-            from . import lab
+    # remembers a Ctrl-C that a failing cleanup turned into another exception
+    with interrupt.watch_sigint():
+        lab_used = False
+        try:
+            if until != "series":
+                if any(kernelsrc.is_debian_remote(settings, k.remote) for k in kcfgs):
+                    kernelsrc.import_debian_source(settings, progress=progress)
+                pairs = list(zip(kcfgs, run.kernels, strict=True))
+                with ThreadPoolExecutor(max_workers=jobs or settings.jobs) as pool:
+                    futures = [pool.submit(ctx.row, k, r) for k, r in pairs]
+                    try:
+                        for f in futures:
+                            while not f.done():
+                                time.sleep(0.2)  # keeps the main thread responsive to Ctrl-C
+                    except KeyboardInterrupt:
+                        ctx.stop.set()
+                        stop_children()  # git and make (own session) never saw the Ctrl-C sent to us
+                        progress("interrupted: stopping the running stages")
+                        raise
+                if _wants(until, "deploy"):
+                    lab_used = any(settings.hosts[h].lab for k in kcfgs for h in k.hosts)
+                    ctx.host_stages(pairs, keep)
+            run.status = "complete"
+        except KeyboardInterrupt:
+            run.status = "interrupted"
+            raise Interrupted("interrupted; partial results in " + str(rd.path)) from None
+        finally:
+            run.finished = now_iso()
+            _finish(settings, run, rd.path, progress)
+            if run.status == "interrupted":
+                sweep_run(settings, run.run_id, progress)  # what a cut-short stage had half-created
+            if lab_used and lab_down:
+                from . import lab
 
-            lab.down(settings, progress)
+                lab.down(settings, progress)
     return run
 
 

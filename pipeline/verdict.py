@@ -11,7 +11,7 @@ Verdicts, most severe first (SEVERITY):
   needs-backport    the series does not apply: conflicting files/hunks
   test-inconclusive the negative control (fix reverted) passed too: the test cannot show the fix matters
   new-warnings      builds, but the series adds compiler warnings
-  untested          the run stopped before this row was applied/built (e.g. `--until fetch`)
+  untested          the run stopped before this row was applied/built/tested (`--until fetch`, Ctrl-C)
   ready-untested    applies and builds cleanly; no host ran the tests
   already-upstream  the series' change is already in the tree (with the commit, or "matched by content")
   ready             applies, builds without new warnings, VF tests pass (and the control fails)
@@ -103,7 +103,7 @@ def _findings(k: KernelResult) -> list[tuple[str, str]]:
     if apply.status == "conflict" or any(p.status == "conflict" for p in apply.patches):
         out.append(("needs-backport", _conflict_detail(k)))
         return out  # nothing below ran on this series
-    if apply.status in ("not-run", "skipped"):
+    if apply.status in ("not-run", "skipped", "interrupted"):
         why = apply.detail or ("stopped before apply" if apply.status == "not-run" else "apply skipped")
         out.append(("untested", why))
         return out
@@ -123,6 +123,9 @@ def _findings(k: KernelResult) -> list[tuple[str, str]]:
     if build.status == "error":
         out.append(("error", f"build could not run: {build.detail or 'no detail'}"))
         return out
+    if build.status == "interrupted":
+        out.append(("untested", build.detail or "interrupted during build"))
+        return out
     if build.status in ("not-run", "skipped"):
         if not upstream:
             out.append(("untested", build.detail or "not built"))
@@ -135,8 +138,14 @@ def _findings(k: KernelResult) -> list[tuple[str, str]]:
         if d.status == "failed":
             out.append(("error", f"deploy to {d.host or 'host'} failed: {d.detail or 'no detail'}"))
 
-    series_tests = [t for t in k.tests if t.module in ("series", "stock")]
-    controls = [t for t in k.tests if t.module == "control"]
+    # Ctrl-C: what was cut short proves nothing either way; the row stays untested
+    cut = [f"deploy to {d.host or 'host'}" for d in k.deploy if d.status == "interrupted"]
+    cut += [f"{_test_label(t)} [{t.module}]" for t in k.tests if t.reason.startswith("interrupted")]
+    if cut:
+        out.append(("untested", "interrupted during " + ", ".join(cut)))
+    done = [t for t in k.tests if not t.reason.startswith("interrupted")]
+    series_tests = [t for t in done if t.module in ("series", "stock")]
+    controls = [t for t in done if t.module == "control"]
     if not series_tests:
         skipped = [d for d in k.deploy if d.status == "skipped"]
         why = skipped[0].detail if skipped and skipped[0].detail else "no host ran the VF tests"

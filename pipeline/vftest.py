@@ -25,6 +25,7 @@ from .config import Settings
 from .deploy import PCIBACK_BE, remove_stale_backends
 from .errors import HostError
 from .host import Host
+from .interrupt import deferred_sigint
 from .results import TestResult
 
 Progress = Callable[[str], None]
@@ -206,12 +207,14 @@ class VfPool:
         try:
             self.setup()
         except BaseException:
-            self.teardown()
+            with deferred_sigint(self.progress):
+                self.teardown()
             raise
         return self
 
     def __exit__(self, *exc) -> None:
-        self.teardown()
+        with deferred_sigint(self.progress):
+            self.teardown()
 
     def setup(self) -> None:
         h = self.host
@@ -242,8 +245,8 @@ class VfPool:
         for bdf in self.bdfs:
             if bdf in held or _short(bdf) in held:
                 continue
+            self.added.append(bdf)  # first: a Ctrl-C right after the add must still undo it
             h.run(["xl", "pci-assignable-add", bdf], timeout=120)
-            self.added.append(bdf)
 
     def teardown(self) -> None:
         h = self.host
@@ -346,9 +349,10 @@ class Guest:
         return self
 
     def __exit__(self, *exc) -> None:
-        destroy_domain(self.host, self.name)
-        remove_stale_backends(self.host)
-        self.host.run(["rm", "-f", self.cfg], check=False)
+        with deferred_sigint():
+            destroy_domain(self.host, self.name)
+            remove_stale_backends(self.host)
+            self.host.run(["rm", "-f", self.cfg], check=False)
 
 
 def destroy_domain(host: Host, name: str, timeout: float = 60.0) -> None:
@@ -474,6 +478,19 @@ def vf_hotplug(
     return res
 
 
+def boot_counts(host: Host, settings: Settings) -> list[tuple[int, TestResult | None]]:
+    """The vf-boot-N cases to run: (N, None), or (N, a skipped result) when the host offers fewer VFs."""
+    limit = host.config.max_vfs
+    out: list[tuple[int, TestResult | None]] = []
+    for n in settings.vf_counts:
+        skip = None
+        if n > limit:
+            why = f"skipped: host {host.name} offers {limit} VFs"
+            skip = TestResult(name=f"vf-boot-{n}", host=host.name, module="series", expected=n, reason=why)
+        out.append((n, skip))
+    return out
+
+
 def run_vf_tests(
     host: Host,
     settings: Settings,
@@ -485,21 +502,13 @@ def run_vf_tests(
     """vf-boot-N for each N in settings.vf_counts, then vf-hotplug (with the largest N, if >= 2)."""
     image = image or default_guest(host, settings)
     results = []
-    limit = host.config.max_vfs
-    for n in settings.vf_counts:
-        if n > limit:
-            results.append(
-                TestResult(
-                    name=f"vf-boot-{n}",
-                    host=host.name,
-                    module=module_label,
-                    expected=n,
-                    reason=f"skipped: host {host.name} offers {limit} VFs",
-                )
-            )
-            continue
-        results.append(vf_boot(host, n, module_label, image, progress))
-    n_hot = min(max(settings.vf_counts, default=0), limit)
-    if hotplug and n_hot >= 2:
+    for n, skip in boot_counts(host, settings):
+        if skip:
+            skip.module = module_label
+            results.append(skip)
+        else:
+            results.append(vf_boot(host, n, module_label, image, progress))
+    n_hot = min(max(settings.vf_counts, default=0), host.config.max_vfs)
+    if hotplug and settings.hotplug and n_hot >= 2:
         results.append(vf_hotplug(host, n_hot, settings.hotplug_cycles, module_label, image, progress))
     return results

@@ -132,3 +132,26 @@ def test_control_that_errored_proves_nothing():
     ]
     v, detail = verdict(k)
     assert v == "test-inconclusive" and "did not run to a result" in detail
+
+
+def test_ctrl_c_during_a_vf_test_leaves_the_row_untested_not_failed():
+    from pipeline.results import TestResult
+
+    k = k_prefix()
+    done = [t for t in k.tests if t.name == "vf-boot-1" and t.module == "series"]
+    k.tests = done + [TestResult(name="vf-boot-2", host="lab", module="series", expected=2, reason="interrupted")]
+    v, d = verdict(k)
+    assert v == "untested"
+    assert d.startswith("interrupted during vf-boot-2@lab [series]")
+
+
+def test_ctrl_c_during_deploy_and_build_leave_the_row_untested():
+    k = k_prefix()
+    k.tests = []
+    k.deploy = [DeployResult(status="interrupted", host="lab", restored=True)]
+    assert verdict(k) == ("untested", verdict(k)[1])
+    assert "interrupted during deploy to lab" in verdict(k)[1]
+    k = k_prefix()
+    k.tests, k.deploy = [], []
+    k.build = BuildResult(status="interrupted", detail="interrupted; make stopped")
+    assert verdict(k) == ("untested", "interrupted; make stopped; applies clean")
