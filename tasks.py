@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 
 from invoke import Collection, Exit, task
@@ -35,6 +36,10 @@ def cli(fn):
             raise Exit(f"error: {e.message}", code=e.exit_code) from None
         except KeyboardInterrupt:
             raise Exit("interrupted", code=130) from None
+        except BrokenPipeError:
+            # `invoke config.show | head`: the reader left; say nothing more (stdout is gone)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise Exit(code=141) from None
 
     return wrapper
 

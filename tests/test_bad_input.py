@@ -247,3 +247,19 @@ def test_unreachable_remote(tmp_path):
     for p in (tmp_path / "runs").iterdir():
         p.unlink() if p.is_symlink() else __import__("shutil").rmtree(p)
     _remote_error(tmp_path, "https://127.0.0.1:9/linux.git", "main", FetchError.exit_code, "unreachable")
+
+
+def test_output_piped_into_a_reader_that_leaves_early_is_no_traceback(tmp_path):
+    # `invoke config.show | head -1`: the reader closes the pipe while we still print
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "config.show"],
+        cwd=PROJECT_ROOT,
+        env=_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) in (0, 141)
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
