@@ -113,15 +113,24 @@ class Host:
         return self
 
     def close(self) -> None:
-        if self._sftp is not None:
-            try:
-                self._sftp.close()
-            except Exception:  # noqa: BLE001 - closing a dead channel
-                pass
-            self._sftp = None
+        self._reset_sftp()
         if self._client is not None:
             self._client.close()
             self._client = None
+
+    def _connected(self) -> paramiko.SSHClient:
+        """The live SSH client, (re)connecting first if needed: commands and SFTP both start here."""
+        self.connect()
+        assert self._client is not None
+        return self._client
+
+    def _reset_sftp(self) -> None:
+        if self._sftp is not None:
+            try:
+                self._sftp.close()
+            except Exception:  # noqa: BLE001 - closing a dead or broken session
+                pass
+            self._sftp = None
 
     def __enter__(self) -> Host:
         return self.connect()
@@ -145,10 +154,9 @@ class Host:
         """
         if not argv or not all(isinstance(a, str) for a in argv):
             raise TypeError(f"argv must be a non-empty list of str, got {argv!r}")
-        self.connect()
-        assert self._client is not None
+        client = self._connected()
         command = shlex.join(argv)
-        transport = self._client.get_transport()
+        transport = client.get_transport()
         if transport is None:
             raise HostError(f"host {self.name}: ssh connection lost")
         try:
@@ -163,9 +171,7 @@ class Host:
             # the command did not start, so one fresh connection is safe to try
             self.close()
             try:
-                self.connect()
-                assert self._client is not None
-                chan = self._start(self._client.get_transport(), command, stdin)
+                chan = self._start(self._connected().get_transport(), command, stdin)
             except (paramiko.SSHException, OSError, EOFError, HostError):
                 raise HostError(f"host {self.name}: cannot run {argv[0]}: {e}") from None
         out, err = bytearray(), bytearray()
@@ -234,10 +240,9 @@ class Host:
     # ------------------------------------------------------------ files
 
     def sftp(self) -> paramiko.SFTPClient:
-        self.connect()
-        assert self._client is not None
+        client = self._connected()
         if self._sftp is None:
-            self._sftp = self._client.open_sftp()
+            self._sftp = client.open_sftp()
             self._sftp.get_channel().settimeout(120)  # no SFTP call may hang the run
         return self._sftp
 
@@ -254,14 +259,6 @@ class Host:
             self.sftp().get(remote, str(local))
         except (OSError, paramiko.SSHException) as e:
             raise HostError(f"host {self.name}: download of {remote} failed: {e}") from None
-
-    def _reset_sftp(self) -> None:
-        if self._sftp is not None:
-            try:
-                self._sftp.close()
-            except Exception:  # noqa: BLE001 - dropping a broken session
-                pass
-            self._sftp = None
 
     @_whole
     def read_text(self, remote: str) -> str | None:
