@@ -71,6 +71,7 @@ class _Run:
         from .fetch import fetch_kernel
 
         p = self.progress
+        stage = "fetch"  # the stage running now: a PipelineError is put on its record
         try:
             if self.stop.is_set():
                 return
@@ -80,6 +81,7 @@ class _Run:
             self.save()
             if not _wants(self.until, "apply") or self.stop.is_set():
                 return
+            stage = "apply"
             kr.apply = apply_series(kr.fetch, self.series, self.run.run_id, progress=p, label=kcfg.name)
             self.interrupted_during(kr.apply)
             self.save()
@@ -88,11 +90,11 @@ class _Run:
             if kr.apply.status == "conflict":
                 kr.build = BuildResult(status="skipped", detail="the series does not apply")
                 return
+            stage = "build"
             kr.build = self.build(kcfg, kr)
             self.interrupted_during(kr.build)
             self.save()
         except PipelineError as e:
-            stage = _current_stage(kr)
             if self.interrupted_during(_stage_obj(kr, stage)):
                 return
             _stage_obj(kr, stage).status = "failed"
@@ -101,7 +103,7 @@ class _Run:
             kr.error_code = e.exit_code
             p(f"{kcfg.name}: {stage} failed: {e.message}")
         except Exception as e:  # a bug of ours: the row says so, the other rows go on
-            if self.interrupted_during(_stage_obj(kr, _current_stage(kr))):
+            if self.interrupted_during(_stage_obj(kr, stage)):
                 return
             kr.error = f"internal error: {type(e).__name__}: {e}"
             (self.run_dir / f"{kcfg.name}.traceback.txt").write_text(traceback.format_exc())
@@ -355,14 +357,6 @@ _PREFLIGHT_CODES = (
 
 def _preflight_code(reason: str) -> int:
     return next((code for text, code in _PREFLIGHT_CODES if text in reason), 7)
-
-
-def _current_stage(kr: KernelResult) -> str:
-    if kr.fetch.status in ("not-run", "running"):
-        return "fetch"
-    if kr.apply.status == "not-run":
-        return "apply"
-    return "build"
 
 
 def _stage_obj(kr: KernelResult, stage: str):
