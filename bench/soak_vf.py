@@ -12,6 +12,7 @@ pass/fail counts and the median time per test case. Target: fixed 20/20 pass, co
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -25,6 +26,7 @@ from pipeline import PROJECT_ROOT, lab  # noqa: E402
 from pipeline.config import load_settings  # noqa: E402
 from pipeline.deploy import deploy, preflight, restore  # noqa: E402
 from pipeline.host import Host  # noqa: E402
+from pipeline.hostlock import HostLock  # noqa: E402
 from pipeline.labmod import build_pair  # noqa: E402
 from pipeline.vftest import default_guest, vf_boot  # noqa: E402
 
@@ -51,7 +53,9 @@ def main() -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="soak-vf-") as tmp:
             mods = build_pair(release, Path(tmp), say)
-            with Host(hc) as host:
+            # the host lock, like a pipeline run: a `verify` started meanwhile waits instead of
+            # "recovering" the host from under the soak
+            with Host(hc) as host, HostLock(host, f"soak-vf-{os.getpid()}", say).acquire():
                 image = default_guest(host, settings)
                 for label, want_pass in (("series", True), ("control", False)):
                     b = mods[label]
