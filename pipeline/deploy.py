@@ -417,4 +417,6 @@ def _restore(host: Host, deploy: DeployResult, progress: Progress) -> None:
         clean_staging(host, keep=original)
         deploy.restored = True
         cur = loaded_srcversion(host)
-        progress(f"{host.name}: xen_pciback back to {original} (srcversion {cur or 'not loaded'})")
+        # Debian's own module carries no srcversion file: "stock" is told by its taint instead
+        now = cur or ("loaded, no srcversion" if is_loaded(host) else "not loaded")
+        progress(f"{host.name}: xen_pciback back to {original} ({now})")

@@ -149,18 +149,19 @@ def test_kill9_mid_build_keeps_earlier_runs_and_marks_the_run_incomplete(tmp_pat
 
 def _assert_interrupted(
     proc: subprocess.Popen, t_signal: float, root: Path, out: str, cache: Path, limit_s: float = 20
-) -> dict:
+) -> tuple[dict, str]:
     rest, _ = proc.communicate(timeout=limit_s + 60)
     elapsed = time.monotonic() - t_signal
     assert proc.returncode == 130, out + rest
     assert elapsed < limit_s, f"took {elapsed:.1f}s to stop"
+    print(f"stopped {elapsed:.1f} s after Ctrl-C; last lines:\n{rest[-1500:]}")
     assert "Traceback" not in out + rest
     run = _run_dir(out, root)
     res = json.loads((run / "results.json").read_text())
     assert res["status"] == "interrupted"
     assert _leftovers(cache, run.name) == []
     assert not (cache / "worktrees" / run.name).exists()
-    return res
+    return res, rest
 
 
 def test_sigint_during_build_stops_promptly_and_cleans_up(tmp_path):
@@ -168,7 +169,7 @@ def test_sigint_during_build_stops_promptly_and_cleans_up(tmp_path):
     out = "".join(_wait_for(proc, ": build: "))
     time.sleep(1)
     proc.send_signal(signal.SIGINT)
-    res = _assert_interrupted(proc, time.monotonic(), tmp_path / "runs", out, PROJECT_ROOT / ".cache")
+    res, _ = _assert_interrupted(proc, time.monotonic(), tmp_path / "runs", out, PROJECT_ROOT / ".cache")
     k = res["kernels"]
     assert all(r["fetch"]["status"] == "ok" for r in k)  # what completed is recorded
     assert any(r["build"]["status"] == "interrupted" for r in k), [r["build"]["status"] for r in k]
@@ -185,7 +186,7 @@ def test_sigint_during_fetch_stops_promptly_and_cleans_up(tmp_path):
     out = "".join(_wait_for(proc, "fetch deb: debian-6.1 from"))
     time.sleep(2)
     proc.send_signal(signal.SIGINT)
-    res = _assert_interrupted(proc, time.monotonic(), tmp_path / "runs", out, cache)
+    res, _ = _assert_interrupted(proc, time.monotonic(), tmp_path / "runs", out, cache)
     (k,) = res["kernels"]
     assert k["fetch"]["status"] == "interrupted" and k["apply"]["status"] == "not-run", k
 
@@ -218,9 +219,11 @@ def test_sigint_on_the_host_puts_it_back_and_records_what_completed(lab_host, tm
     time.sleep(delay)
     proc.send_signal(signal.SIGINT)
     t_signal = time.monotonic()
+    time.sleep(1)  # (two signals sent at once would merge into one)
     proc.send_signal(signal.SIGINT)  # impatient user: the second one must not cut the cleanup short
-    res = _assert_interrupted(proc, t_signal, tmp_path / "runs", out, PROJECT_ROOT / ".cache", HOST_STOP_S)
+    res, rest = _assert_interrupted(proc, t_signal, tmp_path / "runs", out, PROJECT_ROOT / ".cache", HOST_STOP_S)
 
+    assert "Ctrl-C: already stopping, putting the host back first" in rest
     (k,) = res["kernels"]
     assert k["build"]["status"] == "ok"  # what completed is on record
     assert k["verdict"] == "untested", k["verdict_detail"]
