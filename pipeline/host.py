@@ -199,7 +199,13 @@ class Host:
         chan.close()
         sout, serr = out.decode(errors="replace"), err.decode(errors="replace")
         if check and (timed_out or rc != 0):
-            what = f"timed out after {timeout:.0f} s" if timed_out else f"exited {rc}"
+            what = (
+                f"timed out after {timeout:.0f} s"
+                if timed_out
+                else "ended without an exit status (killed by a signal?)"
+                if rc == -1  # OpenSSH sends exit-signal instead, which paramiko leaves at -1
+                else f"exited {rc}"
+            )
             detail = (serr.strip() or sout.strip()).splitlines()
             raise HostError(f"host {self.name}: `{command}` {what}" + (f": {detail[-1]}" if detail else ""))
         return rc, sout, serr

@@ -306,9 +306,10 @@ class Guest:
             rc, out, err = h.run(["xl", "create", self.cfg], timeout=180, check=False)
             if rc == 0:
                 break
-            # libxl's own helper crashing ("died due to fatal signal"), seen on the emulated lab:
-            # not the module under test, so clean up and create once more
-            if attempt == 1 and "died due to fatal signal" in err + out:
+            # libxl's own helper crashing ("died due to fatal signal"), or xl itself killed by a
+            # signal (no exit status: rc -1), both seen on the emulated lab under load: not the
+            # module under test, so clean up and create once more
+            if attempt == 1 and (rc == -1 or "died due to fatal signal" in err + out):
                 destroy_domain(h, self.name)
                 remove_stale_backends(h)
                 continue
