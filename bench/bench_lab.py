@@ -17,10 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from invoke import Config  # noqa: E402
 
-from pipeline import PROJECT_ROOT, lab  # noqa: E402
-from pipeline.config import load_settings  # noqa: E402
+from pipeline import lab  # noqa: E402
+from pipeline.config import project_settings  # noqa: E402
 
 # ../shared/lab/README.md, "Timings" (2-core machine, TCG)
 REFERENCE = {
@@ -38,9 +37,7 @@ def main() -> int:
     ap.add_argument("--no-cold", action="store_true", help="keep an existing image: skip the cold build")
     args = ap.parse_args()
 
-    cfg = Config(project_location=str(PROJECT_ROOT))
-    cfg.load_project()
-    settings = load_settings(cfg)
+    settings = project_settings()
     settings.lab.dir = args.dir
     d = settings.path(args.dir)
     if lab.status(settings, probe=False).running:

@@ -36,8 +36,7 @@ no host-stage intervals overlapped, the lock behaved as above and no entry diffe
 check failed; 2 when the setup failed (config rejected, source or lab not available).
 
 vf-hotplug (after the control; the slowest and most fragile step in the emulated lab) is
-switched off with `pv.hotplug: false` when the pipeline has that setting (`--hotplug` keeps it);
-a pipeline without it runs vf-hotplug for every kernel, and says so at the start.
+switched off with `pv.hotplug: false` (`--hotplug` keeps it).
 `--hotplug-cycles N` sets pv.hotplug_cycles for these runs (0: attach the VFs one by one, no
 detach/attach cycles). Expect roughly 40–60 minutes for 8 entries with `--baseline all` on
 the emulated lab. Logs (one per run, with timestamps), the config file and load_matrix.json
@@ -63,6 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import yaml  # noqa: E402
 
 from pipeline import PROJECT_ROOT  # noqa: E402
+from pipeline.config import project_settings  # noqa: E402
 
 HOST = "lab"
 MATRIX = "load"
@@ -125,15 +125,6 @@ def make_config(
     if hotplug_cycles is not None:
         pv["hotplug_cycles"] = hotplug_cycles
     return {"pv": pv}
-
-
-def has_hotplug_switch() -> bool:
-    """Whether this pipeline's settings have `hotplug` (vf-hotplug on/off)."""
-    import dataclasses
-
-    from pipeline.config import Settings
-
-    return any(f.name == "hotplug" for f in dataclasses.fields(Settings))
 
 
 def split_halves(names: list[str]) -> list[list[str]]:
@@ -462,17 +453,6 @@ def simple(cfg: Path, env: dict[str, str], logs: Path, label: str, *args: str) -
 # ------------------------------------------------------------------ main
 
 
-def _project_settings():
-    from invoke import Config
-
-    from pipeline.config import load_settings
-
-    cfg = Config(project_location=str(PROJECT_ROOT))
-    cfg.load_project()
-    cfg.load_shell_env()
-    return load_settings(cfg)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--entries", type=int, default=8, help="kernel entries in the matrix (default 8, at least 2)")
@@ -505,18 +485,16 @@ def main(argv: list[str] | None = None) -> int:
 
     from pipeline import kernelsrc, lab
 
-    settings = _project_settings()
+    settings = project_settings()
     entries = make_entries(args.entries, str(kernelsrc.repo_path(settings)))
     cfg = out / "load-matrix.yaml"
-    switch = has_hotplug_switch()
-    hotplug = None if args.hotplug or not switch else False
+    hotplug = None if args.hotplug else False
     args.vf_hotplug = hotplug is None  # for load_matrix.json
     config = make_config(entries, args.lock_timeout, hotplug, args.hotplug_cycles)
     cfg.write_text(yaml.safe_dump(config, sort_keys=False))
     say(f"results: {out}")
     if hotplug is None:
-        why = "--hotplug" if args.hotplug else "this pipeline has no pv.hotplug setting"
-        say(f"vf-hotplug runs for every kernel ({why}); each kernel takes a few minutes longer")
+        say("vf-hotplug runs for every kernel (--hotplug); each kernel takes a few minutes longer")
     env_c, env_a = child_env(out / "concurrent"), child_env(out / "alone")
 
     # ---- setup

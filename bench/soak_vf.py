@@ -20,10 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from invoke import Config  # noqa: E402
 
-from pipeline import PROJECT_ROOT, lab  # noqa: E402
-from pipeline.config import load_settings  # noqa: E402
+from pipeline import lab  # noqa: E402
+from pipeline.config import project_settings  # noqa: E402
 from pipeline.deploy import deploy, preflight, restore  # noqa: E402
 from pipeline.host import Host  # noqa: E402
 from pipeline.hostlock import HostLock  # noqa: E402
@@ -42,10 +41,7 @@ def main() -> int:
     ap.add_argument("--keep-lab", action="store_true", help="leave the lab running if this script booted it")
     args = ap.parse_args()
 
-    cfg = Config(project_location=str(PROJECT_ROOT))
-    cfg.load_project()
-    cfg.load_shell_env()
-    settings = load_settings(cfg)
+    settings = project_settings()
     was_running = lab.status(settings, probe=False).running
     hc = lab.ensure_up(settings, say)
     release = hc.kernel_release or lab.kernel_release(settings) or ""

@@ -242,3 +242,14 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
+
+
+def project_settings() -> Settings:
+    """Settings as `invoke` itself reads them outside a task (tests, bench scripts): the project's
+    invoke.yaml plus INVOKE_PV_* variables."""
+    from invoke import Config
+
+    cfg = Config(project_location=str(PROJECT_ROOT))
+    cfg.load_project()
+    cfg.load_shell_env()
+    return load_settings(cfg)

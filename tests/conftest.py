@@ -10,22 +10,11 @@ import sys
 import pytest
 
 
-def _lab_settings():
-    from invoke import Config
-
-    from pipeline import PROJECT_ROOT
-    from pipeline.config import load_settings
-
-    # the project's invoke.yaml plus INVOKE_PV_* overrides, as `invoke` itself would read them
-    cfg = Config(project_location=str(PROJECT_ROOT))
-    cfg.load_project()
-    cfg.load_shell_env()
-    return load_settings(cfg)
-
-
 @pytest.fixture(scope="session")
 def lab_settings():
-    return _lab_settings()
+    from pipeline.config import project_settings
+
+    return project_settings()
 
 
 @pytest.fixture(scope="session")

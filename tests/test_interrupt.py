@@ -61,23 +61,6 @@ def _run_dir(out: str, root: Path) -> Path:
     return max(runs, key=lambda p: p.stat().st_mtime)
 
 
-def _settings(**env: str):
-    from invoke import Config
-
-    from pipeline.config import load_settings
-
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        cfg = Config(project_location=str(PROJECT_ROOT))
-        cfg.load_project()
-        cfg.load_shell_env()
-        return load_settings(cfg)
-    finally:
-        for k, v in old.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-
-
 def _leftovers(cache_dir: Path, run_id: str) -> list[str]:
     objects = cache_dir / "git" / "objects.git"
     if not objects.exists():
@@ -140,10 +123,11 @@ def test_kill9_mid_build_keeps_earlier_runs_and_marks_the_run_incomplete(tmp_pat
         assert rep.returncode == 0, rep.stderr
         assert "debian-6.1" in rep.stdout and (run / "summary.md").is_file()
     finally:
+        from pipeline.config import project_settings
         from pipeline.interrupt import sweep_run
 
         time.sleep(1)
-        sweep_run(_settings(), run.name, progress=lambda m: None)  # kill -9 cannot clean up: the test does
+        sweep_run(project_settings(), run.name, progress=lambda m: None)  # kill -9 cannot clean up: the test does
         assert _leftovers(PROJECT_ROOT / ".cache", run.name) == []
 
 

@@ -58,11 +58,10 @@ def test_generated_config_validates_over_the_project_file():
     assert settings.vf_counts == [1, 2, 3] and settings.hotplug_cycles == 0
     lab = settings.hosts["lab"]
     assert lab.lab and lab.lock_timeout_s == 7200 and lab.max_vfs == 3  # merged, not replaced
-    assert "hotplug" not in over  # left out unless asked: a pipeline without the setting rejects it
+    assert "hotplug" not in over  # left out unless asked: the project's setting stands
     assert lm.make_config(entries, hotplug=False)["pv"]["hotplug"] is False
-    if lm.has_hotplug_switch():  # what the bench writes where the pipeline can switch vf-hotplug off
-        over = lm.make_config(entries, hotplug=False)["pv"]
-        assert load_settings(data=_merge(project, over)).hotplug is False
+    over = lm.make_config(entries, hotplug=False)["pv"]  # what the bench writes by default
+    assert load_settings(data=_merge(project, over)).hotplug is False
 
 
 def test_baseline_distinct_compares_with_the_first_entry_of_each_ref():
