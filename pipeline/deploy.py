@@ -352,32 +352,30 @@ def deploy(host: Host, module_path: Path, srcversion: str, progress: Progress = 
         res.detail = f"xen_pciback {srcversion} loaded (was {res.original})"
         progress(f"{host.name}: {res.detail}")
     except KeyboardInterrupt:
-        # Ctrl-C: put back what was there (a second Ctrl-C waits for that), then stop
         progress(f"{host.name}: deploy interrupted; restoring {res.original or 'original'}")
-        with deferred_sigint(progress):
-            if touched:
-                _restore_module(host, res.original or "stock", progress, held)
-            clean_staging(host, keep=res.original or "")
+        _undo_deploy(host, res.original, touched, held, progress)
         raise
     except HostError as e:
         res.status = "failed"
         res.detail = e.message
         progress(f"{host.name}: deploy failed: {e.message}; restoring {res.original or 'original'}")
-        if not touched:
-            res.restored = True  # nothing was changed on the host but the upload
-            try:
-                clean_staging(host, keep=res.original or "")
-            except HostError as e2:
-                res.detail += f"; staging cleanup failed: {e2.message}"
-        else:
-            try:
-                _restore_module(host, res.original or "stock", progress, held)
-                clean_staging(host, keep=res.original or "")
-                res.restored = True
-            except HostError as e2:
-                res.detail += f"; restore failed too: {e2.message}"
+        res.restored = not touched  # before the marker was written only the upload changed the host
+        try:
+            _undo_deploy(host, res.original, touched, held, progress)
+            res.restored = True
+        except HostError as e2:
+            res.detail += f"; {'restore failed too' if touched else 'staging cleanup failed'}: {e2.message}"
     res.duration_s = round(time.monotonic() - t0, 2)
     return res
+
+
+def _undo_deploy(host: Host, original: str, touched: bool, held: list[str], progress: Progress) -> None:
+    """Put back what a deploy cut short had changed: the original module once it got that far
+    (`touched`: the marker was written), and the upload. Ctrl-C waits for it."""
+    with deferred_sigint(progress):
+        if touched:
+            _restore_module(host, original or "stock", progress, held)
+        clean_staging(host, keep=original or "")
 
 
 def _restore_module(host: Host, original: str, progress: Progress, held: list[str] | None = None) -> None:

@@ -25,21 +25,11 @@ from .interrupt import deferred_sigint
 P = ParamSpec("P")
 R = TypeVar("R")
 
-_LOCKS: dict[str, threading.Lock] = {}
-_LOCKS_GUARD = threading.Lock()
-
-
 EXEC_ANSWER_S = 60.0  # how long sshd may take to answer an exec request, even on a loaded TCG host
 
 
 class _NoAnswer(Exception):
     """The host never answered an exec request."""
-
-
-def host_lock(name: str) -> threading.Lock:
-    """One lock per host name: deploy+test on a host must not interleave between kernels."""
-    with _LOCKS_GUARD:
-        return _LOCKS.setdefault(name, threading.Lock())
 
 
 def _whole(method: Callable[P, R]) -> Callable[P, R]:
@@ -199,16 +189,19 @@ class Host:
         chan.close()
         sout, serr = out.decode(errors="replace"), err.decode(errors="replace")
         if check and (timed_out or rc != 0):
-            what = (
-                f"timed out after {timeout:.0f} s"
-                if timed_out
-                else "ended without an exit status (killed by a signal?)"
-                if rc == -1  # OpenSSH sends exit-signal instead, which paramiko leaves at -1
-                else f"exited {rc}"
-            )
-            detail = (serr.strip() or sout.strip()).splitlines()
-            raise HostError(f"host {self.name}: `{command}` {what}" + (f": {detail[-1]}" if detail else ""))
+            raise self.failed(argv, rc, sout, serr, timeout if timed_out else None)
         return rc, sout, serr
+
+    def failed(self, argv: list[str], rc: int, out: str, err: str, timed_out_after: float | None = None) -> HostError:
+        """The error for a command that did not succeed, naming it, how it ended and its last line."""
+        if timed_out_after is not None:
+            what = f"timed out after {timed_out_after:.0f} s"
+        elif rc == -1:  # OpenSSH reports a signal death as exit-signal, which paramiko leaves at -1
+            what = "ended without an exit status (killed by a signal?)"
+        else:
+            what = f"exited {rc}"
+        detail = (err.strip() or out.strip()).splitlines()
+        return HostError(f"host {self.name}: `{shlex.join(argv)}` {what}" + (f": {detail[-1]}" if detail else ""))
 
     def _start(self, transport, command: str, stdin: str | None) -> paramiko.Channel:
         if transport is None or not transport.is_active():

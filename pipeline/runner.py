@@ -208,7 +208,7 @@ class _Run:
             )
         elif step:
             kr.tests.append(TestResult(name=step, host=host.name, module=module, reason="interrupted"))
-        self.progress(f"{kr.name} on {host.name}: interrupted during {step or 'host stage'}; host put back")
+        self.progress(f"{kr.name} on {host.name}: interrupted during {step or 'the host stage'}")
         self.save()
 
     def refuse_host(self, host, rows, reason: str) -> None:
@@ -218,19 +218,19 @@ class _Run:
             self.progress(f"{kcfg.name} on {host.name}: skipped: {reason}")
             kr.error_code = kr.error_code or _preflight_code(reason)
 
-    def retry_errored(self, host, t: TestResult, image, vftest) -> TestResult:
-        """Run a test case once more when it errored (no guest result: a lost SSH stream, a stuck
-        xl create) rather than failed; both attempts stay visible in the result."""
-        if not t.reason.startswith("error") or self.stop.is_set():
-            return t
-        self.progress(f"{t.name} [{t.module}]: errored ({t.reason}); one more attempt on a fresh connection")
-        host.close()
-        if t.name == "vf-hotplug":
-            again = vftest.vf_hotplug(host, t.expected, self.settings.hotplug_cycles, t.module, image, self.progress)
-        else:
-            again = vftest.vf_boot(host, t.expected, t.module, image, self.progress)
-        again.warnings.append(f"first attempt errored: {t.reason}")
-        return again
+    def run_test(self, host, kr: KernelResult, name: str, module: str, run) -> None:
+        """Run one VF test case and save it; once more, on a fresh connection, when it errored (no
+        guest result: a lost SSH stream, a stuck xl create) rather than failed."""
+        self.host_step = (name, module)
+        t = run()
+        if t.reason.startswith("error") and not self.stop.is_set():
+            self.progress(f"{name} [{module}]: errored ({t.reason}); one more attempt on a fresh connection")
+            host.close()
+            first, t = t, run()
+            t.warnings.append(f"first attempt errored: {first.reason}")
+        kr.tests.append(t)
+        self.host_step = None
+        self.save()
 
     def host_row_failed(self, host, kcfg: KernelConfig, kr: KernelResult, e: Exception, deploy_mod) -> None:
         """Record the failure on the row and put the host back (fresh connection) before the next kernel."""
@@ -245,7 +245,6 @@ class _Run:
             if dep.status == "ok" and not dep.restored:
                 try:
                     deploy_mod.restore(host, dep, self.progress)
-                    dep.restored = True
                 except Exception as re:  # noqa: BLE001 - the marker file lets the next run finish the job
                     self.progress(f"{host.name}: restore failed ({re}); the next run restores from the host's marker")
 
@@ -275,22 +274,18 @@ class _Run:
             self.save()
             return d
 
-        def test(name: str, module: str, run) -> None:
-            self.host_step = (name, module)
-            kr.tests.append(self.retry_errored(host, run(), image, vftest))
-            self.host_step = None
-            self.save()
-
         # the series' module (for an already-applied kernel: the tree's own module, the fix included)
         dep = deploy("series", b.module, b.srcversion)
         if dep.status == "ok":
             try:
                 if testing:
-                    for n, skip in vftest.boot_counts(host, self.settings):
+                    for n, skip in vftest.boot_counts(host, self.settings, "series"):
                         if skip:
                             kr.tests.append(skip)
                             continue
-                        test(f"vf-boot-{n}", "series", lambda n=n: vftest.vf_boot(host, n, "series", image, p))
+                        self.run_test(
+                            host, kr, f"vf-boot-{n}", "series", lambda n=n: vftest.vf_boot(host, n, "series", image, p)
+                        )
             finally:
                 deploy_mod.restore(host, dep, p)
         if not testing or self.stop.is_set():
@@ -304,7 +299,9 @@ class _Run:
             cdep = deploy("control", b.control_module, b.control_srcversion)
             if cdep.status == "ok":
                 try:
-                    test(f"vf-boot-{n}", "control", lambda: vftest.vf_boot(host, n, "control", image, p))
+                    self.run_test(
+                        host, kr, f"vf-boot-{n}", "control", lambda: vftest.vf_boot(host, n, "control", image, p)
+                    )
                 finally:
                     deploy_mod.restore(host, cdep, p)
         n_hot = min(max(self.settings.vf_counts, default=0), host.config.max_vfs)
@@ -316,7 +313,9 @@ class _Run:
             return
         cycles = self.settings.hotplug_cycles
         try:
-            test("vf-hotplug", "series", lambda: vftest.vf_hotplug(host, n_hot, cycles, "series", image, p))
+            self.run_test(
+                host, kr, "vf-hotplug", "series", lambda: vftest.vf_hotplug(host, n_hot, cycles, "series", image, p)
+            )
         finally:
             if not keep:
                 self.ensure_host(host)

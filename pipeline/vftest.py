@@ -301,9 +301,10 @@ class Guest:
             self.cfg,
             render_guest_config(self.name, self.image.kernel, self.image.ramdisk, self.pci, self.expect, self.test),
         )
+        create = ["xl", "create", self.cfg]
         for attempt in (1, 2):
             h.run(["rm", "-f", self.console])
-            rc, out, err = h.run(["xl", "create", self.cfg], timeout=180, check=False)
+            rc, out, err = h.run(create, timeout=180, check=False)
             if rc == 0:
                 break
             # libxl's own helper crashing ("died due to fatal signal"), or xl itself killed by a
@@ -313,10 +314,7 @@ class Guest:
                 destroy_domain(h, self.name)
                 remove_stale_backends(h)
                 continue
-            detail = (err.strip() or out.strip()).splitlines()
-            raise HostError(
-                f"host {h.name}: `xl create {self.cfg}` exited {rc}" + (f": {detail[-1]}" if detail else "")
-            )
+            raise h.failed(create, rc, out, err)
         self.domid = int(h.out(["xl", "domid", self.name]))
         return self.domid
 
@@ -479,7 +477,7 @@ def vf_hotplug(
     return res
 
 
-def boot_counts(host: Host, settings: Settings) -> list[tuple[int, TestResult | None]]:
+def boot_counts(host: Host, settings: Settings, module_label: str) -> list[tuple[int, TestResult | None]]:
     """The vf-boot-N cases to run: (N, None), or (N, a skipped result) when the host offers fewer VFs."""
     limit = host.config.max_vfs
     out: list[tuple[int, TestResult | None]] = []
@@ -487,7 +485,7 @@ def boot_counts(host: Host, settings: Settings) -> list[tuple[int, TestResult | 
         skip = None
         if n > limit:
             why = f"skipped: host {host.name} offers {limit} VFs"
-            skip = TestResult(name=f"vf-boot-{n}", host=host.name, module="series", expected=n, reason=why)
+            skip = TestResult(name=f"vf-boot-{n}", host=host.name, module=module_label, expected=n, reason=why)
         out.append((n, skip))
     return out
 
@@ -503,12 +501,8 @@ def run_vf_tests(
     """vf-boot-N for each N in settings.vf_counts, then vf-hotplug (with the largest N, if >= 2)."""
     image = image or default_guest(host, settings)
     results = []
-    for n, skip in boot_counts(host, settings):
-        if skip:
-            skip.module = module_label
-            results.append(skip)
-        else:
-            results.append(vf_boot(host, n, module_label, image, progress))
+    for n, skip in boot_counts(host, settings, module_label):
+        results.append(skip or vf_boot(host, n, module_label, image, progress))
     n_hot = min(max(settings.vf_counts, default=0), host.config.max_vfs)
     if hotplug and settings.hotplug and n_hot >= 2:
         results.append(vf_hotplug(host, n_hot, settings.hotplug_cycles, module_label, image, progress))
