@@ -135,7 +135,7 @@ class _Validator:
             _, inner = typing.get_args(tp)
             if not isinstance(value, dict):
                 self.fail(keypath, f"expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
-            return {str(k): self.convert(inner, v, f"{keypath}.{k}", name=str(k)) for k, v in value.items()}
+            return {str(k): self.convert(inner, v, f"{keypath}.{_part(k)}", name=str(k)) for k, v in value.items()}
         if tp is int and isinstance(value, str) and value.strip().isdigit():
             return int(value)  # INVOKE_PV_* environment variables arrive as strings
         if tp is bool and isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
@@ -154,7 +154,9 @@ class _Validator:
         for key, v in value.items():
             if key not in fields:
                 self.fail(
-                    f"{keypath}.{key}", f"unknown key; expected one of {', '.join(sorted(fields))}", UnknownConfigKey
+                    f"{keypath}.{_part(key)}",
+                    f"unknown key; expected one of {', '.join(sorted(fields))}",
+                    UnknownConfigKey,
                 )
             kwargs[key] = self.convert(hints[key], v, f"{keypath}.{key}", name=key)
         if "name" in fields and "name" not in kwargs and name is not None:
@@ -164,6 +166,12 @@ class _Validator:
             if required and f.name not in kwargs:
                 self.fail(f"{keypath}.{f.name}", f"missing; expected {_type_name(hints[f.name])}")
         return cls(**kwargs)
+
+
+def _part(key: Any) -> str:
+    """A key as it appears in an error's key path: quoted when it would break the one-line message."""
+    text = str(key)
+    return text if text.isprintable() and text.strip() == text and text else repr(text)
 
 
 def _lookup(data: Any, keypath: str) -> bool:

@@ -11,7 +11,7 @@ from invoke import Config
 
 from pipeline import PROJECT_ROOT
 from pipeline.config import load_settings
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, UnknownConfigKey
 
 
 def _project_config(runtime: str | None = None) -> Config:
@@ -92,3 +92,10 @@ def test_env_variable_overrides_config(monkeypatch):
     proc = _invoke("config.show", env={**os.environ, "INVOKE_PV_MATRIX": "stable"})
     assert proc.returncode == 0, proc.stderr
     assert "matrix 'stable'" in proc.stdout
+
+
+def test_a_key_with_a_line_break_stays_a_one_line_error():
+    # found by the fuzz test: a YAML key "\n" was echoed raw into the message
+    with pytest.raises(UnknownConfigKey) as e:
+        load_settings(data={"\n": 1})
+    assert "\n" not in e.value.message and "pv.'\\n': unknown key" in e.value.message
