@@ -83,7 +83,7 @@ def is_stock_loaded(host: Host) -> bool:
 
 def assignable_devices(host: Host) -> list[str]:
     """BDFs that pciback holds (`xl pci-assignable-list`)."""
-    rc, out, _ = host.run(["xl", "pci-assignable-list"], check=False, timeout=60)
+    rc, out, _ = host.query(["xl", "pci-assignable-list"], timeout=60)
     if rc != 0:
         return []
     return [line.split()[0] for line in out.splitlines() if line.strip()]
@@ -101,7 +101,7 @@ def live_domids(host: Host) -> set[int]:
 
 
 def pci_backend_domids(host: Host) -> list[int]:
-    rc, out, _ = host.run(["xenstore-list", PCIBACK_BE], check=False, timeout=30)
+    rc, out, _ = host.query(["xenstore-list", PCIBACK_BE], timeout=30)
     if rc != 0:
         return []
     return [int(x) for x in out.split() if x.strip().isdigit()]
@@ -211,7 +211,7 @@ def not_dom0_reason(host: Host) -> str | None:
     caps = host.read_text("/proc/xen/capabilities")
     if caps is None or "control_d" not in caps:
         return f"{host.name} is not a Xen dom0 (/proc/xen/capabilities has no control_d)"
-    rc, _, err = host.run(["xl", "info"], check=False, timeout=60)
+    rc, _, err = host.query(["xl", "info"], timeout=60)
     if rc != 0:
         return f"`xl info` failed on {host.name}: {err.strip().splitlines()[-1] if err.strip() else f'exit {rc}'}"
     return None

@@ -26,10 +26,28 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 EXEC_ANSWER_S = 60.0  # how long sshd may take to answer an exec request, even on a loaded TCG host
+QUERY_TRIES = 3  # a read-only command killed by a signal is run again (xl crashes now and then in the lab)
+CONNECT_TRIES = 3  # a handshake broken in transit is tried again; a refused key or login never is
+# how a command killed by a signal ends: no exit status (-1) or, via a shell, 128 + SIGILL/ABRT/BUS/SEGV
+_SIGNAL_DEATH = {-1, 132, 134, 135, 139}
 
 
 class _NoAnswer(Exception):
     """The host never answered an exec request."""
+
+
+class _UnknownHostKey(paramiko.SSHException):
+    """The host's key is not in known_hosts (never retried, never added)."""
+
+
+class _RejectUnknown(paramiko.RejectPolicy):
+    """paramiko's RejectPolicy, with an error type `connect` can tell from a damaged handshake."""
+
+    def missing_host_key(self, client, hostname, key) -> None:
+        try:
+            super().missing_host_key(client, hostname, key)
+        except paramiko.SSHException as e:
+            raise _UnknownHostKey(str(e)) from None
 
 
 def _whole(method: Callable[P, R]) -> Callable[P, R]:
@@ -68,9 +86,6 @@ class Host:
             raise HostError(
                 f"host {cfg.name}: known_hosts file {cfg.known_hosts or '(not set)'} missing; host keys are always checked"
             )
-        client = paramiko.SSHClient()
-        client.load_host_keys(str(Path(cfg.known_hosts).expanduser()))
-        client.set_missing_host_key_policy(paramiko.RejectPolicy())
         kwargs: dict = dict(
             hostname=cfg.address,
             port=cfg.port,
@@ -83,19 +98,34 @@ class Host:
         )
         if cfg.key:
             kwargs["key_filename"] = str(Path(cfg.key).expanduser())
-        try:
-            client.connect(**kwargs)
-        except paramiko.BadHostKeyException as e:
-            client.close()
-            raise HostError(
-                f"host {cfg.name}: host key of {cfg.address}:{cfg.port} does not match {cfg.known_hosts}: {e}"
-            ) from None
-        except paramiko.SSHException as e:
-            client.close()
-            raise HostError(f"host {cfg.name}: ssh to {cfg.user}@{cfg.address}:{cfg.port} failed: {e}") from None
-        except OSError as e:
-            client.close()
-            raise HostError(f"host {cfg.name}: cannot reach {cfg.address}:{cfg.port}: {e}") from None
+        for attempt in range(1, CONNECT_TRIES + 1):
+            client = paramiko.SSHClient()
+            client.load_host_keys(str(Path(cfg.known_hosts).expanduser()))
+            client.set_missing_host_key_policy(_RejectUnknown())  # strict: an unknown key is an error
+            try:
+                client.connect(**kwargs)
+                break
+            except paramiko.BadHostKeyException as e:
+                client.close()
+                raise HostError(
+                    f"host {cfg.name}: host key of {cfg.address}:{cfg.port} does not match {cfg.known_hosts}: {e}"
+                ) from None
+            except (paramiko.AuthenticationException, _UnknownHostKey) as e:
+                client.close()
+                raise HostError(f"host {cfg.name}: ssh to {cfg.user}@{cfg.address}:{cfg.port} failed: {e}") from None
+            except paramiko.SSHException as e:
+                # a handshake damaged in transit ("Signature verification (ssh-ed25519) failed",
+                # "Error reading SSH protocol banner", seen in the lab under load): every attempt
+                # checks the host key again, so trying again trusts nothing new
+                client.close()
+                if attempt == CONNECT_TRIES:
+                    raise HostError(
+                        f"host {cfg.name}: ssh to {cfg.user}@{cfg.address}:{cfg.port} failed: {e}"
+                    ) from None
+                time.sleep(attempt)
+            except OSError as e:
+                client.close()
+                raise HostError(f"host {cfg.name}: cannot reach {cfg.address}:{cfg.port}: {e}") from None
         transport = client.get_transport()
         if transport is not None:
             transport.set_keepalive(15)
@@ -232,9 +262,24 @@ class Host:
             watchdog.cancel()
         return chan
 
+    def query(self, argv: list[str], timeout: float = 60.0, check: bool = False) -> tuple[int, str, str]:
+        """Run a read-only command (`xl list`, `xenstore-ls`): one killed by a signal is run again.
+
+        The toolstack crashes now and then (xl segfaults in libc, seen in the emulated lab); a query
+        changes nothing, so running it again is safe. A command that changes the host never goes here.
+        """
+        for attempt in range(1, QUERY_TRIES + 1):
+            rc, out, err = self.run(argv, timeout=timeout, check=False)
+            if rc not in _SIGNAL_DEATH or attempt == QUERY_TRIES:
+                break
+            time.sleep(0.5 * attempt)
+        if check and rc != 0:
+            raise self.failed(argv, rc, out, err, timeout if rc == 124 else None)
+        return rc, out, err
+
     def out(self, argv: list[str], timeout: float = 60.0) -> str:
-        """stdout of a command that must succeed, stripped."""
-        return self.run(argv, timeout=timeout, check=True)[1].strip()
+        """stdout of a read-only command that must succeed, stripped (see `query`)."""
+        return self.query(argv, timeout=timeout, check=True)[1].strip()
 
     # ------------------------------------------------------------ files
 

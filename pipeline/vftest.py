@@ -341,7 +341,7 @@ class Guest:
 
     def backend(self) -> dict[str, Any]:
         base = f"{PCIBACK_BE}/{self.domid}/0"
-        rc, out, _ = self.host.run(["xenstore-ls", "-f", base], check=False, timeout=30)
+        rc, out, _ = self.host.query(["xenstore-ls", "-f", base], timeout=30)
         return backend_summary(parse_xenstore_ls(out, base)) if rc == 0 else {}
 
     def __enter__(self) -> Guest:
@@ -355,14 +355,17 @@ class Guest:
 
 
 def destroy_domain(host: Host, name: str, timeout: float = 60.0) -> None:
-    rc, _, _ = host.run(["xl", "domid", name], check=False, timeout=30)
+    rc, _, _ = host.query(["xl", "domid", name], timeout=30)
     if rc != 0:
         return
-    host.run(["xl", "destroy", name], check=False, timeout=120)
     deadline = time.monotonic() + timeout
-    while host.run(["xl", "domid", name], check=False, timeout=30)[0] == 0:
+    again = 0.0
+    while host.query(["xl", "domid", name], timeout=30)[0] == 0:
         if time.monotonic() > deadline:
             raise HostError(f"{host.name}: domain {name} still exists {timeout:.0f} s after xl destroy")
+        if time.monotonic() >= again:  # destroying again is harmless; an xl that crashed did nothing
+            host.run(["xl", "destroy", name], check=False, timeout=120)
+            again = time.monotonic() + 10
         time.sleep(0.5)
 
 

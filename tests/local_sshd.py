@@ -153,3 +153,73 @@ def serve(d: Path, name: str = "local") -> Iterator[SshServer]:
         yield SshServer(proc=proc, port=port, log=log, host_config=hc)
     finally:
         _stop(proc)
+
+
+@dataclass
+class DamagingProxy:
+    """A TCP relay in front of a server that flips one byte of the server's key exchange.
+
+    The first `damage` connections get the byte after the server's banner at `offset` (inside
+    the KEXINIT cookie) flipped, as a damaged network path would: the client and the server then
+    hash different transcripts and the client refuses the server's signature. `connections`
+    counts the connections seen.
+    """
+
+    port: int
+    connections: int = 0
+
+
+@contextmanager
+def damaging_proxy(target_port: int, damage: int, offset: int = 10) -> Iterator[DamagingProxy]:
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    proxy = DamagingProxy(port=listener.getsockname()[1])
+    stop = threading.Event()
+
+    def pump(src: socket.socket, dst: socket.socket, flip: bool) -> None:
+        seen = b""
+        flipped = not flip
+        try:
+            while data := src.recv(65536):
+                if not flipped:
+                    seen += data
+                    end = seen.find(b"\r\n")  # the banner line ends the text part
+                    at = end + 2 + offset if end >= 0 else -1
+                    if 0 <= at < len(seen):
+                        i = at - (len(seen) - len(data))
+                        data = data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :]
+                        flipped = True
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                client, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            proxy.connections += 1
+            server = socket.create_connection(("127.0.0.1", target_port))
+            damaged = proxy.connections <= damage
+            threading.Thread(target=pump, args=(client, server, False), daemon=True).start()
+            threading.Thread(target=pump, args=(server, client, damaged), daemon=True).start()
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    try:
+        yield proxy
+    finally:
+        stop.set()
+        listener.close()
+        t.join(timeout=5)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from local_sshd import SshServer, serve
+from local_sshd import SshServer, _keygen, damaging_proxy, serve
 
 from pipeline.errors import HostError
 from pipeline.host import Host
@@ -54,3 +56,54 @@ except KeyboardInterrupt:
     assert proc.stdout.strip() == "interrupted after the command True", proc.stdout + proc.stderr
     assert "Ctrl-C: finishing the host step in progress, then stopping" in proc.stderr
     assert 3 <= elapsed < 30
+
+
+def test_a_query_killed_by_a_signal_runs_again_a_change_never(sshd, tmp_path):
+    """`query`/`out` run a read-only command again when it crashed (xl in the lab); `run` does not."""
+    flag = tmp_path / "crashed-once"
+    crash_once = ["sh", "-c", f'if [ -e {flag} ]; then echo answer; else touch {flag}; kill -SEGV "$$"; fi']
+    with Host(sshd.host_config) as host:
+        assert host.out(crash_once) == "answer"
+        flag.unlink()
+        assert host.run(crash_once, check=False)[0] == -1  # run: once, as asked
+        runs = tmp_path / "runs"
+        always = ["sh", "-c", f'echo x >> {runs}; kill -SEGV "$$"']
+        with pytest.raises(HostError, match=r"killed by a signal"):
+            host.out(always)
+        assert runs.read_text().count("x") == 3
+        assert host.query(["sh", "-c", "exit 1"]) [0] == 1  # a plain failure is an answer: not repeated
+
+
+def _via(sshd, proxy_port: int, tmp_path) -> Host:
+    known = tmp_path / "known_hosts_proxy"
+    entry = (Path(sshd.host_config.known_hosts).read_text().split(maxsplit=1))[1]
+    known.write_text(f"[127.0.0.1]:{proxy_port} {entry}")
+    return Host(dataclasses.replace(sshd.host_config, port=proxy_port, known_hosts=str(known)))
+
+
+def test_a_handshake_damaged_in_transit_is_tried_again(sshd, tmp_path):
+    """One flipped byte in the server's key exchange (what CI saw from the lab: "Signature
+    verification (ssh-ed25519) failed") costs one more handshake, not the run."""
+    with damaging_proxy(sshd.port, damage=1) as proxy, _via(sshd, proxy.port, tmp_path) as host:
+        assert host.out(["echo", "through"]) == "through"
+        assert proxy.connections == 2
+    with damaging_proxy(sshd.port, damage=99) as proxy:
+        with pytest.raises(HostError, match=r"ssh to .* failed: .*(Signature verification|Negotiation|Incompatible)"):
+            _via(sshd, proxy.port, tmp_path).connect()
+        assert proxy.connections == 3
+
+
+def test_a_refused_key_or_login_is_not_tried_again(sshd, tmp_path):
+    with damaging_proxy(sshd.port, damage=0) as proxy:
+        host = _via(sshd, proxy.port, tmp_path)
+        Path(host.config.known_hosts).write_text("")
+        with pytest.raises(HostError, match="not found in known_hosts"):
+            host.connect()
+        assert proxy.connections == 1
+    with damaging_proxy(sshd.port, damage=0) as proxy:
+        host = _via(sshd, proxy.port, tmp_path)
+        _keygen(tmp_path / "other_key", "not-authorized")
+        host.config = dataclasses.replace(host.config, key=str(tmp_path / "other_key"))
+        with pytest.raises(HostError, match="Authentication failed"):
+            host.connect()
+        assert proxy.connections == 1
