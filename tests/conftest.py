@@ -1,6 +1,11 @@
 """Shared fixtures. `lab_host`: the built-in Xen lab, built and booted once per test session.
 
 `host_state`: what a lab host runs, for "the host is left as found" checks (`from conftest import host_state`).
+
+A lab test that fails may leave its guest, its module or its VFs behind; the next tests would then
+fail for that reason alone (seen in CI: one crashed `xl list`, then five failures). After a failed
+lab test the host is put back the way the pipeline's next run would do it: test guests destroyed,
+the deploy marker's recovery run. What was done is printed.
 """
 
 from __future__ import annotations
@@ -8,6 +13,36 @@ from __future__ import annotations
 import sys
 
 import pytest
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = (yield).get_result()
+    if report.failed:
+        item.pv_failed = True
+
+
+@pytest.fixture(autouse=True)
+def _put_the_lab_back_after_a_failure(request):
+    yield
+    if "lab_host" not in request.fixturenames or not getattr(request.node, "pv_failed", False):
+        return
+    from pipeline import deploy as D
+    from pipeline.host import Host
+    from pipeline.vftest import destroy_domain
+
+    def say(msg: str) -> None:
+        print(f"after the failure of {request.node.name}: {msg}", file=sys.stderr, flush=True)
+
+    try:
+        with Host(request.getfixturevalue("lab_host")) as h:
+            for dom in D.test_domains(h):
+                say(f"destroying {dom}")
+                destroy_domain(h, dom)
+            D.remove_stale_backends(h)
+            D.recover(h, say)
+    except Exception as e:  # noqa: BLE001 - the failure itself is what the report must show
+        say(f"could not put the lab back: {e}")
 
 
 @pytest.fixture(scope="session")
