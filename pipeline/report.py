@@ -71,11 +71,12 @@ def _verdict_of(k: KernelResult) -> tuple[str, str]:
 
 
 def _series_tests(k: KernelResult) -> list[TestResult]:
-    return [t for t in k.tests if t.module in ("series", "stock")]
+    """The series' tests that ran to a result (one cut short by Ctrl-C is not counted as run)."""
+    return [t for t in k.tests if t.module in ("series", "stock") and not t.reason.startswith("interrupted")]
 
 
 def _controls(k: KernelResult) -> list[TestResult]:
-    return [t for t in k.tests if t.module == "control"]
+    return [t for t in k.tests if t.module == "control" and not t.reason.startswith("interrupted")]
 
 
 def _test_id(t: TestResult) -> str:
