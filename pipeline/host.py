@@ -32,6 +32,11 @@ CONNECT_TRIES = 3  # a handshake broken in transit is tried again; a refused key
 _SIGNAL_DEATH = {-1, 132, 134, 135, 139}
 
 
+def killed_by_signal(rc: int) -> bool:
+    """Whether a remote command's rc says it crashed rather than answered."""
+    return rc in _SIGNAL_DEATH
+
+
 class _NoAnswer(Exception):
     """The host never answered an exec request."""
 
@@ -270,7 +275,7 @@ class Host:
         """
         for attempt in range(1, QUERY_TRIES + 1):
             rc, out, err = self.run(argv, timeout=timeout, check=False)
-            if rc not in _SIGNAL_DEATH or attempt == QUERY_TRIES:
+            if not killed_by_signal(rc) or attempt == QUERY_TRIES:
                 break
             time.sleep(0.5 * attempt)
         if check and rc != 0:

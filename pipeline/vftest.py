@@ -24,7 +24,7 @@ from . import TEMPLATES
 from .config import Settings
 from .deploy import PCIBACK_BE, remove_stale_backends
 from .errors import HostError
-from .host import Host
+from .host import Host, killed_by_signal
 from .interrupt import deferred_sigint
 from .results import TestResult
 
@@ -310,7 +310,7 @@ class Guest:
             # libxl's own helper crashing ("died due to fatal signal"), or xl itself killed by a
             # signal (no exit status: rc -1), both seen on the emulated lab under load: not the
             # module under test, so clean up and create once more
-            if attempt == 1 and (rc == -1 or "died due to fatal signal" in err + out):
+            if attempt == 1 and (killed_by_signal(rc) or "died due to fatal signal" in err + out):
                 destroy_domain(h, self.name)
                 remove_stale_backends(h)
                 continue

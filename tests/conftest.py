@@ -1,5 +1,6 @@
 """Shared fixtures. `lab_host`: the built-in Xen lab, built and booted once per test session.
 
+`lab_modules`: xen-pciback.ko with and without the fix for the lab's kernel, built once per session.
 `host_state`: what a lab host runs, for "the host is left as found" checks (`from conftest import host_state`).
 
 A lab test that fails may leave its guest, its module or its VFs behind; the next tests would then
@@ -69,6 +70,22 @@ def lab_host(lab_settings):
     yield host
     if not was_running:  # a lab someone started by hand stays up
         lab.down(lab_settings, progress)
+
+
+@pytest.fixture(scope="session")
+def lab_modules(lab_host, lab_settings, tmp_path_factory):
+    """xen-pciback.ko for the lab's kernel, with the fix ("series") and without ("control"), built once."""
+    from pipeline import lab
+    from pipeline.labmod import build_pair
+
+    release = lab_host.kernel_release or lab.kernel_release(lab_settings)
+    assert release, "lab kernel release unknown"
+    mods = build_pair(release, tmp_path_factory.mktemp("modules"))
+    for label, b in mods.items():
+        assert b.status == "ok", f"{label}: {b.log}"
+        assert b.srcversion, f"{label} built without srcversion"
+    assert mods["series"].srcversion != mods["control"].srcversion
+    return mods
 
 
 def host_state(h, keys=None) -> dict:

@@ -32,21 +32,6 @@ def _edit_ko(src: Path, dst: Path, old: bytes, new: bytes) -> None:
     dst.write_bytes(data.replace(old, new))
 
 
-@pytest.fixture(scope="session")
-def lab_modules(lab_host, lab_settings, tmp_path_factory):
-    from pipeline import lab
-    from pipeline.labmod import build_pair
-
-    release = lab_host.kernel_release or lab.kernel_release(lab_settings)
-    assert release, "lab kernel release unknown"
-    mods = build_pair(release, tmp_path_factory.mktemp("modules"))
-    for label, b in mods.items():
-        assert b.status == "ok", f"{label}: {b.log}"
-        assert b.srcversion, f"{label} built without srcversion"
-    assert mods["series"].srcversion != mods["control"].srcversion
-    return mods
-
-
 @pytest.fixture
 def host(lab_host):
     from pipeline.host import Host

@@ -149,17 +149,6 @@ def test_old_foreign_lock_is_broken_young_one_is_not(host, lab_host):
 # ------------------------------------------------------------------ host left as found
 
 
-@pytest.fixture(scope="module")
-def lab_modules(lab_host, lab_settings, tmp_path_factory):
-    from pipeline import lab
-    from pipeline.labmod import build_pair
-
-    release = lab_host.kernel_release or lab.kernel_release(lab_settings)
-    mods = build_pair(release, tmp_path_factory.mktemp("modules"))
-    assert mods["series"].status == "ok", mods["series"].log
-    return mods
-
-
 def test_module_that_fails_to_load_leaves_host_as_found(host, lab_modules, tmp_path):
     from pipeline.deploy import deploy
 
