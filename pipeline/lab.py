@@ -808,12 +808,17 @@ def ssh_argv(host: HostConfig, *, tty: bool = False) -> list[str]:
         "-o",
         "ConnectTimeout=5",
         "-o",
-        "LogLevel=ERROR",
+        "LogLevel=INFO",  # ERROR hides why a connection died ("incorrect signature" is logged at INFO)
         "-o",
         "ServerAliveInterval=15",
     ]
     argv += ["-t"] if tty else ["-o", "BatchMode=yes", "-T"]
     return [*argv, f"{host.user}@{host.address}"]
+
+
+SSH_HANDSHAKE_TRIES = 3
+# what OpenSSH says when the key exchange failed, before any command could run
+_HANDSHAKE_FAILED = re.compile(r"incorrect signature|kex_exchange_identification|banner exchange")
 
 
 def run_ssh(
@@ -826,12 +831,17 @@ def run_ssh(
 ) -> subprocess.CompletedProcess:
     """Run a command in the host's shell; a list is quoted word by word."""
     cmd = command if isinstance(command, str) else shlex.join(command)
-    try:
-        proc = subprocess.run(
-            [*ssh_argv(host), cmd], capture_output=True, text=True, timeout=timeout, input=input, check=False
-        )
-    except subprocess.TimeoutExpired as e:
-        raise LabError(f"ssh {host.name}: `{cmd}` timed out after {timeout:.0f}s") from e
+    for attempt in range(1, SSH_HANDSHAKE_TRIES + 1):
+        try:
+            proc = subprocess.run(
+                [*ssh_argv(host), cmd], capture_output=True, text=True, timeout=timeout, input=input, check=False
+            )
+        except subprocess.TimeoutExpired as e:
+            raise LabError(f"ssh {host.name}: `{cmd}` timed out after {timeout:.0f}s") from e
+        # a handshake damaged in transit (seen in the lab under load): the command never started
+        if proc.returncode != 255 or not _HANDSHAKE_FAILED.search(proc.stderr) or attempt == SSH_HANDSHAKE_TRIES:
+            break
+        time.sleep(attempt)
     if check and proc.returncode != 0:
         out = " | ".join(x for x in (proc.stdout.strip(), proc.stderr.strip()) if x).replace("\n", " | ")
         raise LabError(f"ssh {host.name}: `{cmd}` exited {proc.returncode}: {out[-600:]}")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from local_sshd import SshServer, _keygen, damaging_proxy, serve
 
-from pipeline.errors import HostError
+from pipeline.errors import HostError, LabError
 from pipeline.host import Host
 
 
@@ -71,7 +71,7 @@ def test_a_query_killed_by_a_signal_runs_again_a_change_never(sshd, tmp_path):
         with pytest.raises(HostError, match=r"killed by a signal"):
             host.out(always)
         assert runs.read_text().count("x") == 3
-        assert host.query(["sh", "-c", "exit 1"]) [0] == 1  # a plain failure is an answer: not repeated
+        assert host.query(["sh", "-c", "exit 1"])[0] == 1  # a plain failure is an answer: not repeated
 
 
 def _via(sshd, proxy_port: int, tmp_path) -> Host:
@@ -107,3 +107,20 @@ def test_a_refused_key_or_login_is_not_tried_again(sshd, tmp_path):
         with pytest.raises(HostError, match="Authentication failed"):
             host.connect()
         assert proxy.connections == 1
+
+
+def test_lab_ssh_cli_tries_a_damaged_handshake_again_never_a_command(sshd, tmp_path):
+    """The OpenSSH client path (`lab.run_ssh`: readiness probe, poweroff, lab.ssh -c) does the same."""
+    from pipeline import lab
+
+    with damaging_proxy(sshd.port, damage=1) as proxy:
+        hc = _via(sshd, proxy.port, tmp_path).config
+        r = lab.run_ssh(hc, ["echo", "through"], check=True)
+        assert r.stdout == "through\n" and proxy.connections == 2
+        runs = tmp_path / "runs255"
+        r = lab.run_ssh(hc, ["sh", "-c", f"echo x >> {runs}; exit 255"])
+        assert r.returncode == 255 and runs.read_text() == "x\n" and proxy.connections == 3
+    with damaging_proxy(sshd.port, damage=99) as proxy:
+        with pytest.raises(LabError, match="incorrect signature"):
+            lab.run_ssh(_via(sshd, proxy.port, tmp_path).config, ["true"], check=True)
+        assert proxy.connections == 3
