@@ -227,3 +227,45 @@ def test_sigint_on_the_host_puts_it_back_and_records_what_completed(lab_host, tm
     # no marker, nothing staged, no lock
     with Host(lab_host) as h:
         assert host_state(h) == before
+
+
+@pytest.mark.lab
+@pytest.mark.build
+def test_sigint_during_vf_hotplug_with_keep_takes_the_guest_down_and_keeps_the_module(lab_host, tmp_path):
+    """`--keep` leaves the series module loaded after the run. A Ctrl-C in its last test still takes
+    the guest and the VFs down; the module stays, with its marker, and the next run puts the
+    stock module back before doing anything else."""
+    from conftest import host_state
+
+    from pipeline.host import Host
+
+    short = tmp_path / "short.yaml"
+    short.write_text("pv:\n  vf_counts: [2]\n  hotplug_cycles: 1\n")
+    with Host(lab_host) as h:
+        before = host_state(h)
+    assert before["domids"] == [0] and not before["marker"]
+
+    proc = _start(tmp_path, "-f", str(short), "verify", "--kernel", "debian-6.1-prefix", "--keep")
+    out = "".join(_wait_for(proc, ": vf-hotplug [series]: xl create with ", timeout=900))
+    time.sleep(4.0)
+    proc.send_signal(signal.SIGINT)
+    res, _ = _assert_interrupted(proc, time.monotonic(), tmp_path / "runs", out, PROJECT_ROOT / ".cache", HOST_STOP_S)
+    (k,) = res["kernels"]
+    tests = {(t["name"], t["module"]): t for t in k["tests"]}
+    assert tests[("vf-boot-2", "series")]["passed"], tests
+    assert tests[("vf-boot-3", "control")]["seen"] == 1, tests
+    assert tests[("vf-hotplug", "series")]["reason"] == "interrupted", tests
+    assert k["verdict"] == "untested"
+
+    with Host(lab_host) as h:
+        kept = host_state(h)
+    assert kept["module"][0] == k["build"]["srcversion"] and kept["marker"], kept
+    assert kept["domids"] == [0] and kept["numvfs"] == before["numvfs"] and not kept["lock"], kept
+    assert kept["assignable"] == before["assignable"], kept
+
+    nxt = _start(tmp_path, "verify", "--kernel", "debian-6.1-prefix", "--until", "deploy")
+    rest, _ = nxt.communicate(timeout=900)
+    assert nxt.returncode == 0, rest[-3000:]
+    assert "an earlier run left the host modified" in rest, rest[-3000:]
+    with Host(lab_host) as h:
+        assert host_state(h) == before
