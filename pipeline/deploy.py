@@ -122,6 +122,16 @@ def test_domains(host: Host) -> list[str]:
     return [f[0] for f in (line.split() for line in out.splitlines()[1:]) if f and f[0].startswith(TEST_DOMAIN_PREFIX)]
 
 
+def destroy_test_domains(host: Host, progress: Progress = _noprogress) -> None:
+    """Destroy the pipeline's leftover test guests and remove their pci backend entries."""
+    from .vftest import destroy_domain
+
+    for dom in test_domains(host):
+        progress(f"{host.name}: destroying leftover test domain {dom}")
+        destroy_domain(host, dom)
+    remove_stale_backends(host)
+
+
 def staged_entries(host: Host) -> list[str]:
     """What is left under the staging directory (module versions uploaded by deploys)."""
     try:
@@ -169,12 +179,7 @@ def _recover(host: Host, progress: Progress) -> str | None:
         f"{host.name}: an earlier run left the host modified (deployed {marker.get('deployed', '?')} "
         f"since {marker.get('since', '?')}); restoring it first"
     )
-    for dom in test_domains(host):
-        progress(f"{host.name}: destroying leftover test domain {dom}")
-        from .vftest import destroy_domain
-
-        destroy_domain(host, dom)
-    remove_stale_backends(host)
+    destroy_test_domains(host, progress)
     want = marker.get("numvfs")
     now = pf_numvfs(host)
     if isinstance(want, int) and now is not None and now != want:

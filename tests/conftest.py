@@ -30,17 +30,13 @@ def _put_the_lab_back_after_a_failure(request):
         return
     from pipeline import deploy as D
     from pipeline.host import Host
-    from pipeline.vftest import destroy_domain
 
     def say(msg: str) -> None:
         print(f"after the failure of {request.node.name}: {msg}", file=sys.stderr, flush=True)
 
     try:
         with Host(request.getfixturevalue("lab_host")) as h:
-            for dom in D.test_domains(h):
-                say(f"destroying {dom}")
-                destroy_domain(h, dom)
-            D.remove_stale_backends(h)
+            D.destroy_test_domains(h, say)  # also without a marker (a test that made a guest by hand)
             D.recover(h, say)
     except Exception as e:  # noqa: BLE001 - the failure itself is what the report must show
         say(f"could not put the lab back: {e}")
