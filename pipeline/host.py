@@ -337,8 +337,17 @@ class Host:
             raise HostError(f"host {self.name}: cannot write {remote}: {e}") from None
 
     def write_sysfs(self, path: str, value: str) -> None:
-        """Write a value to a sysfs/proc file (through `tee`, the value on stdin)."""
-        self.run(["tee", path], stdin=f"{value}\n", timeout=120)
+        """Write a value to a sysfs/proc file (through `tee`, the value on stdin).
+
+        Once seen in the lab (CI): `tee: standard input: Bad file descriptor`, the value never read,
+        so never written; that one case gets a second try. Our values (sriov_numvfs, autoprobe) are
+        idempotent, so even a write that did land is safe to repeat."""
+        argv = ["tee", path]
+        rc, out, err = self.run(argv, stdin=f"{value}\n", timeout=120, check=False)
+        if rc != 0 and "tee: standard input:" in err:
+            rc, out, err = self.run(argv, stdin=f"{value}\n", timeout=120, check=False)
+        if rc != 0:
+            raise self.failed(argv, rc, out, err, 120 if rc == 124 else None)
 
     @_whole
     def exists(self, remote: str) -> bool:
