@@ -140,7 +140,8 @@ def series_show(c, path=None):
 )
 def test(c, quick=False, k=None, m=None):
     """Run the test suite: every test, the kernel/build/lab ones included, unless --quick."""
-    args = [sys.executable, "-m", "pytest"]
+    # the slowest tests in every run's output: the suite's time is budgeted (CI <= 30 min)
+    args = [sys.executable, "-m", "pytest", "--durations=25"]
     if quick:
         args += ["-m", "not kernel and not build and not lab"]
     elif m:

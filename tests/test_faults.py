@@ -88,7 +88,7 @@ def test_lock_second_run_waits_then_fails(host, lab_host):
         assert re.search(
             r"gave up after \d+ s \(lock_timeout_s 6\); if that run is gone, remove /run/pciback-verify/lock", msg
         )
-        assert 6 <= waited < 20, waited
+        assert waited >= 6, waited  # it waited out its lock_timeout_s before giving up (no upper bound: a slow machine)
         assert msgs and "locked by run run-A" in msgs[0] and "waiting (up to 6 s" in msgs[0], msgs
         # the holder releases while we wait: the second run gets the lock
         msgs.clear()
@@ -114,9 +114,8 @@ def test_stale_lock_of_dead_process_is_broken(host, lab_host):
     holder.wait(30)
     assert host.exists("/run/pciback-verify/lock")
     msgs: list[str] = []
-    t0 = time.monotonic()
     lock = HostLock(host, "run-next", msgs.append, timeout_s=30).acquire()
-    assert time.monotonic() - t0 < 10
+    assert not any("waiting" in m for m in msgs), msgs  # broken at once, not waited out
     assert any("breaking the stale lock of run run-dead" in m and f"process {holder.pid}" in m for m in msgs), msgs
     lock.release()
     _clean(host)

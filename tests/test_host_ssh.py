@@ -6,7 +6,6 @@ import dataclasses
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,12 +49,10 @@ try:
 except KeyboardInterrupt:
     print("interrupted after the command", os.path.exists({str(done)!r}))
 """
-    t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
-    elapsed = time.monotonic() - t0
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    # order, not time: the command's own last step (touch) happened before the interrupt surfaced
     assert proc.stdout.strip() == "interrupted after the command True", proc.stdout + proc.stderr
     assert "Ctrl-C: finishing the host step in progress, then stopping" in proc.stderr
-    assert 3 <= elapsed < 30
 
 
 def test_a_query_killed_by_a_signal_runs_again_a_change_never(sshd, tmp_path):
