@@ -46,13 +46,16 @@ class KernelConfig:
 @dataclass
 class HostConfig:
     name: str
-    address: str = "127.0.0.1"
-    port: int = 22
-    user: str = "root"
-    key: str = ""  # private key file
-    known_hosts: str = ""  # known_hosts file; host keys are always checked
+    # SSH: empty values come from the ssh_config file (as `ssh` would read them), then the defaults
+    address: str = ""  # host name, address or ssh_config Host alias; empty: the inventory name
+    port: int = 0  # 0: ssh_config's Port, else 22
+    user: str = ""  # empty: ssh_config's User, else root
+    key: str = ""  # private key file; empty: ssh_config's IdentityFile, ssh-agent, ~/.ssh/id_*
+    known_hosts: str = ""  # empty: ssh_config's UserKnownHostsFile, else ~/.ssh/known_hosts; always checked
+    ssh_config: str = ""  # ssh_config file; empty: ~/.ssh/config when it exists; "none": no file
+    proxy_jump: str = ""  # [user@]host[:port][,...]; empty: ssh_config's ProxyJump; "none": direct
     pf_bdf: str = "0000:01:00.0"  # the SR-IOV physical function used by the tests
-    max_vfs: int = 3
+    max_vfs: int = 0  # 0: the PF's sriov_totalvfs; lower caps it
     kernel_release: str = ""  # expected running release; empty: ask the host
     lab: bool = False  # the built-in QEMU lab fills address/port/key/known_hosts itself
     lock_timeout_s: int = 1800  # how long a run waits for another run's lock on this host

@@ -4,20 +4,29 @@ Commands are argument lists; the remote side runs them through the login shell,
 so every argument is quoted with `shlex.join` — no shell string is ever built
 from data. Host keys are checked against the host's known_hosts file
 (paramiko's RejectPolicy): an unknown or changed key is an error, never added.
+
+Where to connect is read as OpenSSH reads it (`resolve`): the inventory entry, then the ssh_config
+file (~/.ssh/config or the entry's `ssh_config`), ssh-agent for keys. ProxyJump hosts are reached
+first, the target through a direct-tcpip channel of the last one, every hop's host key checked: a
+jump host whose key is unknown or changed ends the attempt before the target is contacted. One
+stack (paramiko), so the exec watchdog and the retry rules below hold for every hop.
 """
 
 from __future__ import annotations
 
 import functools
+import getpass
 import shlex
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 import paramiko
 
+from . import PROJECT_ROOT
 from .config import HostConfig
 from .errors import HostError
 from .interrupt import deferred_sigint
@@ -55,6 +64,114 @@ class _RejectUnknown(paramiko.RejectPolicy):
             raise _UnknownHostKey(str(e)) from None
 
 
+class HostKeyError(HostError):
+    """A host key that is unknown or does not match known_hosts (the target's or a jump host's)."""
+
+    def __init__(self, message: str, kind: str, jump: bool):
+        super().__init__(message)
+        self.kind = kind  # "unknown" | "changed"
+        self.jump = jump
+
+
+class _Damaged(Exception):
+    """A handshake that failed in transit (not a key or login refusal): worth one more try."""
+
+
+@dataclass
+class SshHop:
+    """One SSH connection of the way to a host: a jump host or the target itself."""
+
+    alias: str  # as configured (inventory address, ProxyJump entry)
+    hostname: str
+    port: int
+    user: str
+    keys: list[str] = field(default_factory=list)  # identity files; empty: ssh-agent and ~/.ssh/id_*
+    known_hosts: list[str] = field(default_factory=list)
+    agent: bool = True
+
+    def label(self) -> str:
+        return f"{self.alias} ({self.user}@{self.hostname}:{self.port})"
+
+
+def ssh_config_path(cfg: HostConfig) -> Path | None:
+    """The ssh_config file a host's entry reads: its `ssh_config`, else ~/.ssh/config when present."""
+    if cfg.ssh_config.lower() == "none":
+        return None
+    if cfg.ssh_config:
+        p = Path(cfg.ssh_config).expanduser()
+        p = p if p.is_absolute() else PROJECT_ROOT / p
+        if not p.is_file():
+            raise HostError(f"host {cfg.name}: ssh_config file {p} missing")
+        return p
+    p = Path("~/.ssh/config").expanduser()
+    return p if p.is_file() else None
+
+
+def _split_jump(spec: str) -> tuple[str, str, int]:
+    """`[user@]host[:port]` (or `ssh://[user@]host[:port]`) -> (user, host, port); empty/0 when absent."""
+    spec = spec.strip().removeprefix("ssh://")
+    user, _, hostport = spec.rpartition("@")
+    host, port = hostport, 0
+    if hostport.startswith("["):  # [v6]:port
+        host, _, rest = hostport[1:].partition("]")
+        port = int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else 0
+    elif hostport.count(":") == 1:
+        host, _, p = hostport.partition(":")
+        port = int(p) if p.isdigit() else 0
+    return user, host, port
+
+
+def _files(value: str | list | None) -> list[str]:
+    if not value:
+        return []
+    items = value if isinstance(value, list) else shlex.split(value)
+    return [str(Path(v).expanduser()) for v in items]
+
+
+def resolve(cfg: HostConfig) -> list[SshHop]:
+    """Every SSH hop to the host, jump hosts first, the target last, as OpenSSH would read them: the
+    inventory entry's own values first, then the ssh_config file (Host aliases, HostName, Port, User,
+    IdentityFile, IdentitiesOnly, UserKnownHostsFile, ProxyJump). Host keys of every hop are checked
+    against known_hosts (the entry's, else ssh_config's, else ~/.ssh/known_hosts): never added."""
+    path = ssh_config_path(cfg)
+    sshcfg = paramiko.SSHConfig.from_path(str(path)) if path else paramiko.SSHConfig()
+    alias = cfg.address or cfg.name
+
+    def hop(alias: str, user: str, port: int, key: str, default_user: str) -> SshHop:
+        look = sshcfg.lookup(alias)
+        known = _files(cfg.known_hosts) or _files(look.get("userknownhostsfile")) or _files("~/.ssh/known_hosts")
+        known = [f for f in known if f != "/dev/null"]  # "accept anything" is not a known_hosts file
+        present = [f for f in known if Path(f).is_file()]
+        if not present:
+            raise HostError(
+                f"host {cfg.name}: known_hosts file {', '.join(known) or '(not set)'} missing for {alias}; "
+                "host keys are always checked"
+            )
+        keys = [str(Path(key).expanduser())] if key else _files(look.get("identityfile"))
+        return SshHop(
+            alias=alias,
+            hostname=look.get("hostname") or alias,
+            port=port or int(look.get("port") or 22),
+            user=user or look.get("user") or default_user,
+            keys=keys,
+            known_hosts=present,
+            agent=str(look.get("identitiesonly", "no")).lower() != "yes" or not keys,
+        )
+
+    target = hop(alias, cfg.user, cfg.port, cfg.key, "root")
+    look = sshcfg.lookup(alias)
+    jump = cfg.proxy_jump or look.get("proxyjump") or ""
+    if jump.lower() == "none":
+        jump = ""
+    if not jump and look.get("proxycommand") and str(look.get("proxycommand")).lower() != "none":
+        raise HostError(f"host {cfg.name}: ssh_config gives {alias} a ProxyCommand; only ProxyJump is supported")
+    hops = []
+    for spec in (j for j in jump.split(",") if j.strip()):
+        user, host, port = _split_jump(spec)
+        hops.append(hop(host, user, port, "", getpass.getuser()))
+    return [*hops, target]
+
+
 def _whole(method: Callable[P, R]) -> Callable[P, R]:
     """Ctrl-C waits until the host operation ends: a command abandoned half-way on the host (an
     `xl create`, an `insmod`) leaves state the cleanup cannot see, and an SFTP request cut
@@ -77,6 +194,7 @@ class Host:
         self.connect_timeout = connect_timeout
         self._client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
+        self._jumps: list[paramiko.SSHClient] = []  # jump-host connections under _client, first hop first
 
     # ------------------------------------------------------------ connection
 
@@ -86,62 +204,111 @@ class Host:
             if transport is not None and transport.is_active():
                 return self
             self.close()
-        cfg = self.config
-        if not cfg.known_hosts or not Path(cfg.known_hosts).expanduser().is_file():
-            raise HostError(
-                f"host {cfg.name}: known_hosts file {cfg.known_hosts or '(not set)'} missing; host keys are always checked"
-            )
-        kwargs: dict = dict(
-            hostname=cfg.address,
-            port=cfg.port,
-            username=cfg.user,
-            timeout=self.connect_timeout,
-            banner_timeout=self.connect_timeout,
-            auth_timeout=self.connect_timeout,
-            allow_agent=False,
-            look_for_keys=False,
-        )
-        if cfg.key:
-            kwargs["key_filename"] = str(Path(cfg.key).expanduser())
+        hops = resolve(self.config)
         for attempt in range(1, CONNECT_TRIES + 1):
-            client = paramiko.SSHClient()
-            client.load_host_keys(str(Path(cfg.known_hosts).expanduser()))
-            client.set_missing_host_key_policy(_RejectUnknown())  # strict: an unknown key is an error
             try:
-                client.connect(**kwargs)
+                self._client, self._jumps = self._open(hops)
                 break
-            except paramiko.BadHostKeyException as e:
-                client.close()
-                raise HostError(
-                    f"host {cfg.name}: host key of {cfg.address}:{cfg.port} does not match {cfg.known_hosts}: {e}"
-                ) from None
-            except (paramiko.AuthenticationException, _UnknownHostKey) as e:
-                client.close()
-                raise HostError(f"host {cfg.name}: ssh to {cfg.user}@{cfg.address}:{cfg.port} failed: {e}") from None
-            except paramiko.SSHException as e:
+            except _Damaged as e:
                 # a handshake damaged in transit ("Signature verification (ssh-ed25519) failed",
                 # "Error reading SSH protocol banner", seen in the lab under load): every attempt
-                # checks the host key again, so trying again trusts nothing new
-                client.close()
+                # checks every host key again, so trying again trusts nothing new
                 if attempt == CONNECT_TRIES:
-                    raise HostError(
-                        f"host {cfg.name}: ssh to {cfg.user}@{cfg.address}:{cfg.port} failed: {e}"
-                    ) from None
+                    raise HostError(e.args[0]) from None
                 time.sleep(attempt)
-            except OSError as e:
-                client.close()
-                raise HostError(f"host {cfg.name}: cannot reach {cfg.address}:{cfg.port}: {e}") from None
-        transport = client.get_transport()
-        if transport is not None:
-            transport.set_keepalive(15)
-        self._client = client
         return self
+
+    def _open(self, hops: list[SshHop]) -> tuple[paramiko.SSHClient, list[paramiko.SSHClient]]:
+        """Connect through every jump host to the target, each over a direct-tcpip channel of the one
+        before; every host key is checked against its known_hosts. Returns (target, jumps)."""
+        opened: list[paramiko.SSHClient] = []
+        sock = None
+        target = hops[-1]
+        try:
+            for i, hop in enumerate(hops):
+                client = self._handshake(hop, sock, target if hop is not target else None)
+                opened.append(client)
+                if hop is target:
+                    break
+                nxt = hops[i + 1]
+                try:
+                    sock = client.get_transport().open_channel(
+                        "direct-tcpip", (nxt.hostname, nxt.port), ("127.0.0.1", 0), timeout=self.connect_timeout
+                    )
+                except (paramiko.SSHException, OSError, EOFError) as e:
+                    raise HostError(
+                        f"host {self.name}: jump host {hop.label()} cannot open a connection to "
+                        f"{nxt.hostname}:{nxt.port}: {e or type(e).__name__}"
+                    ) from None
+        except BaseException:
+            for c in reversed(opened):
+                c.close()
+            raise
+        for c in opened:
+            transport = c.get_transport()
+            if transport is not None:
+                transport.set_keepalive(15)
+        return opened[-1], opened[:-1]
+
+    def _handshake(self, hop: SshHop, sock, target: SshHop | None) -> paramiko.SSHClient:
+        """One SSH connection (to a jump host when `target` is given): host key, then login."""
+        name = self.name
+        where = f"jump host {hop.label()}" if target else f"{hop.user}@{hop.hostname}:{hop.port}"
+        # a jump host's failure means the target is never contacted: the message says so
+        tail = f"; not connecting to {target.hostname}:{target.port}" if target else ""
+        client = paramiko.SSHClient()
+        for f in hop.known_hosts:
+            client.get_host_keys().load(f)
+        client.set_missing_host_key_policy(_RejectUnknown())  # strict: an unknown key is an error
+        try:
+            client.connect(
+                hostname=hop.hostname,
+                port=hop.port,
+                username=hop.user,
+                key_filename=hop.keys or None,
+                allow_agent=hop.agent,
+                look_for_keys=not hop.keys,
+                sock=sock,
+                timeout=self.connect_timeout,
+                banner_timeout=self.connect_timeout,
+                auth_timeout=self.connect_timeout,
+            )
+        except paramiko.BadHostKeyException as e:
+            client.close()
+            what = f"{where}: host key" if target else f"host key of {hop.hostname}:{hop.port}"
+            raise HostKeyError(
+                f"host {name}: {what} does not match {', '.join(hop.known_hosts)}: {e}{tail}",
+                kind="changed",
+                jump=bool(target),
+            ) from None
+        except _UnknownHostKey as e:
+            client.close()
+            if target:
+                raise HostKeyError(
+                    f"host {name}: {where}: host key not found in {', '.join(hop.known_hosts)}{tail}",
+                    kind="unknown",
+                    jump=True,
+                ) from None
+            raise HostKeyError(f"host {name}: ssh to {where} failed: {e}", kind="unknown", jump=False) from None
+        except paramiko.AuthenticationException as e:
+            client.close()
+            raise HostError(f"host {name}: ssh to {where} failed: {e}{tail}") from None
+        except paramiko.SSHException as e:
+            client.close()
+            raise _Damaged(f"host {name}: ssh to {where} failed: {e}{tail}") from None
+        except OSError as e:
+            client.close()
+            raise HostError(f"host {name}: cannot reach {where}: {e}{tail}") from None
+        return client
 
     def close(self) -> None:
         self._reset_sftp()
         if self._client is not None:
             self._client.close()
             self._client = None
+        for jump in reversed(self._jumps):
+            jump.close()
+        self._jumps = []
 
     def _connected(self) -> paramiko.SSHClient:
         """The live SSH client, (re)connecting first if needed: commands and SFTP both start here."""

@@ -146,6 +146,7 @@ def serve(d: Path, name: str = "local") -> Iterator[SshServer]:
         user=pwd.getpwuid(os.geteuid()).pw_name,
         key=str(d / "id_ed25519"),
         known_hosts=str(known_hosts),
+        ssh_config="none",
         pf_bdf="0000:01:00.0",
         max_vfs=3,
     )

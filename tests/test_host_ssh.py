@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from local_sshd import SshServer, _keygen, damaging_proxy, serve
 
+from pipeline.config import HostConfig
 from pipeline.errors import HostError, LabError
-from pipeline.host import Host
+from pipeline.host import Host, resolve
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +122,126 @@ def test_lab_ssh_cli_tries_a_damaged_handshake_again_never_a_command(sshd, tmp_p
         with pytest.raises(LabError, match="incorrect signature"):
             lab.run_ssh(_via(sshd, proxy.port, tmp_path).config, ["true"], check=True)
         assert proxy.connections == 3
+
+
+# ---------------------------------------------------------------- ssh_config, ProxyJump, ssh-agent
+
+
+def _host_key_line(sshd, port: int) -> str:
+    """The sshd's host key as a known_hosts line for 127.0.0.1:port."""
+    entry = Path(sshd.host_config.known_hosts).read_text().split(maxsplit=1)[1]
+    return f"[127.0.0.1]:{port} {entry}"
+
+
+def _jump_config(sshd, target_port: int, tmp_path, known: str) -> Path:
+    """An ssh_config as people write it: the target is an alias reached through a jump-host alias."""
+    cfg = tmp_path / "ssh_config"
+    cfg.write_text(
+        f"""Host pv-jump
+    HostName 127.0.0.1
+    Port {sshd.port}
+    User {sshd.host_config.user}
+    IdentityFile {sshd.host_config.key}
+
+Host pv-target
+    HostName 127.0.0.1
+    Port {target_port}
+    User {sshd.host_config.user}
+    IdentityFile {sshd.host_config.key}
+    ProxyJump pv-jump
+
+Host *
+    UserKnownHostsFile {known}
+"""
+    )
+    return cfg
+
+
+def _aliased(name: str, cfg: Path) -> HostConfig:
+    # nothing but the alias and the file: address, port, user, key, known_hosts and the jump all come from it
+    return HostConfig(name=name, address="pv-target", ssh_config=str(cfg))
+
+
+def test_resolve_reads_ssh_config_like_openssh(tmp_path):
+    known = tmp_path / "kh"
+    known.write_text("")
+    cfg = tmp_path / "cfg"
+    cfg.write_text(
+        f"""Host t
+    HostName 10.0.0.5
+    Port 2201
+    User admin
+    IdentityFile ~/keys/t
+    IdentitiesOnly yes
+    ProxyJump ops@bastion:2222,j2
+Host j2
+    HostName 10.0.0.2
+Host *
+    User nobody-default
+    UserKnownHostsFile {known}
+"""
+    )
+    j1, j2, t = resolve(HostConfig(name="x", address="t", ssh_config=str(cfg)))
+    assert (t.hostname, t.port, t.user, t.agent) == ("10.0.0.5", 2201, "admin", False)
+    assert t.keys == [str(Path("~/keys/t").expanduser())] and t.known_hosts == [str(known)]
+    assert (j1.alias, j1.hostname, j1.port, j1.user) == ("bastion", "bastion", 2222, "ops")
+    assert (j2.hostname, j2.port, j2.user) == ("10.0.0.2", 22, "nobody-default")
+    # the inventory's own values win over the file; "none" turns the jump off
+    (t,) = resolve(HostConfig(name="x", address="t", port=22, user="root", proxy_jump="none", ssh_config=str(cfg)))
+    assert (t.hostname, t.port, t.user) == ("10.0.0.5", 22, "root")
+    with pytest.raises(HostError, match=r"known_hosts file /nonexistent missing for t; host keys are always checked"):
+        resolve(HostConfig(name="x", address="t", ssh_config=str(cfg), known_hosts="/nonexistent"))
+
+
+def test_an_ssh_config_alias_through_a_proxyjump_host(sshd, tmp_path):
+    """Target and jump host both named only in an ssh_config; both host keys checked; the target is
+    reached over the jump host's direct-tcpip channel (the counting relay sits in front of it)."""
+    with damaging_proxy(sshd.port, damage=0) as target:
+        known = tmp_path / "known_hosts"
+        known.write_text(_host_key_line(sshd, sshd.port) + _host_key_line(sshd, target.port))
+        cfg = _jump_config(sshd, target.port, tmp_path, known)
+        with Host(_aliased("via-jump", cfg)) as host:
+            assert host.out(["echo", "through the jump"]) == "through the jump"
+            assert len(host._jumps) == 1
+        assert target.connections == 1
+
+
+@pytest.mark.parametrize("jump_key", ["unknown", "changed"])
+def test_a_jump_host_key_unknown_or_changed_is_one_line_and_the_target_is_never_contacted(sshd, tmp_path, jump_key):
+    with damaging_proxy(sshd.port, damage=0) as target:
+        known = tmp_path / "known_hosts"
+        lines = _host_key_line(sshd, target.port)  # the target's key is known and right
+        if jump_key == "changed":
+            other = _keygen(tmp_path / "other_host_key", "another-host").split()
+            lines = f"[127.0.0.1]:{sshd.port} {other[0]} {other[1]}\n" + lines
+        known.write_text(lines)
+        cfg = _jump_config(sshd, target.port, tmp_path, known)
+        with pytest.raises(HostError) as err:
+            Host(_aliased("via-jump", cfg)).connect()
+        msg = err.value.message
+        assert "\n" not in msg
+        assert msg.startswith(f"host via-jump: jump host pv-jump ({sshd.host_config.user}@127.0.0.1:{sshd.port})")
+        want = "host key not found in" if jump_key == "unknown" else "host key does not match"
+        assert f"): {want} {known}" in msg and msg.endswith(f"; not connecting to 127.0.0.1:{target.port}"), msg
+        assert target.connections == 0  # never contacted
+
+
+def test_keys_from_ssh_agent(sshd, tmp_path, monkeypatch):
+    """No key in the inventory or ssh_config: the running ssh-agent's key logs in."""
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            if sock.exists():
+                break
+            time.sleep(0.05)
+        env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
+        subprocess.run(["ssh-add", "-q", sshd.host_config.key], env=env, check=True, capture_output=True)
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+        monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ssh/id_* to fall back on
+        hc = dataclasses.replace(sshd.host_config, key="")
+        with Host(hc) as host:
+            assert host.out(["echo", "agent"]) == "agent"
+    finally:
+        agent.terminate()
+        agent.wait(timeout=10)

@@ -61,7 +61,9 @@ def test_qemu_argv_scales_sriov_and_escapes_initrd_commas(tmp_path):
 
 
 def test_ssh_argv_checks_host_keys_strictly():
-    host = HostConfig(name="lab", port=2400, key="/k/id", known_hosts="/k/known_hosts")
+    host = HostConfig(
+        name="lab", address="127.0.0.1", user="root", port=2400, key="/k/id", known_hosts="/k/known_hosts"
+    )
     argv = lab.ssh_argv(host)
     assert "StrictHostKeyChecking=yes" in argv
     assert not any(a.lower().endswith("=no") and "stricthostkey" in a.lower() for a in argv)
