@@ -32,6 +32,8 @@ def cli(fn):
     def wrapper(c, *args, **kwargs):
         try:
             return fn(c, *args, **kwargs)
+        except Exit:
+            raise
         except PipelineError as e:
             raise Exit(f"error: {e.message}", code=e.exit_code) from None
         except KeyboardInterrupt:
@@ -40,8 +42,44 @@ def cli(fn):
             # `invoke config.show | head`: the reader left; say nothing more (stdout is gone)
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             raise Exit(code=141) from None
+        except Exception as e:  # a bug of ours: one line, the traceback in a file, never exit 0
+            from pipeline.errors import InternalError
+
+            where = _save_traceback()
+            raise Exit(
+                f"internal error: {type(e).__name__}: {e} (traceback in {where})", code=InternalError.exit_code
+            ) from None
 
     return wrapper
+
+
+def _save_traceback() -> str:
+    import tempfile
+    import traceback
+
+    fd, path = tempfile.mkstemp(prefix="pciback-verify-traceback-", suffix=".txt")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(traceback.format_exc())
+    return path
+
+
+def _int_option(option: str, value, minimum: int = 1) -> int | None:
+    """Invoke hands untyped options over as strings: `--jobs two` is one line, not a TypeError later."""
+    from pipeline.errors import ConfigError
+
+    if value is None:
+        return None
+    text = str(value).strip()
+    if not text.isdigit() or int(text) < minimum:
+        raise ConfigError(f"{option} {value!r}: expected an integer >= {minimum}")
+    return int(text)
+
+
+def _fail_on(settings, value: str | None) -> list[str]:
+    """--fail-on VERDICT[,VERDICT...] (default pv.fail_on); each must be a verdict name."""
+    from pipeline.verdict import parse_fail_on
+
+    return parse_fail_on(value, "--fail-on") if value is not None else list(settings.fail_on)
 
 
 def _settings(c, matrix: str | None = None):
@@ -60,15 +98,22 @@ def _settings(c, matrix: str | None = None):
         "jobs": "kernels processed side by side (default: pv.jobs)",
         "keep": "leave the series' module loaded on the hosts after the tests",
         "lab_down": "stop the built-in lab after the run (default: leave it running)",
+        "fail_on": "exit 10 when a kernel's verdict is one of these, e.g. test-fails,build-fails,error "
+        "(default: pv.fail_on, empty: exit 0 whatever the verdicts)",
     },
     iterable=["kernel"],
 )
 @cli
-def verify(c, matrix=None, kernel=None, series=None, until=None, jobs=None, keep=False, lab_down=False):
+def verify(c, matrix=None, kernel=None, series=None, until=None, jobs=None, keep=False, lab_down=False, fail_on=None):
     """Fetch, apply, build, deploy and test the series on every kernel of the matrix; print a summary."""
+    from pipeline.errors import ConfigError
     from pipeline.runner import verify as run_verify
 
     settings = _settings(c, matrix)
+    jobs = _int_option("--jobs", jobs)
+    gate = _fail_on(settings, fail_on)
+    if kernel and any(not str(k).strip() for k in kernel):
+        raise ConfigError(f"--kernel: empty kernel name; have {', '.join(k.name for k in settings.kernels)}")
     run = run_verify(
         settings,
         kernels=kernel or None,
@@ -80,8 +125,11 @@ def verify(c, matrix=None, kernel=None, series=None, until=None, jobs=None, keep
         progress=_progress,
     )
     from pipeline.runner import exit_status
+    from pipeline.verdict import gate_status
 
     code, reason = exit_status(run)
+    if not code:
+        code, reason = gate_status(run.kernels, gate)
     if code:
         raise Exit(reason, code=code)
 
@@ -228,14 +276,14 @@ def lab_ssh(c, c_=None):
 
 @task(help={"lines": "how many lines (default 40)", "follow": "keep printing new lines (Ctrl-C ends)"})
 @cli
-def lab_console(c, lines=40, follow=False):
+def lab_console(c, lines=None, follow=False):  # untyped: Invoke would cast `--lines x` with a traceback
     """Print the end of the lab's serial console log (Xen and dom0 boot messages)."""
     import time
 
     from pipeline import lab
 
     settings = _settings(c)
-    print(lab.console_tail(settings, int(lines)))
+    print(lab.console_tail(settings, _int_option("--lines", lines) or 40))
     path = lab.paths(settings).console
     if follow and path.exists():
         with open(path, encoding="utf-8", errors="replace") as fh:
@@ -258,14 +306,17 @@ def _run_path(settings, run: str | None):
     """A run directory: a path, a run id under the results root, or (default) the results root's `latest`."""
     from pathlib import Path
 
-    from pipeline.errors import ConfigError
+    from pipeline.errors import ResultsError
 
     root = settings.path(settings.results_root)
+    if run is not None and not str(run).strip():
+        raise ResultsError("--run: empty; give a run directory or a run id")
     candidates = [root / "latest"] if not run else [Path(run), root / run]
+    candidates = list(dict.fromkeys(candidates))  # an absolute --run is both
     for p in candidates:
-        if (p / "results.json").is_file():
-            return p.resolve()
-    raise ConfigError(f"no results.json in {' or '.join(str(p) for p in candidates)}")
+        if (p / "results.json").exists():
+            return p.resolve()  # load_results says what is wrong with it, if anything
+    raise ResultsError(f"not a run: no results.json in {' or '.join(str(p) for p in candidates)}")
 
 
 def _load_run(settings, run: str | None):
@@ -280,16 +331,19 @@ def _load_run(settings, run: str | None):
     help={
         "run": "run directory or run id (default: latest)",
         "compare": "compare this earlier run (e.g. the series' v1) with --run (default latest, e.g. v2) instead of re-rendering",
+        "fail_on": "exit 10 when a kernel's verdict is one of these (default: pv.fail_on), as `verify --fail-on`",
     },
     positional=[],  # Invoke has no optional positionals: RUN is --run/-r
 )
 @cli
-def report(c, run=None, compare=None):
+def report(c, run=None, compare=None, fail_on=None):
     """Re-render the reports of an earlier run (--run), or compare two: `invoke report --compare RUN_A --run RUN_B`."""
     from pipeline.report import compare as compare_runs
     from pipeline.report import format_table, write_reports
+    from pipeline.verdict import gate_status
 
     settings = _settings(c)
+    gate = _fail_on(settings, fail_on)
     run_dir, result = _load_run(settings, run)
     if compare:
         print(compare_runs(_load_run(settings, compare)[1], result), end="")
@@ -297,6 +351,9 @@ def report(c, run=None, compare=None):
     for p in write_reports(result, run_dir):
         _progress(f"wrote {p}")
     print(format_table(result), end="")
+    code, reason = gate_status(result.kernels, gate)
+    if code:
+        raise Exit(reason, code=code)
 
 
 @task(
@@ -341,10 +398,10 @@ def post(
     if not pw_url and not gl_url:
         raise PostError("nothing to post to: give --patchwork/--gitlab or set PATCHWORK_URL / CI_API_V4_URL")
     if pw_url:
-        ids = [int(p) for p in patch or []]
-        sid = series_id or env("PATCHWORK_SERIES")
+        ids = [_int_option("--patch", p) for p in patch or []]
+        sid = _int_option("--series-id", series_id or env("PATCHWORK_SERIES"))
         if sid and not ids:
-            ids = [int(p["id"]) for p in patchwork_series(pw_url, int(sid)).get("patches", [])]
+            ids = [int(p["id"]) for p in patchwork_series(pw_url, sid).get("patches", [])]
         sent = post_patchwork(result, pw_url, ids, target_url=target, pending=pending, progress=_progress)
         print(f"patchwork: {sum(p.sent for p in sent)} check(s) sent, {sum(not p.sent for p in sent)} unchanged")
     if gl_url:
@@ -384,9 +441,8 @@ def intake_fetch(c, msgid=None, patchwork=None, series_id=None, out=None, midmas
         dest = settings.path(out or f"{settings.cache_dir}/intake/{msgid.strip('<>').replace('/', '_')}")
         got = from_lore(msgid, dest, midmask=midmask)
     elif patchwork and series_id:
-        got = from_patchwork(
-            patchwork, int(series_id), settings.path(out or f"{settings.cache_dir}/intake/pw-{int(series_id)}")
-        )
+        sid = _int_option("--series-id", series_id)
+        got = from_patchwork(patchwork, sid, settings.path(out or f"{settings.cache_dir}/intake/pw-{sid}"))
     else:
         raise SeriesError("give --msgid, or --patchwork with --series-id")
     others = [f"v{r}" for r in got.revisions if r != got.revision]

@@ -81,6 +81,8 @@ class Settings:
     vf_counts: list[int] = field(default_factory=lambda: [1, 2, 3])
     hotplug: bool = True  # run vf-hotplug (off: vf-boot only, e.g. bench/load_matrix.py)
     hotplug_cycles: int = 2
+    # verdicts that make `invoke verify` exit 10 (CI gating); empty: exit 0 whatever the verdicts
+    fail_on: list[str] = field(default_factory=list)
     matrix: str = "default"
     matrices: dict[str, list[KernelConfig]] = field(default_factory=dict)
     hosts: dict[str, HostConfig] = field(default_factory=dict)
@@ -243,6 +245,11 @@ def load_settings(config: Any = None, data: dict | None = None, matrix: str | No
                     )
     if settings.jobs < 1:
         validator.fail("pv.jobs", f"expected an integer >= 1, got {settings.jobs}")
+    from .verdict import SEVERITY
+
+    for v in settings.fail_on:
+        if v not in SEVERITY:
+            validator.fail("pv.fail_on", f"unknown verdict {v!r}; expected some of {', '.join(SEVERITY)}")
     return settings
 
 

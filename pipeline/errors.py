@@ -75,6 +75,24 @@ class LabError(PipelineError):
     exit_code = 8
 
 
+class ResultsError(PipelineError):
+    """A run directory without a readable results.json: none there, not JSON, truncated, another schema."""
+
+    exit_code = 9
+
+
+class VerdictGate(PipelineError):
+    """`--fail-on` (pv.fail_on): a kernel's verdict is one the caller asked to fail on (CI gating)."""
+
+    exit_code = 10
+
+
+class InternalError(PipelineError):
+    """A bug of ours reached the command line: one line naming the saved traceback, never exit 0."""
+
+    exit_code = 1
+
+
 class RunIncomplete(PipelineError):
     """Some kernel did not reach a defined status."""
 

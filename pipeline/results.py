@@ -8,6 +8,7 @@ one requires bumping SCHEMA_VERSION.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import os
 import tempfile
@@ -207,10 +208,23 @@ def _convert(tp: Any, value: Any) -> Any:
 
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise TypeError(f"expected an object for {tp.__name__}, got {type(value).__name__}")
         return _from_dict(tp, value)
     if origin is list:
+        if not isinstance(value, list):
+            raise TypeError(f"expected a list, got {type(value).__name__}")
         (inner,) = typing.get_args(tp)
         return [_convert(inner, v) for v in value]
+    if origin is dict and not isinstance(value, dict):
+        raise TypeError(f"expected an object, got {type(value).__name__}")
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return tp(value)  # ValueError for a status this version does not know
+    # scalars: a wrong type would surface later as a crash in a report (bool is an int in Python)
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, str, bool) and not (isinstance(value, tp) and (tp is bool or not isinstance(value, bool))):
+        raise TypeError(f"expected {tp.__name__}, got {type(value).__name__} {value!r}")
     return value
 
 
@@ -244,9 +258,31 @@ def write_results(run_dir: Path, run: RunResult) -> Path:
 
 
 def load_results(path: Path) -> RunResult:
+    """A run's RunResult; anything that is not a whole results.json of this schema is a ResultsError."""
+    from .errors import ResultsError
+
+    path = Path(path)
     if path.is_dir():
         path = path / "results.json"
-    return RunResult.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ResultsError(f"{path.parent}: not a run directory (no results.json)") from None
+    except OSError as e:
+        raise ResultsError(f"{path}: cannot read ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise ResultsError(f"{path}: not a results.json (not UTF-8 text)") from None
+    except json.JSONDecodeError as e:
+        raise ResultsError(f"{path}: truncated or not JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    if not isinstance(data, dict):
+        raise ResultsError(f"{path}: not a results.json (a JSON {type(data).__name__}, not an object)")
+    if data.get("schema") != SCHEMA_VERSION:
+        raise ResultsError(f"{path}: results schema {data.get('schema')!r}, this version reads schema {SCHEMA_VERSION}")
+    try:
+        return RunResult.from_dict(data)
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        # a field of the wrong shape (hand-edited or cut): say which file, not where it broke in here
+        raise ResultsError(f"{path}: not a valid results.json ({type(e).__name__}: {e})") from None
 
 
 class RunDir:

@@ -388,6 +388,8 @@ def verify(
     from .series import load_series
 
     until = until or "report"
+    if jobs is not None and (not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1):
+        raise ConfigError(f"--jobs {jobs!r}: expected an integer >= 1")
     if until not in STAGES:
         raise ConfigError(f"--until {until!r}: expected one of {', '.join(STAGES)}")
     kcfgs = [settings.kernel(n) for n in kernels] if kernels else list(settings.kernels)

@@ -190,6 +190,29 @@ def verdict(k: KernelResult) -> tuple[str, str]:
     return worst, "; ".join(details)
 
 
+def parse_fail_on(value: str, option: str = "--fail-on") -> list[str]:
+    """'test-fails,build-fails' -> the verdict names; an unknown one is a ConfigError naming the choices."""
+    from .errors import ConfigError
+
+    names = [v.strip() for v in str(value).split(",") if v.strip()]
+    for v in names:
+        if v not in SEVERITY:
+            raise ConfigError(f"{option} {v!r}: not a verdict; expected some of {', '.join(SEVERITY)}")
+    return names
+
+
+def gate_status(kernels: list[KernelResult], fail_on: list[str]) -> tuple[int, str]:
+    """(10, why) when a row's verdict is one `fail_on` names, else (0, ""): what CI gates on."""
+    from .errors import VerdictGate
+
+    hit = [k for k in kernels if k.verdict in fail_on]
+    if not hit:
+        return 0, ""
+    k = hit[0]
+    more = f" (+{len(hit) - 1} more)" if len(hit) > 1 else ""
+    return VerdictGate.exit_code, f"{k.name}: verdict {k.verdict} (--fail-on): {k.verdict_detail}{more}"
+
+
 def apply_verdicts(kernels: list[KernelResult]) -> None:
     """Fill verdict/verdict_detail of each row in place (the one impure convenience)."""
     for k in kernels:

@@ -55,3 +55,16 @@ def test_scheduled_poll_job():
     j = jobs(load())
     assert j["poll"]["rules"] == [{"if": '$CI_PIPELINE_SOURCE == "schedule"'}]
     assert "invoke ci.poll --trigger" in j["poll"]["script"]
+
+
+def test_ci_gates_on_verdicts():
+    """build and test jobs fail on the verdicts CI cares about (`--fail-on`, exit 10); every name is a verdict."""
+    from pipeline.verdict import parse_fail_on
+
+    ci = load()
+    j = jobs(ci)
+    assert any("--fail-on \"$BUILD_FAIL_ON\"" in line for line in j["build"]["script"])
+    assert any("--fail-on \"$FAIL_ON\"" in line for line in j["test"]["script"])
+    for var in ("BUILD_FAIL_ON", "FAIL_ON"):
+        assert parse_fail_on(ci["variables"][var])
+    assert "test-fails" in ci["variables"]["FAIL_ON"] and "error" in ci["variables"]["BUILD_FAIL_ON"]
