@@ -86,6 +86,12 @@ def _settings(c, matrix: str | None = None):
     return load_settings(c.config, matrix=matrix)
 
 
+def _print_json(data) -> None:
+    import json as jsonlib
+
+    print(jsonlib.dumps(data, indent=2, default=str))
+
+
 # ------------------------------------------------------------------ verify
 
 
@@ -100,11 +106,25 @@ def _settings(c, matrix: str | None = None):
         "lab_down": "stop the built-in lab after the run (default: leave it running)",
         "fail_on": "exit 10 when a kernel's verdict is one of these, e.g. test-fails,build-fails,error "
         "(default: pv.fail_on, empty: exit 0 whatever the verdicts)",
+        "builds": "deploy the modules an earlier run built (a run, or a results root: its newest matching run) instead of building",
+        "json": "print the run's results.json on stdout (the table goes to stderr)",
     },
     iterable=["kernel"],
 )
 @cli
-def verify(c, matrix=None, kernel=None, series=None, until=None, jobs=None, keep=False, lab_down=False, fail_on=None):
+def verify(
+    c,
+    matrix=None,
+    kernel=None,
+    series=None,
+    until=None,
+    jobs=None,
+    keep=False,
+    lab_down=False,
+    fail_on=None,
+    builds=None,
+    json=False,
+):
     """Fetch, apply, build, deploy and test the series on every kernel of the matrix; print a summary."""
     from pipeline.errors import ConfigError
     from pipeline.runner import verify as run_verify
@@ -123,7 +143,11 @@ def verify(c, matrix=None, kernel=None, series=None, until=None, jobs=None, keep
         keep=keep,
         lab_down=lab_down,
         progress=_progress,
+        builds=builds,
+        out=_progress if json else print,
     )
+    if json:
+        _print_json(run.to_dict())
     from pipeline.runner import exit_status
     from pipeline.verdict import gate_status
 
@@ -137,13 +161,19 @@ def verify(c, matrix=None, kernel=None, series=None, until=None, jobs=None, keep
 # ------------------------------------------------------------------ config
 
 
-@task(help={"matrix": "show this matrix instead of the configured one"})
+@task(help={"matrix": "show this matrix instead of the configured one", "json": "print the settings as JSON"})
 @cli
-def config_show(c, matrix=None):
+def config_show(c, matrix=None, json=False):
     """Print the effective kernel matrix and host inventory after all config files are merged."""
     from pipeline.runner import format_config
 
-    print(format_config(_settings(c, matrix)))
+    settings = _settings(c, matrix)
+    if json:
+        import dataclasses
+
+        _print_json({**dataclasses.asdict(settings), "kernels": [k.name for k in settings.kernels]})
+        return
+    print(format_config(settings))
 
 
 # ------------------------------------------------------------------ source
@@ -163,14 +193,24 @@ def source_import(c, force=False):
 # ------------------------------------------------------------------ series
 
 
-@task(help={"path": "series folder, mbox or patch file (default: pv.series)"})
+@task(help={"path": "series folder, mbox or patch file (default: pv.series)", "json": "print the series as JSON"})
 @cli
-def series_show(c, path=None):
+def series_show(c, path=None, json=False):
     """Parse a series and print its patches (subject, author, revision, patch-id)."""
     from pipeline.series import load_series
 
     settings = _settings(c)
     s = load_series(settings.path(path or settings.series))
+    if json:
+        import dataclasses
+
+        from pipeline.report import patchset_hash
+
+        data = dataclasses.asdict(s)
+        for p in data["patches"]:
+            p.pop("text", None)
+        _print_json({**data, "patchset_hash": s.patchset_hash or patchset_hash(s)})
+        return
     print(f"{s.name} v{s.revision} ({len(s.patches)} patches) from {s.source}")
     for p in s.patches:
         print(f"  {p.patch_id[:12]}  {p.subject}  <{p.author}>")
@@ -332,28 +372,62 @@ def _load_run(settings, run: str | None):
         "run": "run directory or run id (default: latest)",
         "compare": "compare this earlier run (e.g. the series' v1) with --run (default latest, e.g. v2) instead of re-rendering",
         "fail_on": "exit 10 when a kernel's verdict is one of these (default: pv.fail_on), as `verify --fail-on`",
+        "merge": "make one run of these runs of one series revision (repeatable; a results root means all its runs)",
+        "tested_only": "with --merge: only runs that ran the VF tests (as CI's report job posts)",
+        "json": "print the run's results.json on stdout",
     },
+    iterable=["merge"],
     positional=[],  # Invoke has no optional positionals: RUN is --run/-r
 )
 @cli
-def report(c, run=None, compare=None, fail_on=None):
-    """Re-render the reports of an earlier run (--run), or compare two: `invoke report --compare RUN_A --run RUN_B`."""
+def report(c, run=None, compare=None, fail_on=None, merge=None, tested_only=False, json=False):
+    """Re-render the reports of an earlier run (--run), compare two (`--compare RUN_A --run RUN_B`),
+    or merge per-kernel runs into one (`--merge RUN --merge RUN`)."""
     from pipeline.report import compare as compare_runs
     from pipeline.report import format_table, write_reports
     from pipeline.verdict import gate_status
 
     settings = _settings(c)
     gate = _fail_on(settings, fail_on)
-    run_dir, result = _load_run(settings, run)
+    if merge:
+        from pipeline.merge import merge_runs, run_dirs
+
+        root = settings.path(settings.results_root)
+        run_dir, result = merge_runs(run_dirs([settings.path(m) for m in merge], tested_only), root, _progress)
+        _progress(f"merged run {result.run_id}: {run_dir}")
+    else:
+        run_dir, result = _load_run(settings, run)
     if compare:
         print(compare_runs(_load_run(settings, compare)[1], result), end="")
         return
-    for p in write_reports(result, run_dir):
+    if not merge:
+        for p in write_reports(result, run_dir):
+            _progress(f"wrote {p}")
+    from pipeline.mails import git_dirs, write_mails
+
+    for p in write_mails(result, run_dir, git_dirs(settings, result)):
         _progress(f"wrote {p}")
-    print(format_table(result), end="")
+    if json:
+        _print_json(result.to_dict())
+    else:
+        print(format_table(result), end="")
+        _progress(f"summary: {run_dir / 'summary.html'}")
     code, reason = gate_status(result.kernels, gate)
     if code:
         raise Exit(reason, code=code)
+
+
+@task(
+    help={"out": "folder for index.html (default: the results root)", "root": "results root (default: pv.results_root)"}
+)
+@cli
+def dashboard(c, out=None, root=None):
+    """A static site over every run under the results root: per series a kernels x revisions grid of verdicts."""
+    from pipeline.dashboard import write_dashboard
+
+    settings = _settings(c)
+    path = write_dashboard(settings.path(root or settings.results_root), settings.path(out) if out else None)
+    print(path)
 
 
 @task(
@@ -402,8 +476,12 @@ def post(
         sid = _int_option("--series-id", series_id or env("PATCHWORK_SERIES"))
         if sid and not ids:
             ids = [int(p["id"]) for p in patchwork_series(pw_url, sid).get("patches", [])]
-        sent = post_patchwork(result, pw_url, ids, target_url=target, pending=pending, progress=_progress)
-        print(f"patchwork: {sum(p.sent for p in sent)} check(s) sent, {sum(not p.sent for p in sent)} unchanged")
+        if not ids:
+            # PATCHWORK_URL is a project setting; a pipeline for a series not from patchwork has no patch to post on
+            print("patchwork: skipped: no patch to post on (give --patch or --series-id, or set PATCHWORK_SERIES)")
+        else:
+            sent = post_patchwork(result, pw_url, ids, target_url=target, pending=pending, progress=_progress)
+            print(f"patchwork: {sum(p.sent for p in sent)} check(s) sent, {sum(not p.sent for p in sent)} unchanged")
     if gl_url:
         proj = project or env("CI_PROJECT_ID")
         if not proj:
@@ -460,37 +538,37 @@ def intake_fetch(c, msgid=None, patchwork=None, series_id=None, out=None, midmas
 )
 @cli
 def ci_poll(c, patchwork=None, project=None, state=None, trigger=False):
-    """Find series revisions on patchwork not verified yet; print them (and start a pipeline for each) once."""
-    import json
+    """Find series revisions on patchwork not verified yet; print them (and start a pipeline for each) once.
+
+    A revision counts as polled once a patch of it has a pciback-verify check on patchwork (poll posts
+    `pending: queued` when it starts one): losing the local state file triggers nothing again."""
     import os
 
     from pipeline.errors import ConfigError
-    from pipeline.intake import patchwork_new_series
+    from pipeline.poll import poll
     from pipeline.post import trigger_pipeline
-    from pipeline.results import atomic_write_text
 
     settings = _settings(c)
     url = patchwork or os.environ.get("PATCHWORK_URL")
     proj = project or os.environ.get("PATCHWORK_PROJECT")
     if not url or not proj:
         raise ConfigError("ci.poll: give --patchwork and --project (or PATCHWORK_URL, PATCHWORK_PROJECT)")
+
+    def start(item):
+        pid = trigger_pipeline(
+            os.environ.get("CI_API_V4_URL", ""),
+            os.environ.get("CI_PROJECT_ID", ""),
+            os.environ.get("CI_DEFAULT_BRANCH", "main"),
+            {"PATCHWORK_SERIES": str(item["id"]), "PATCHWORK_URL": url},
+        )
+        _progress(f"series {item['id']}:v{item.get('version') or 1}: pipeline {pid}")
+        return pid
+
     state_path = settings.path(state or f"{settings.cache_dir}/ci-poll.json")
-    seen = set(json.loads(state_path.read_text())) if state_path.is_file() else set()
-    for s in patchwork_new_series(url, proj, seen):
-        key = f"{s['id']}:v{s.get('version') or 1}"
-        if trigger:
-            pid = trigger_pipeline(
-                os.environ.get("CI_API_V4_URL", ""),
-                os.environ.get("CI_PROJECT_ID", ""),
-                os.environ.get("CI_DEFAULT_BRANCH", "main"),
-                {"PATCHWORK_SERIES": str(s["id"]), "PATCHWORK_URL": url},
-            )
-            _progress(f"series {key}: pipeline {pid}")
-        print(f"{s['id']} v{s.get('version') or 1} {s.get('name', '')}")
-        seen.add(key)
-        atomic_write_text(
-            state_path, json.dumps(sorted(seen), indent=1) + "\n"
-        )  # once per revision, even if a later one fails
+    kernels = [k.name for k in settings.kernels]
+    for p in poll(url, proj, state_path, kernels, trigger=start if trigger else None, progress=_progress):
+        if p.action != "already-polled":
+            print(f"{p.series_id} v{p.version} {p.name}")
 
 
 # ---- end report ----
@@ -506,6 +584,7 @@ ns.add_collection(
 # ---- report ----
 ns.add_task(report)
 ns.add_task(post)
+ns.add_task(dashboard)
 ns.add_collection(Collection("intake", fetch=intake_fetch))
 ns.add_collection(Collection("ci", poll=ci_poll))
 # ---- end report ----

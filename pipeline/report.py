@@ -524,7 +524,10 @@ def render_html(run: RunResult, run_dir: Path | None = None) -> str:
 
 def write_reports(run: RunResult, run_dir: Path) -> list[Path]:
     """Write junit.xml, kcidb.json, summary.md and summary.html into the run directory, each atomically."""
+    from .reproduce import annotate
+
     run_dir = Path(run_dir)
+    annotate(run, run_dir)  # before rendering: the summaries show the recipes
     if not run.series.patchset_hash:
         run.series.patchset_hash = patchset_hash(run.series)
     kcidb = render_kcidb(run)

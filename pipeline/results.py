@@ -119,6 +119,7 @@ class BuildResult:
     control_srcversion: str = ""
     control_detail: str = ""  # how the control was made (base commit as is, or with the revert patch), or why not
     prepared_reused: bool = False  # full mode: the configured, prepared tree came from the cache
+    reused_from: str = ""  # run id whose build this is (`verify --builds`: CI's test job), "" when built here
 
 
 @dataclass
@@ -146,6 +147,17 @@ class TestResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     duration_s: float = 0.0
+    xl_config: str = ""  # the guest's xl config as written to the host (reproduce lines point at a copy)
+
+
+@dataclass
+class Reproduce:
+    """How to reproduce one failure of a row by hand (reproduce.py): the commands, in order."""
+
+    stage: str  # fetch | apply | build | deploy | test | control | error
+    what: str  # the failure, one line
+    commands: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)  # inside the run directory (e.g. the xl config used)
 
 
 @dataclass
@@ -162,6 +174,7 @@ class KernelResult:
     tests: list[TestResult] = field(default_factory=list)
     error: str = ""  # the pipeline itself failed for this row
     error_code: int = 0  # exit code of the PipelineError behind `error` (0: by stage)
+    reproduce: list[Reproduce] = field(default_factory=list)  # one entry per failure, any stage
 
 
 @dataclass
@@ -174,6 +187,7 @@ class RunResult:
     series: SeriesInfo = field(default_factory=lambda: SeriesInfo(name=""))
     kernels: list[KernelResult] = field(default_factory=list)
     hosts: list[str] = field(default_factory=list)
+    merged_from: list[str] = field(default_factory=list)  # `report --merge`: the runs this one joins
     schema: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:

@@ -72,6 +72,7 @@ class _Run:
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.host_step: tuple[str, str] | None = None  # (deploy | test name, module) on a host now
+        self.reused: dict[str, KernelResult] = {}  # `--builds`: rows whose build an earlier run made
 
     def save(self) -> None:
         with self.lock:
@@ -87,6 +88,12 @@ class _Run:
         stage = "fetch"  # the stage running now: a PipelineError is put on its record
         try:
             if self.stop.is_set():
+                return
+            if kcfg.name in self.reused:
+                done = self.reused[kcfg.name]
+                kr.fetch, kr.apply, kr.build = done.fetch, done.apply, done.build
+                p(f"{kcfg.name}: build of run {kr.build.reused_from} ({kr.build.srcversion}), not rebuilt")
+                self.save()
                 return
             kr.fetch.status = "running"
             kr.fetch = fetch_kernel(self.settings, kcfg, self.run.run_id, progress=p, sparse=self.sparse_paths(kcfg))
@@ -384,8 +391,16 @@ def verify(
     keep: bool = False,
     lab_down: bool = False,
     progress=print,
+    builds: str | None = None,
+    out=print,
 ) -> RunResult:
+    """`builds`: a run (or results root) whose modules to deploy instead of building (reuse.py);
+    `out`: where the closing table and paths go (stderr when stdout carries --json)."""
+    from .report import patchset_hash
+    from .runlog import RunLog
     from .series import load_series
+
+    progress = RunLog(progress)
 
     until = until or "report"
     if jobs is not None and (not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1):
@@ -396,12 +411,22 @@ def verify(
     # the series is checked before anything touches a tree
     series = load_series(settings.path(series_path or settings.series))
     progress(f"series: {series.name} v{series.revision}, {len(series.patches)} patch(es)")
+    found = {}
+    if builds:
+        from . import reuse
+
+        found = reuse.find_builds(settings.path(builds), [k.name for k in kcfgs], patchset_hash(series))
 
     rd = RunDir(settings.path(settings.results_root))
+    progress.open(rd.path / "run.log")
     run = RunResult(run_id=rd.run_id, started=now_iso(), until=until, series=series)
     run.kernels = [KernelResult(name=k.name, ref=k.ref, remote=k.remote) for k in kcfgs]
     run.hosts = sorted({h for k in kcfgs for h in k.hosts})
     ctx = _Run(settings, run, rd.path, series, until, progress)
+    if found:
+        from . import reuse
+
+        ctx.reused = {name: reuse.adopt(d, r, k, rd.path) for name, (d, r, k) in found.items()}
     ctx.save()
     rd.point_latest()
     progress(f"run {rd.run_id}: {rd.path}")
@@ -410,7 +435,7 @@ def verify(
         lab_used = False
         try:
             if until != "series":
-                if any(kernelsrc.is_debian_remote(settings, k.remote) for k in kcfgs):
+                if any(kernelsrc.is_debian_remote(settings, k.remote) for k in kcfgs if k.name not in ctx.reused):
                     kernelsrc.import_debian_source(settings, progress=progress)
                 pairs = list(zip(kcfgs, run.kernels, strict=True))
                 with ThreadPoolExecutor(max_workers=jobs or settings.jobs) as pool:
@@ -433,7 +458,7 @@ def verify(
             raise Interrupted("interrupted; partial results in " + str(rd.path)) from None
         finally:
             run.finished = now_iso()
-            _finish(settings, run, rd.path, progress)
+            _finish(settings, run, rd.path, progress, out)
             if run.status == "interrupted":
                 sweep_run(settings, run.run_id, progress)  # what a cut-short stage had half-created
             if lab_used and lab_down:
@@ -443,21 +468,27 @@ def verify(
     return run
 
 
-def _finish(settings: Settings, run: RunResult, run_dir: Path, progress) -> None:
+def _finish(settings: Settings, run: RunResult, run_dir: Path, progress, out=print) -> None:
     from . import report, verdict
     from .fetch import remove_worktree
 
     verdict.apply_verdicts(run.kernels)
     try:
         report.write_reports(run, run_dir)  # before results.json: it fills series.patchset_hash
+        from .mails import git_dirs, write_mails
+
+        for path in write_mails(run, run_dir, git_dirs(settings, run)):
+            progress(f"mail for the maintainer: {path}")
     except Exception as e:  # reports are derived; results.json must still be written
         progress(f"report: failed: {e}")
     write_results(run_dir, run)
     for k in run.kernels:
         if k.fetch.worktree:
             remove_worktree(settings, k.fetch.worktree, k.apply.branch, progress)
-    print(report.format_table(run))
-    print(f"results: {run_dir / 'results.json'}")
+    out(report.format_table(run))
+    if (run_dir / "summary.html").is_file():
+        out(f"summary: {run_dir / 'summary.html'}")
+    out(f"results: {run_dir / 'results.json'}")
 
 
 def exit_status(run: RunResult) -> tuple[int, str]:

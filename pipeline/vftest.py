@@ -290,6 +290,7 @@ class Guest:
         self.domid: int | None = None
         self.console = f"{CONSOLE_DIR}/guest-{name}.log"
         self.cfg = f"{WORK_DIR}/{name}.cfg"
+        self.config_text = ""  # what was written to self.cfg
 
     def create(self) -> int:
         h = self.host
@@ -297,10 +298,10 @@ class Guest:
         remove_stale_backends(h)
         h.mkdir_p(WORK_DIR)
         h.mkdir_p(CONSOLE_DIR)
-        h.write_text(
-            self.cfg,
-            render_guest_config(self.name, self.image.kernel, self.image.ramdisk, self.pci, self.expect, self.test),
+        self.config_text = render_guest_config(
+            self.name, self.image.kernel, self.image.ramdisk, self.pci, self.expect, self.test
         )
+        h.write_text(self.cfg, self.config_text)
         create = ["xl", "create", self.cfg]
         for attempt in (1, 2):
             h.run(["rm", "-f", self.console])
@@ -390,6 +391,7 @@ def vf_boot(
                 progress(f"{host.name}: {name} [{module_label}]: xl create with {', '.join(pool.bdfs)}")
                 t_create = time.monotonic()
                 domid = guest.create()
+                res.xl_config = guest.config_text
                 marker = guest.wait_marker(timeout=marker_timeout)
                 res.metrics["marker_s"] = round(time.monotonic() - t_create, 1)
                 res.backend = guest.backend()  # before teardown: late devices appear while dying
@@ -422,6 +424,7 @@ def vf_hotplug(
             with Guest(host, f"pvtest-{name}", image, vfs[:1], 1, name) as guest:
                 progress(f"{host.name}: {name} [{module_label}]: xl create with {vfs[0]}")
                 guest.create()
+                res.xl_config = guest.config_text
                 seq = 0
 
                 def step(label: str, want: int) -> None:
