@@ -473,7 +473,7 @@ def post(
         raise PostError("nothing to post to: give --patchwork/--gitlab or set PATCHWORK_URL / CI_API_V4_URL")
     if pw_url:
         ids = [_int_option("--patch", p) for p in patch or []]
-        sid = _int_option("--series-id", series_id or env("PATCHWORK_SERIES"))
+        sid = _int_option("--series-id", series_id or env("PATCHWORK_SERIES") or None)  # an empty CI variable is unset
         if sid and not ids:
             ids = [int(p["id"]) for p in patchwork_series(pw_url, sid).get("patches", [])]
         if not ids:
