@@ -108,6 +108,7 @@ def _print_json(data) -> None:
         "(default: pv.fail_on, empty: exit 0 whatever the verdicts)",
         "builds": "deploy the modules an earlier run built (a run, or a results root: its newest matching run) instead of building",
         "json": "print the run's results.json on stdout (the table goes to stderr)",
+        "no_sandbox": "build without the bubblewrap sandbox (recorded as unconfined in results and summary)",
     },
     iterable=["kernel"],
 )
@@ -124,6 +125,7 @@ def verify(
     fail_on=None,
     builds=None,
     json=False,
+    no_sandbox=False,
 ):
     """Fetch, apply, build, deploy and test the series on every kernel of the matrix; print a summary."""
     from pipeline.errors import ConfigError
@@ -134,6 +136,8 @@ def verify(
     gate = _fail_on(settings, fail_on)
     if kernel and any(not str(k).strip() for k in kernel):
         raise ConfigError(f"--kernel: empty kernel name; have {', '.join(k.name for k in settings.kernels)}")
+    if no_sandbox:
+        settings.sandbox.enabled = False
     run = run_verify(
         settings,
         kernels=kernel or None,

@@ -12,8 +12,10 @@ kernel never share objects, ccache hits across revisions (same paths), and the
 prepared tree is never modified by a module build.
 
 Everything that executes code of the tree (make, merge_config.sh,
-checkpatch.pl) runs in a new network namespace when possible and under the
-kernel's time limit.
+checkpatch.pl) runs in the bubblewrap sandbox of pipeline/sandbox.py: it sees
+the tree and headers read-only and writes only its own build directory, with an
+empty environment, no network and limits on time, memory, processes and log
+size. Files the sandbox wrote are read back only as regular files inside it.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import tarfile
 import time
@@ -38,6 +39,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import sandbox
 from .checkpatch import run_checkpatch
 from .config import KernelConfig, Settings
 from .errors import BuildSetupError
@@ -68,69 +70,97 @@ def make_jobs() -> int:
 # ------------------------------------------------------------------ sandbox and runner
 
 
-@functools.cache
-def sandbox_prefix() -> tuple[tuple[str, ...], str]:
-    """Command prefix running a program with no network, and a note when that is not possible."""
-    unshare = shutil.which("unshare")
-    if unshare:
-        # -r: unprivileged users may still create a namespace as mapped root
-        for prefix in ((unshare, "-n", "--"), (unshare, "-r", "-n", "--")):
-            probe = subprocess.run([*prefix, "true"], capture_output=True, check=False)
-            if probe.returncode == 0:
-                return prefix, ""
-    return (), "network not isolated: unshare -n is not available or not permitted here"
-
-
 class BuildTimeout(Exception):
     pass
 
 
-class _Runner:
-    """Runs build commands sandboxed, under one deadline, appending everything to the log."""
+class _LimitHit(Exception):
+    """A sandbox limit (log size, processes, memory) stopped a step: the build fails naming it."""
 
-    def __init__(self, log: Path, deadline: float, env: dict[str, str], timeout_s: int):
+    def __init__(self, what: str, limit: sandbox.Limit, message: str):
+        super().__init__(f"{what}: {message}")
+        self.limit = limit
+
+
+class _Runner:
+    """Runs build steps in the sandbox (pipeline/sandbox.py), under one deadline, appending everything to the log.
+
+    Each call names what the step may see: `ro` roots besides the runner's own,
+    and the `rw` directory it may write (its build output).
+    """
+
+    def __init__(self, log: Path, deadline: float, env: dict[str, str], timeout_s: int, settings: Settings):
         self.log = log
         self.deadline = deadline
         self.env = env
         self.timeout_s = timeout_s
-        self.prefix, self.sandbox_note = sandbox_prefix()
+        sb = settings.sandbox
+        self.confined = sb.enabled
+        self.limits = sandbox.Limits(
+            time_s=timeout_s, memory_mb=sb.memory_mb, processes=sb.processes, log_mb=sb.log_mb, file_mb=sb.file_mb
+        )
+        self.slot_dir = settings.path(settings.cache_dir) / "sandbox"
+        self.ro: set[Path] = set()
+        self.rw: set[Path] = set()
+
+    def child(self, log: Path) -> _Runner:
+        """A runner for a step logged on its own (checkpatch), recorded with this one."""
+        other = _Runner.__new__(_Runner)
+        other.__dict__.update(self.__dict__)
+        other.log = log
+        return other
+
+    def info(self) -> sandbox.SandboxInfo:
+        detail = "" if self.confined else "unconfined: --no-sandbox (pv.sandbox.enabled false)"
+        return sandbox.info(self.ro, self.rw, self.limits, self.confined, detail)
 
     def note(self, text: str) -> None:
         with self.log.open("a", encoding="utf-8") as fh:
             fh.write(f"### {text}\n")
 
-    def __call__(self, cmd: list[str], cwd: Path, what: str, input: str | None = None) -> tuple[int, str]:
-        remaining = self.deadline - time.monotonic()
+    def __call__(
+        self,
+        cmd: list[str],
+        cwd: Path,
+        what: str,
+        input: str | None = None,
+        *,
+        ro: list[Path] = (),
+        rw: list[Path] = (),
+        env: dict[str, str] | None = None,
+    ) -> tuple[int, str]:
+        ro, rw = [Path(p) for p in ro], [Path(p) for p in rw]
+        self.ro.update(ro)
+        self.rw.update(rw)
         with self.log.open("a", encoding="utf-8") as fh:
             fh.write(f"\n### {what}\n$ (cd {shlex.quote(str(cwd))} && {shlex.join(cmd)})\n")
-        if remaining <= 0:
+            if time.monotonic() >= self.deadline:
+                raise BuildTimeout(what)
+            try:
+                res = sandbox.run(
+                    cmd,
+                    cwd=cwd,
+                    ro=ro,
+                    rw=rw,
+                    env={**self.env, **(env or {})},
+                    limits=self.limits,
+                    deadline=self.deadline,
+                    input=input,
+                    log=fh,
+                    confined=self.confined,
+                    slot_dir=self.slot_dir,
+                )
+            except sandbox.SandboxUnavailable as e:
+                raise BuildSetupError(f"{what}: build refused: {e}") from None
+            if res.limit is not None:
+                fh.write(f"\n### {res.limit_message(self.limits)}\n")
+            else:
+                fh.write(f"### exit status {res.returncode} after {res.duration_s:.1f} s\n")
+        if res.limit is sandbox.Limit.TIME:
             raise BuildTimeout(what)
-        # own process group: on timeout make and every compiler it started are killed
-        proc = subprocess.Popen(
-            [*self.prefix, *cmd],
-            cwd=cwd,
-            env=self.env,
-            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-            start_new_session=True,
-        )
-        t0 = time.monotonic()
-        try:
-            out, _ = proc.communicate(input=input, timeout=remaining)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            out, _ = proc.communicate()
-            self._append(out + f"\n### killed after the time limit of {self.timeout_s} s\n")
-            raise BuildTimeout(what) from None
-        self._append(out + f"### exit status {proc.returncode} after {time.monotonic() - t0:.1f} s\n")
-        return proc.returncode, out
-
-    def _append(self, text: str) -> None:
-        with self.log.open("a", encoding="utf-8") as fh:
-            fh.write(text)
+        if res.limit is not None:
+            raise _LimitHit(what, res.limit, res.limit_message(self.limits))
+        return res.returncode, res.output
 
 
 @contextmanager
@@ -434,11 +464,26 @@ class _Target:
             return ["make", "-C", str(self.kdir), *args, f"{MODULE_SYMBOL}=m", "modules"]
         return ["make", "-C", str(self.srctree), f"O={self.kdir}", *args, "modules"]
 
+    def ro_roots(self) -> list[Path]:
+        """What a module build reads: the headers (and the trees their Makefile includes), or tree + prepared output."""
+        if self.srctree:
+            return [self.srctree, self.kdir]
+        return [self.kdir, *_included_dirs(self.kdir)]
+
     def roots(self, moddir: Path) -> list[tuple[Path, str]]:
         roots = [(moddir, MODULE_DIR), (self.kdir, "")]
         if self.srctree:
             roots.append((self.srctree, ""))
         return roots
+
+
+def _included_dirs(kdir: Path) -> list[Path]:
+    """Debian's linux-headers-<flavour>/Makefile is one `include .../linux-headers-<v>-common/Makefile`."""
+    try:
+        text = (kdir / "Makefile").read_text(errors="replace")
+    except OSError:
+        return []
+    return [Path(m.group(1)).parent for m in re.finditer(r"^\s*include\s+(/\S+)$", text, re.M)]
 
 
 _CC_RE = re.compile(r"^\s+CC \[M\]\s+(\S+\.o)\s*$")
@@ -452,10 +497,11 @@ def _sync_sources(moddir: Path, files: dict[str, bytes]) -> bool:
     """
     present = (
         {p.relative_to(moddir).as_posix() for p in moddir.rglob("*") if p.is_file() and not _PRODUCT_RE.search(p.name)}
-        if moddir.is_dir()
+        if moddir.is_dir() and not moddir.is_symlink()
         else set()
     )
-    if not present or present - set(files):
+    # a link left by an earlier (sandboxed) build would make us write through it, outside
+    if not present or present - set(files) or sandbox.has_links(moddir):
         _fill(moddir, files)  # first use, or a source was removed: stale objects could survive
         return False
     for rel, data in files.items():
@@ -500,7 +546,15 @@ def build_module(target: _Target, run: _Runner, files: dict[str, bytes], role: s
         elif not _sync_sources(moddir, files):
             previous = {}
         state.unlink(missing_ok=True)  # stale if this build is interrupted
-        rc, out = run([*target.make_cmd(moddir, make_jobs()), "-Otarget"], moddir, what)
+        # the ccache of this work directory only: no build can plant objects in another's cache
+        rc, out = run(
+            [*target.make_cmd(moddir, make_jobs()), "-Otarget"],
+            moddir,
+            what,
+            ro=target.ro_roots(),
+            rw=[workdir],
+            env={"CCACHE_DIR": str(workdir / ".ccache")},
+        )
         by_object = {**previous, **_diagnostics_by_object(out, target.roots(moddir), target.kdir)}
         by_object = {obj: w for obj, w in by_object.items() if (moddir / obj).exists()}
         atomic_write_text(state, json.dumps(by_object, indent=1, sort_keys=True) + "\n")
@@ -509,9 +563,15 @@ def build_module(target: _Target, run: _Runner, files: dict[str, bytes], role: s
             warnings += [w for w in by_object[obj] if w not in warnings]
         others, errors = parse_diagnostics(out, target.roots(moddir), target.kdir)
         warnings += [w for w in others if w not in warnings]
-        ko = moddir / MODULE_NAME
-        if rc or not ko.exists():
+        built = moddir / MODULE_NAME
+        if rc or not os.path.lexists(built):
             return ModuleBuild(False, None, warnings, _first_errors(out, errors))
+        # out of the sandbox's reach before anything reads it; a symlink planted there is refused
+        ko = target.key_dir / "work" / f"{role}.ko"
+        try:
+            sandbox.copy_out(built, ko, within=workdir)
+        except sandbox.UnsafeOutput as e:
+            return ModuleBuild(False, None, warnings, [str(e)])
         return ModuleBuild(True, ko, warnings, [], modinfo(ko, "srcversion"), modinfo(ko, "vermagic"))
 
 
@@ -636,19 +696,37 @@ def _full_target(
             shutil.copyfile(base_path, out / ".config")
         else:
             _check(
-                run(make + [kcfg.build.base_config], worktree, f"config: make {kcfg.build.base_config}"), "base config"
+                run(
+                    make + [kcfg.build.base_config],
+                    worktree,
+                    f"config: make {kcfg.build.base_config}",
+                    ro=[worktree],
+                    rw=[out],
+                ),
+                "base config",
             )
         merge = worktree / "scripts" / "kconfig" / "merge_config.sh"
+        # copies inside the output directory: the sandbox needs no view of where the fragments live
+        frag_dir = out / ".pv-fragments"
+        frag_dir.mkdir()
+        frag_copies = []
+        for i, (_, _, text) in enumerate(frags):
+            frag_copies.append(frag_dir / f"{i}.config")
+            frag_copies[-1].write_text(text)
         _check(
             run(
-                ["sh", str(merge), "-m", "-O", str(out), str(out / ".config"), *(str(p) for _, p, _ in frags)],
-                worktree,
+                ["sh", str(merge), "-m", "-O", str(out), str(out / ".config"), *(str(p) for p in frag_copies)],
+                out,  # it makes its temporary files in the current directory
                 "config: merge_config.sh -m",
+                ro=[worktree],
+                rw=[out],
             ),
             "merge_config.sh",
         )
-        _check(run(make + ["olddefconfig"], worktree, "config: make olddefconfig"), "olddefconfig")
-        config_text = (out / ".config").read_text(errors="replace")
+        _check(
+            run(make + ["olddefconfig"], worktree, "config: make olddefconfig", ro=[worktree], rw=[out]), "olddefconfig"
+        )
+        config_text = sandbox.read_out(out / ".config", within=out).decode(errors="replace")
         issues = check_fragments([(n, t) for n, _, t in frags], config_text, worktree)
         config_warnings = [i.message() for i in issues]
         symbol = parse_config(config_text).get(MODULE_SYMBOL, "absent")
@@ -657,7 +735,14 @@ def _full_target(
             return _Prepared(target, config_warnings, symbol, False)
         progress(f"{kcfg.name}: build: make modules_prepare (once per base commit and config)")
         _check(
-            run(make + [f"-j{jobs}", "modules_prepare"], worktree, "prepare: make modules_prepare"), "modules_prepare"
+            run(
+                make + [f"-j{jobs}", "modules_prepare"],
+                worktree,
+                "prepare: make modules_prepare",
+                ro=[worktree],
+                rw=[out],
+            ),
+            "modules_prepare",
         )
         target.release = kernel_release_of(out)
         atomic_write_text(marker, json.dumps({"config_warnings": config_warnings, "module_symbol": symbol}) + "\n")
@@ -694,19 +779,10 @@ def _module_changed(worktree: Path, base_commit: str) -> bool:
 
 
 def _build_env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    """What a build step gets on top of the sandbox's fixed environment (nothing of ours passes)."""
     cache = settings.path(settings.cache_dir)
-    env.update(
-        # plain ASCII diagnostics for the parser; kbuild unexports LC_ALL, hence the others too
-        LC_ALL="C",
-        LANG="C",
-        LC_CTYPE="C",
-        LC_MESSAGES="C",
-        CCACHE_DIR=str(cache / "ccache"),
-        CCACHE_BASEDIR=str(cache),
-        CCACHE_NOHASHDIR="1",
-    )
-    return env
+    # CCACHE_DIR is per work directory (build_module); relative paths keep hits across revisions
+    return {"CCACHE_BASEDIR": str(cache), "CCACHE_NOHASHDIR": "1", "CCACHE_DIR": "/tmp/ccache"}
 
 
 def build_kernel(
@@ -730,9 +806,11 @@ def build_kernel(
     out_dir.mkdir(parents=True, exist_ok=True)
     log = out_dir / "build.log"
     res = BuildResult(mode=kcfg.build.mode, log=str(log))
-    run = _Runner(log, start + kcfg.build.timeout_s, _build_env(settings), kcfg.build.timeout_s)
-    res.network_isolated = not run.sandbox_note
-    notes = [run.sandbox_note] if run.sandbox_note else []
+    run = _Runner(log, start + kcfg.build.timeout_s, _build_env(settings), kcfg.build.timeout_s, settings)
+    if run.confined and (reason := sandbox.probe()):
+        raise BuildSetupError(f"{kcfg.name}: build refused: {reason}")
+    res.network_isolated = run.confined
+    notes = [] if run.confined else ["unconfined build (--no-sandbox): the series' code ran with this machine's view"]
     run.note(f"{kcfg.name}: {kcfg.build.mode} build of {worktree} (base {base_commit})")
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"checkpatch-{kcfg.name}")
     checkpatch: Future | None = None
@@ -755,7 +833,7 @@ def build_kernel(
         if patches:
             progress(f"{kcfg.name}: build: checkpatch on {len(patches)} patch(es), beside the build")
             # independent of the build and mostly one core: run it alongside, logged on its own
-            cp_run = _Runner(out_dir / "checkpatch.log", run.deadline, run.env, kcfg.build.timeout_s)
+            cp_run = run.child(out_dir / "checkpatch.log")
             checkpatch = pool.submit(run_checkpatch, worktree, patches, cp_run)
             run.note(f"checkpatch: running beside the build, log {cp_run.log}")
 
@@ -792,15 +870,13 @@ def build_kernel(
         revert = settings.path(kcfg.control_revert)
 
         def control_files() -> tuple[dict[str, bytes] | None, str]:
-            return control_sources(base_files(), revert, target.key_dir / "work" / "control-stage")
+            # one staging folder per control entry: two rows never patch the same files
+            return control_sources(
+                base_files(), revert, target.key_dir / "work" / f"stage-{control_entry.replace('/', '-')}"
+            )
 
-        control, cdetail, _ = _cached_build(
-            target,
-            run,
-            f"control/{base_commit}-{_hash(revert.read_bytes() if revert.exists() else b'')}",
-            control_files,
-            "module: control",
-        )
+        control_entry = f"control/{base_commit}-{_hash(revert.read_bytes() if revert.exists() else b'')}"
+        control, cdetail, _ = _cached_build(target, run, control_entry, control_files, "module: control")
         res.control_detail = cdetail
         if control is not None and control.ok:
             (out_dir / "control").mkdir(exist_ok=True)
@@ -817,6 +893,11 @@ def build_kernel(
     except BuildTimeout as e:
         res.status = "build-failed"
         res.errors = [f"{e}: killed after the time limit of {kcfg.build.timeout_s} s"]
+        res.limit = sandbox.Limit.TIME.value
+    except _LimitHit as e:
+        res.status = "build-failed"
+        res.errors = [str(e)]
+        res.limit = e.limit.value
     except _StepFailed as e:
         res.status = "build-failed" if res.status in ("not-run", "ok") else res.status
         _, errors = parse_diagnostics(e.output, [(worktree, "")])
@@ -824,6 +905,7 @@ def build_kernel(
     finally:
         pool.shutdown(wait=True)
         res.duration_s = round(time.monotonic() - start, 2)
+        res.sandbox = run.info()
     if res.status == "build-failed" and not res.detail:
         notes.insert(0, f"build failed: {res.errors[0] if res.errors else 'see ' + str(log)}")
     if res.new_warnings:

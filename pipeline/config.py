@@ -73,6 +73,17 @@ class LabConfig:
 
 
 @dataclass
+class SandboxConfig:
+    """Bounds of the bubblewrap sandbox every series-code step runs in (pipeline/sandbox.py)."""
+
+    enabled: bool = True  # false (or `invoke verify --no-sandbox`): builds run unconfined, recorded so
+    memory_mb: int = 4096  # address space per process
+    processes: int = 256
+    log_mb: int = 32  # output of one step beyond this kills it
+    file_mb: int = 2048  # largest file a step may write
+
+
+@dataclass
 class Settings:
     results_root: str = "runs"
     cache_dir: str = ".cache"
@@ -87,6 +98,10 @@ class Settings:
     matrices: dict[str, list[KernelConfig]] = field(default_factory=dict)
     hosts: dict[str, HostConfig] = field(default_factory=dict)
     lab: LabConfig = field(default_factory=LabConfig)
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    # environment variables whose values never reach an artifact or a post (besides
+    # PATCHWORK_TOKEN, GITLAB_TOKEN and CI_*TOKEN*): pipeline/redact.py
+    secret_env: list[str] = field(default_factory=list)
 
     @property
     def kernels(self) -> list[KernelConfig]:

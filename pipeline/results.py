@@ -98,6 +98,20 @@ class CheckpatchResult:
 
 
 @dataclass
+class SandboxInfo:
+    """What a build ran under, recorded in results.json (build.sandbox)."""
+
+    confined: bool = False
+    tool: str = ""  # "bwrap 0.8.0"
+    namespaces: list[str] = field(default_factory=list)
+    uid: int | None = None  # outside uid of the confined programs (None: the caller's)
+    limits: dict[str, float] = field(default_factory=dict)
+    read_only: list[str] = field(default_factory=list)
+    writable: list[str] = field(default_factory=list)
+    detail: str = ""  # "unconfined: --no-sandbox" and the like
+
+
+@dataclass
 class BuildResult:
     status: str = "not-run"  # ok | build-failed | skipped | error | not-run
     mode: str = ""  # headers | full
@@ -120,6 +134,8 @@ class BuildResult:
     control_detail: str = ""  # how the control was made (base commit as is, or with the revert patch), or why not
     prepared_reused: bool = False  # full mode: the configured, prepared tree came from the cache
     reused_from: str = ""  # run id whose build this is (`verify --builds`: CI's test job), "" when built here
+    sandbox: SandboxInfo = field(default_factory=SandboxInfo)  # what the series' code ran under
+    limit: str = ""  # the sandbox limit that failed the build (sandbox.Limit value), if one did
 
 
 @dataclass

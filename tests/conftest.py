@@ -11,9 +11,45 @@ the deploy marker's recovery run. What was done is printed.
 
 from __future__ import annotations
 
+import os
+import stat
 import sys
+from pathlib import Path
 
 import pytest
+from _pytest.tmpdir import TempPathFactory
+
+
+def _traversable(path: Path) -> Path:
+    """Let the build sandbox's uid pass through pytest's 0700 temporary directories (x, not r):
+    bwrap resolves what it binds as that uid, so builds in tmp_path would be refused otherwise."""
+    for d in [path, *path.parents]:
+        if str(d) in ("/", "/tmp"):
+            break
+        try:
+            mode = d.stat().st_mode
+            if not mode & stat.S_IXOTH and d.owner() == "root":
+                os.chmod(d, stat.S_IMODE(mode) | 0o011)
+        except (OSError, KeyError):
+            break
+    return path
+
+
+def pytest_configure(config):
+    # /tmp/pytest-of-root is shared with every other pytest session of root, and each resets it to
+    # 0700 when it starts: this checkout's temporaries live apart (cleared by pytest per session)
+    if not config.option.basetemp:
+        here = Path(__file__).resolve().parent.parent
+        config.option.basetemp = f"/tmp/pytest-pv-{here.name}"
+
+
+_mktemp = TempPathFactory.mktemp
+TempPathFactory.mktemp = lambda self, *a, **k: _traversable(_mktemp(self, *a, **k))
+
+
+@pytest.fixture
+def tmp_path(tmp_path):
+    return _traversable(tmp_path)
 
 
 @pytest.hookimpl(hookwrapper=True)
