@@ -70,11 +70,9 @@ def main() -> int:
                             times.append(r.duration_s)
                             passed += r.passed
                             # no guest result (ssh, xl, libxl trouble): a flake whatever the module
-                            errored += r.reason.startswith("error")
+                            errored += r.outcome == "error"
                             seen[r.seen] = seen.get(r.seen, 0) + 1
-                            say(
-                                f"[{label} {i}/{args.n}] {'PASS' if r.passed else 'ERROR' if r.reason.startswith('error') else 'FAIL'} {r.duration_s:.1f}s {r.reason}"
-                            )
+                            say(f"[{label} {i}/{args.n}] {r.outcome.upper()} {r.duration_s:.1f}s {r.reason}")
                     finally:
                         restore(host, d, say)
                     failed = args.n - passed - errored

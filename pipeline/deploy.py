@@ -16,7 +16,7 @@ from pathlib import Path
 from .errors import HostError
 from .host import Host
 from .interrupt import deferred_sigint
-from .results import BuildResult, DeployResult, now_iso
+from .results import BuildResult, DeployResult, Refusal, now_iso
 
 MARKER_DIR = "/run/pciback-verify"
 MARKER = f"{MARKER_DIR}/modified.json"
@@ -211,27 +211,32 @@ def read_marker(host: Host) -> dict | None:
 # ------------------------------------------------------------------ preflight
 
 
-def not_dom0_reason(host: Host) -> str | None:
+# preflight refusals, each with its own exit code (docs/bad-input.md); 7: any other host problem
+NOT_DOM0, KERNEL_MISMATCH, NO_SRIOV, TOO_FEW_VFS, PCIBACK_BUSY = 72, 73, 74, 75, 76
+
+
+def not_dom0_reason(host: Host) -> Refusal | None:
     """Why the host is not a usable Xen dom0, or None. Reads only: safe before the host lock."""
     caps = host.read_text("/proc/xen/capabilities")
     if caps is None or "control_d" not in caps:
-        return f"{host.name} is not a Xen dom0 (/proc/xen/capabilities has no control_d)"
+        return Refusal(f"{host.name} is not a Xen dom0 (/proc/xen/capabilities has no control_d)", NOT_DOM0)
     rc, _, err = host.query(["xl", "info"], timeout=60)
     if rc != 0:
-        return f"`xl info` failed on {host.name}: {err.strip().splitlines()[-1] if err.strip() else f'exit {rc}'}"
+        last = err.strip().splitlines()[-1] if err.strip() else f"exit {rc}"
+        return Refusal(f"`xl info` failed on {host.name}: {last}", NOT_DOM0)
     return None
 
 
-def preflight(host: Host, build: BuildResult, max_vfs_needed: int) -> str | None:
-    """None when the host can take this module and run the tests, else the reason to skip it.
+def preflight(host: Host, build: BuildResult, max_vfs_needed: int) -> Refusal | None:
+    """None when the host can take this module and run the tests, else the refusal (reason and exit code).
 
     Never changes anything on the host.
     """
     name = host.name
     if build.status != "ok" or not build.module:
-        return f"no module to deploy (build {build.status})"
+        return Refusal(f"no module to deploy (build {build.status})", HostError.exit_code)
     if not Path(build.module).is_file():
-        return f"module file {build.module} missing"
+        return Refusal(f"module file {build.module} missing", HostError.exit_code)
     try:
         why = not_dom0_reason(host)
         if why:
@@ -239,25 +244,33 @@ def preflight(host: Host, build: BuildResult, max_vfs_needed: int) -> str | None
         running = host.out(["uname", "-r"])
         want = vermagic_release(build.vermagic) or build.kernel_release
         if not want:
-            return "module vermagic unknown; cannot match it to the host's kernel"
+            return Refusal("module vermagic unknown; cannot match it to the host's kernel", KERNEL_MISMATCH)
         if running != want:
-            return f"{name} runs kernel {running}, module built for {want}: not loaded"
+            return Refusal(f"{name} runs kernel {running}, module built for {want}: not loaded", KERNEL_MISMATCH)
         if host.config.kernel_release and host.config.kernel_release != running:
-            return f"{name} runs kernel {running}, inventory expects {host.config.kernel_release}"
+            return Refusal(
+                f"{name} runs kernel {running}, inventory expects {host.config.kernel_release}", KERNEL_MISMATCH
+            )
         pf = f"/sys/bus/pci/devices/{host.config.pf_bdf}"
         if not host.exists(pf):
-            return f"SR-IOV PF {host.config.pf_bdf} not present on {name}"
+            return Refusal(f"SR-IOV PF {host.config.pf_bdf} not present on {name}", NO_SRIOV)
         total = host.read_text(f"{pf}/sriov_totalvfs")
         if total is None:
-            return f"{host.config.pf_bdf} on {name} is not SR-IOV capable (no sriov_totalvfs)"
+            return Refusal(f"{host.config.pf_bdf} on {name} is not SR-IOV capable (no sriov_totalvfs)", NO_SRIOV)
         if int(total.strip() or 0) < max_vfs_needed:
-            return f"PF {host.config.pf_bdf} on {name} offers {total.strip()} VFs, tests need {max_vfs_needed}"
+            return Refusal(
+                f"PF {host.config.pf_bdf} on {name} offers {total.strip()} VFs, tests need {max_vfs_needed}",
+                TOO_FEW_VFS,
+            )
         live = live_domids(host)
         busy = [d for d in pci_backend_domids(host) if d in live and d != 0]
         if busy:
-            return f"domain(s) {', '.join(map(str, busy))} on {name} use pciback; refusing to swap the module"
+            return Refusal(
+                f"domain(s) {', '.join(map(str, busy))} on {name} use pciback; refusing to swap the module",
+                PCIBACK_BUSY,
+            )
     except HostError as e:
-        return e.message
+        return Refusal(e.message, e.exit_code)
     return None
 
 

@@ -25,7 +25,18 @@ from typing import Any
 import jinja2
 
 from . import TEMPLATES
-from .results import KernelResult, RunResult, SeriesInfo, TestResult, atomic_write_text
+from .results import (
+    ApplyStatus,
+    BuildStatus,
+    KernelResult,
+    Kind,
+    Outcome,
+    PatchStatus,
+    RunResult,
+    SeriesInfo,
+    TestResult,
+    atomic_write_text,
+)
 from .verdict import STATE, rank, verdict
 
 KCIDB_ORIGIN = "pciback_verify"
@@ -33,6 +44,11 @@ KCIDB_VERSION = {"major": 5, "minor": 0}
 STAGES = ("fetch", "apply", "build", "checkpatch", "deploy", "tests", "control")
 
 _CTRL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+
+# every report maps a status from its Kind (results.py), the same way for every stage
+CELL_CLASS = {Kind.OK: "ok", Kind.FAIL: "fail", Kind.ERROR: "fail", Kind.SKIP: "skip", Kind.INTERRUPTED: "skip"}
+JUNIT = {Kind.OK: "pass", Kind.FAIL: "failure", Kind.ERROR: "error", Kind.SKIP: "skipped", Kind.INTERRUPTED: "skipped"}
+KCIDB = {Kind.OK: "PASS", Kind.FAIL: "FAIL", Kind.ERROR: "ERROR", Kind.SKIP: "SKIP", Kind.INTERRUPTED: "MISS"}
 
 
 # ----------------------------------------------------------------- helpers
@@ -70,13 +86,25 @@ def _verdict_of(k: KernelResult) -> tuple[str, str]:
     return verdict(k)
 
 
+_NOT_RUN = (Outcome.INTERRUPTED, Outcome.SKIPPED)
+
+
 def _series_tests(k: KernelResult) -> list[TestResult]:
-    """The series' tests that ran to a result (one cut short by Ctrl-C is not counted as run)."""
-    return [t for t in k.tests if t.module in ("series", "stock") and not t.reason.startswith("interrupted")]
+    """The series' tests that ran (one cut short by Ctrl-C or never started is not counted as run)."""
+    return [t for t in k.tests if t.module in ("series", "stock") and t.outcome not in _NOT_RUN]
 
 
 def _controls(k: KernelResult) -> list[TestResult]:
-    return [t for t in k.tests if t.module == "control" and not t.reason.startswith("interrupted")]
+    return [t for t in k.tests if t.module == "control" and t.outcome not in _NOT_RUN]
+
+
+def _control_cell(ctl: list[TestResult]) -> tuple[str, str]:
+    """(text, class) of the negative control: it must fail; passing or erroring proves nothing."""
+    if any(t.outcome is Outcome.FAIL for t in ctl):
+        return "fails (as it must)", "ok"
+    if any(t.outcome is Outcome.PASS for t in ctl):
+        return "passes (inconclusive)", "warn"
+    return "error (inconclusive)", "warn"
 
 
 def _test_id(t: TestResult) -> str:
@@ -144,22 +172,23 @@ def stage_cells(k: KernelResult, run_dir: Path | None = None) -> dict[str, dict[
     """Per stage of a row: display text, colour class (ok/warn/fail/skip), tooltip and log link."""
     c: dict[str, dict[str, str]] = {}
     f = k.fetch
-    fcls = {"ok": "ok", "failed": "fail"}.get(f.status, "skip")
+    fcls = CELL_CLASS[f.status.kind]
     c["fetch"] = _cell(f.status, fcls, f.detail or _short(f.commit), _log_link(run_dir, k.name, "fetch"))
 
     a = k.apply
-    acls = {"applied": "ok", "already-applied": "ok", "conflict": "fail", "error": "fail"}.get(a.status, "skip")
-    kinds = sorted({p.status for p in a.patches if p.status not in ("applied", "already-applied")})
+    acls = CELL_CLASS[a.status.kind]
+    clean = (PatchStatus.APPLIED, PatchStatus.ALREADY_APPLIED)
+    kinds = sorted({p.status for p in a.patches if p.status not in clean})
     if acls == "ok" and kinds:
         acls = "warn"  # offset/fuzz/3-way: applies, but not clean
-    atext = a.status + (f" ({', '.join(kinds)})" if kinds and a.status != "conflict" else "")
+    atext = a.status + (f" ({', '.join(kinds)})" if kinds and a.status is not ApplyStatus.CONFLICT else "")
     atitle = "; ".join(f"{p.subject}: {p.status}" + (f" {', '.join(p.files)}" if p.files else "") for p in a.patches)
     c["apply"] = _cell(atext, acls, atitle or a.detail, _log_link(run_dir, k.name, "apply"))
 
     b = k.build
-    bcls = {"ok": "ok", "build-failed": "fail", "error": "fail"}.get(b.status, "skip")
-    btext = b.status
-    if b.status == "ok" and b.new_warnings:
+    bcls = CELL_CLASS[b.status.kind]
+    btext = str(b.status)
+    if b.status is BuildStatus.OK and b.new_warnings:
         bcls, btext = "warn", f"ok, {len(b.new_warnings)} new warning(s)"
     btitle = (b.errors[0] if b.errors else "") or "; ".join(b.new_warnings) or b.vermagic or b.detail
     c["build"] = _cell(btext, bcls, btitle, _build_log_link(run_dir, k))
@@ -172,11 +201,8 @@ def stage_cells(k: KernelResult, run_dir: Path | None = None) -> dict[str, dict[
         c["checkpatch"] = _cell("not-run", "skip")
 
     if k.deploy:
-        worst = (
-            "fail"
-            if any(d.status == "failed" for d in k.deploy)
-            else ("ok" if any(d.status == "ok" for d in k.deploy) else "skip")
-        )
+        classes = {CELL_CLASS[d.status.kind] for d in k.deploy}
+        worst = "fail" if "fail" in classes else ("ok" if "ok" in classes else "skip")
         text = ", ".join(f"{d.host}: {d.status}" for d in k.deploy)
         title = "; ".join(d.detail for d in k.deploy if d.detail)
         c["deploy"] = _cell(text, worst, title, _log_link(run_dir, k.name, "deploy"))
@@ -186,20 +212,24 @@ def stage_cells(k: KernelResult, run_dir: Path | None = None) -> dict[str, dict[
     st = _series_tests(k)
     if st:
         passed = sum(t.passed for t in st)
-        title = "; ".join(f"{_test_id(t)}: {t.seen}/{t.expected}{'' if t.passed else ' FAIL ' + t.reason}" for t in st)
-        c["tests"] = _cell(
-            f"{passed}/{len(st)} pass", "ok" if passed == len(st) else "fail", title, _log_link(run_dir, k.name, "test")
+        errors = sum(t.outcome is Outcome.ERROR for t in st)
+        title = "; ".join(
+            f"{_test_id(t)}: {t.seen}/{t.expected}"
+            + ("" if t.passed else f" {t.outcome.upper()} {t.reason}")
+            + (f" (teardown error: {t.teardown_error})" if t.teardown_error else "")
+            for t in st
         )
+        failed = any(t.outcome is Outcome.FAIL for t in st)
+        cls = "fail" if failed else ("warn" if errors else "ok")  # an error is no failure: inconclusive
+        text = f"{passed}/{len(st)} pass" + (f", {errors} error" if errors else "")
+        c["tests"] = _cell(text, cls, title, _log_link(run_dir, k.name, "test"))
     else:
         c["tests"] = _cell("not-run", "skip")
 
     ctl = _controls(k)
     if ctl:
-        failed = [t for t in ctl if not t.passed]
-        text = "fails (as it must)" if failed else "passes (inconclusive)"
-        c["control"] = _cell(
-            text, "ok" if failed else "warn", "; ".join(f"{_test_id(t)}: {t.seen}/{t.expected}" for t in ctl)
-        )
+        text, cls = _control_cell(ctl)
+        c["control"] = _cell(text, cls, "; ".join(f"{_test_id(t)}: {t.seen}/{t.expected} {t.outcome}" for t in ctl))
     else:
         c["control"] = _cell("not-run", "skip")
     return c
@@ -222,7 +252,7 @@ def _row(k: KernelResult, run: RunResult, run_dir: Path | None) -> dict[str, Any
         "seen": sum(t.seen for t in st),
         "expected": sum(t.expected for t in st),
         "version": stable_version(k),
-        "conflicts": [p for p in k.apply.patches if p.status == "conflict"],
+        "conflicts": [p for p in k.apply.patches if p.status is PatchStatus.CONFLICT],
     }
 
 
@@ -238,7 +268,14 @@ def format_table(run: RunResult) -> str:
         ref = f"{k.ref}@{_short(k.fetch.commit)}" if k.fetch.commit else k.ref
         tests = f"{r['tests_passed']}/{r['tests_total']}" if r["tests_total"] else "-"
         if _controls(k):
-            tests += " ctl:" + ("fail" if any(not t.passed for t in _controls(k)) else "PASS")
+            ctl = _controls(k)
+            tests += " ctl:" + (
+                "fail"
+                if any(t.outcome is Outcome.FAIL for t in ctl)
+                else "PASS"
+                if any(t.passed for t in ctl)
+                else "ERR"
+            )
         vfs = f"{r['seen']}/{r['expected']}" if r["tests_total"] else "-"
         rows.append([k.name, ref, r["cells"]["apply"]["text"], r["cells"]["build"]["text"], tests, vfs, r["verdict"]])
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=False)]
@@ -286,22 +323,20 @@ def junit_cases(run: RunResult) -> list[dict[str, Any]]:
 
     for k in run.kernels:
         f = k.fetch
-        fo = {"ok": "pass", "failed": "error"}.get(f.status, "skipped")
+        fo = JUNIT[f.status.kind]
         add(k, "fetch", fo, f.detail or f.status, f"{k.remote} {f.ref} -> {f.commit}", f.duration_s)
         a = k.apply
-        ao = {"applied": "pass", "already-applied": "pass", "conflict": "failure", "error": "error"}.get(
-            a.status, "skipped"
-        )
+        ao = JUNIT[a.status.kind]
         lines = [
             f"{p.status}: {p.subject}" + (f" [{p.upstream_commit}]" if p.upstream_commit else "") for p in a.patches
         ]
         for p in a.patches:
-            if p.status == "conflict":
+            if p.status is PatchStatus.CONFLICT:
                 lines.append(f"  conflicts in {', '.join(p.files)} {' '.join(p.hunks)}".rstrip())
         msg = _verdict_of(k)[1] if ao == "failure" else (a.detail or a.status)
         add(k, "apply", ao, msg, "\n".join(lines), a.duration_s)
         b = k.build
-        bo = {"ok": "pass", "build-failed": "failure", "error": "error"}.get(b.status, "skipped")
+        bo = JUNIT[b.status.kind]
         bmsg = (b.errors[0] if b.errors else b.detail) if bo != "pass" else b.vermagic
         add(
             k,
@@ -311,7 +346,7 @@ def junit_cases(run: RunResult) -> list[dict[str, Any]]:
             "\n".join([f"module {b.module}", f"vermagic {b.vermagic}", *b.errors]),
             b.duration_s,
         )
-        if b.status == "ok":
+        if b.status is BuildStatus.OK:
             wo = "failure" if b.new_warnings else "pass"
             add(k, "build.new-warnings", wo, f"{len(b.new_warnings)} new warning(s)", "\n".join(b.new_warnings))
         for cp in b.checkpatch:
@@ -323,7 +358,7 @@ def junit_cases(run: RunResult) -> list[dict[str, Any]]:
                 "\n".join(cp.messages),
             )
         for d in k.deploy:
-            do = {"ok": "pass", "failed": "error"}.get(d.status, "skipped")
+            do = JUNIT[d.status.kind]
             add(
                 k,
                 f"deploy@{d.host}",
@@ -334,33 +369,40 @@ def junit_cases(run: RunResult) -> list[dict[str, Any]]:
             )
         for t in k.tests:
             out = f"seen {t.seen}/{t.expected} {' '.join(t.seen_bdfs)}\nbackend {json.dumps(t.backend, sort_keys=True)}"
+            if t.teardown_error:
+                out += f"\nteardown error (after the result was observed): {t.teardown_error}"
             if t.module == "control":
                 # the control is expected to fail; its verdict is the negative-control case below
+                co = "pass" if t.outcome in (Outcome.PASS, Outcome.FAIL) else JUNIT[t.outcome.kind]
                 add(
                     k,
                     f"test {_test_id(t)}",
-                    "pass",
-                    "",
-                    f"negative control {'passed' if t.passed else 'failed'}: {t.reason}\n{out}",
+                    co,
+                    "" if co == "pass" else t.reason or str(t.outcome),
+                    f"negative control {t.outcome}: {t.reason}\n{out}",
                     t.duration_s,
                 )
             else:
                 add(
                     k,
                     f"test {_test_id(t)}",
-                    "pass" if t.passed else "failure",
+                    JUNIT[t.outcome.kind],
                     t.reason or f"guest saw {t.seen} of {t.expected}",
                     out,
                     t.duration_s,
                 )
         ctl = _controls(k)
         if ctl:
-            ok = any(not t.passed for t in ctl)
+            shown = any(t.outcome is Outcome.FAIL for t in ctl)
             add(
                 k,
                 "negative-control",
-                "pass" if ok else "failure",
-                "" if ok else "the control (fix reverted) passed too: the test cannot show the fix matters",
+                "pass" if shown else "failure",
+                ""
+                if shown
+                else "the control (fix reverted) passed too: the test cannot show the fix matters"
+                if any(t.passed for t in ctl)
+                else "the control (fix reverted) did not run to a result: the test cannot show the fix matters",
             )
     return cases
 
@@ -385,10 +427,6 @@ def render_junit(run: RunResult) -> str:
 
 
 # ----------------------------------------------------------------- kcidb
-
-
-def _kcidb_status(outcome: str) -> str:
-    return {"pass": "PASS", "failure": "FAIL", "error": "ERROR", "skipped": "SKIP"}[outcome]
 
 
 def render_kcidb(run: RunResult) -> dict[str, Any]:
@@ -417,13 +455,13 @@ def render_kcidb(run: RunResult) -> dict[str, Any]:
             checkout["message_id"] = first.message_id.strip("<>")
         if run.started:
             checkout["start_time"] = run.started
-        if k.apply.status in ("applied", "already-applied", "conflict"):
-            checkout["valid"] = k.apply.status != "conflict"
+        if k.apply.status.kind in (Kind.OK, Kind.FAIL):
+            checkout["valid"] = k.apply.status.kind is Kind.OK
         data["checkouts"].append(checkout)
 
         b = k.build
-        if b.status not in ("ok", "build-failed", "error"):
-            continue
+        if b.status.kind not in (Kind.OK, Kind.FAIL, Kind.ERROR):
+            continue  # no build was attempted
         bid = f"{cid}:build"
         build: dict[str, Any] = {
             "id": bid,
@@ -432,7 +470,7 @@ def render_kcidb(run: RunResult) -> dict[str, Any]:
             "architecture": "x86_64",
             "config_name": b.mode or "headers",
             "duration": float(b.duration_s),
-            "status": {"ok": "PASS", "build-failed": "FAIL", "error": "ERROR"}[b.status],
+            "status": KCIDB[b.status.kind],
             "misc": {
                 "module": "xen-pciback.ko",
                 "vermagic": b.vermagic,
@@ -450,12 +488,20 @@ def render_kcidb(run: RunResult) -> dict[str, Any]:
                 "build_id": bid,
                 "origin": o,
                 "path": f"xen-pciback.{part}{t.name}",
-                "status": "PASS" if t.passed else "FAIL",
+                "status": KCIDB[t.outcome.kind],
                 "duration": float(t.duration_s),
                 "number": {"value": float(t.seen), "unit": "devices"},
                 "environment": {"comment": f"Xen host {t.host}", "misc": {"host": t.host}},
-                "misc": {"module": t.module, "expected": t.expected, "seen": t.seen, "backend": t.backend},
+                "misc": {
+                    "module": t.module,
+                    "outcome": str(t.outcome),
+                    "expected": t.expected,
+                    "seen": t.seen,
+                    "backend": t.backend,
+                },
             }
+            if t.teardown_error:
+                test["misc"]["teardown_error"] = t.teardown_error
             if t.reason:
                 test["log_excerpt"] = _xmlsafe(t.reason)
             data["tests"].append(test)
@@ -508,7 +554,7 @@ def _context(run: RunResult, run_dir: Path | None) -> dict[str, Any]:
         "stages": STAGES,
         "patchset_hash": patchset_hash(run.series),
         "am_sources": sources,
-        "not_applying": [r for r in rows if r["k"].apply.status == "conflict" or r["conflicts"]],
+        "not_applying": [r for r in rows if r["k"].apply.status is ApplyStatus.CONFLICT or r["conflicts"]],
         "first_msgid": next((p.message_id for p in run.series.patches if p.message_id), ""),
         "upstream_refs": list(dict.fromkeys(ref for p in run.series.patches for ref in p.upstream_refs)),
     }

@@ -13,7 +13,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from .results import KernelResult, Reproduce, RunResult, SeriesInfo, atomic_write_text
+from .results import KernelResult, Outcome, Reproduce, RunResult, SeriesInfo, atomic_write_text
 
 # the first stage each verdict-relevant failure is seen at, for the --until of its invoke line
 _UNTIL = {"fetch": "fetch", "apply": "apply", "build": "build", "deploy": "deploy", "test": "test", "control": "test"}
@@ -93,7 +93,7 @@ def recipes(run: RunResult, k: KernelResult, run_dir: Path | None = None) -> lis
         if d.status == "failed":
             out.append(Reproduce("deploy", f"deploy to {d.host}: {d.detail}", [invoke_line(run, k, "deploy")]))
     for t in k.tests:
-        if t.reason.startswith("interrupted") or t.reason.startswith("skipped"):
+        if t.outcome in (Outcome.INTERRUPTED, Outcome.SKIPPED):
             continue
         failed = not t.passed if t.module != "control" else False
         if not failed:
@@ -113,7 +113,7 @@ def recipes(run: RunResult, k: KernelResult, run_dir: Path | None = None) -> lis
                 [cfg] if cfg else [],
             )
         )
-    controls = [t for t in k.tests if t.module == "control" and not t.reason.startswith(("interrupted", "skipped"))]
+    controls = [t for t in k.tests if t.module == "control" and t.outcome not in (Outcome.INTERRUPTED, Outcome.SKIPPED)]
     if controls and all(t.passed for t in controls):
         t = controls[0]
         cfg = _save_config(run_dir, k, t)

@@ -20,6 +20,197 @@ from typing import Any
 SCHEMA_VERSION = 1
 
 
+# ----------------------------------------------------------------- statuses and outcomes
+#
+# Every status a stage records and every outcome of a test case is a member of one of these
+# enums, serialised to the same strings results.json always had (schema 1 unchanged; added:
+# TestResult.outcome and .teardown_error, KernelResult.failed_stage). Reports, the verdict and
+# posting map from the members (their `kind`), never from words in a message.
+
+
+class Kind(enum.StrEnum):
+    """What a status means to every report: a pass, a failure of the series, an error of the
+    pipeline or host (the stage could not be carried out), not run, or cut short by Ctrl-C."""
+
+    OK = "ok"
+    FAIL = "fail"
+    ERROR = "error"
+    SKIP = "skip"
+    INTERRUPTED = "interrupted"
+
+
+class _Status(enum.StrEnum):
+    @property
+    def kind(self) -> Kind:
+        return _KINDS[type(self)][self]
+
+
+class FetchStatus(_Status):
+    OK = "ok"
+    FAILED = "failed"  # remote unreachable, unknown ref (the row's error_code says which)
+    SKIPPED = "skipped"
+    NOT_RUN = "not-run"
+    RUNNING = "running"
+    INTERRUPTED = "interrupted"
+
+
+class PatchStatus(_Status):
+    APPLIED = "applied"
+    APPLIED_OFFSET = "applied-offset"
+    APPLIED_3WAY = "applied-3way"
+    ALREADY_APPLIED = "already-applied"
+    CONFLICT = "conflict"
+    NOT_ATTEMPTED = "not-attempted"
+
+
+class ApplyStatus(_Status):
+    """Series roll-up on one kernel (apply.rollup), or why there is none."""
+
+    APPLIED = "applied"
+    ALREADY_APPLIED = "already-applied"
+    CONFLICT = "conflict"
+    FAILED = "failed"  # the apply machinery itself failed (a PipelineError in the stage)
+    SKIPPED = "skipped"
+    NOT_RUN = "not-run"
+    INTERRUPTED = "interrupted"
+
+
+class BuildStatus(_Status):
+    OK = "ok"
+    BUILD_FAILED = "build-failed"  # the module does not build (compiler, modpost, ld, Makefile)
+    SETUP_FAILED = "failed"  # the build could not run: toolchain or headers missing (BuildSetupError)
+    ERROR = "error"  # the kernel's configuration cannot build the module (not =m after olddefconfig)
+    SKIPPED = "skipped"
+    NOT_RUN = "not-run"
+    INTERRUPTED = "interrupted"
+
+
+class DeployStatus(_Status):
+    OK = "ok"
+    FAILED = "failed"
+    SKIPPED = "skipped"  # preflight refused the host (KernelResult.error_code says why)
+    NOT_RUN = "not-run"
+    INTERRUPTED = "interrupted"
+
+
+class Outcome(_Status):
+    """A test case: PASS/FAIL is what the guest observed; ERROR the case could not be carried out
+    (setup failed, the host misbehaved before a result); INTERRUPTED Ctrl-C; SKIPPED never started
+    (the host offers fewer VFs, no control module). A teardown fault after the observation does not
+    change it: it goes to TestResult.teardown_error."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    ERROR = "error"
+    INTERRUPTED = "interrupted"
+    SKIPPED = "skipped"
+
+
+class RunStatus(_Status):
+    COMPLETE = "complete"
+    INCOMPLETE = "incomplete"
+    INTERRUPTED = "interrupted"
+
+
+class Stage(_Status):
+    """The stage a row failed in (KernelResult.failed_stage); NONE when it did not fail."""
+
+    NONE = ""
+    FETCH = "fetch"
+    APPLY = "apply"
+    BUILD = "build"
+    DEPLOY = "deploy"
+    TEST = "test"
+
+
+_K = Kind
+_KINDS: dict[type, dict[Any, Kind]] = {
+    FetchStatus: {
+        "ok": _K.OK,
+        "failed": _K.ERROR,
+        "skipped": _K.SKIP,
+        "not-run": _K.SKIP,
+        "running": _K.SKIP,
+        "interrupted": _K.INTERRUPTED,
+    },
+    PatchStatus: {
+        "applied": _K.OK,
+        "applied-offset": _K.OK,
+        "applied-3way": _K.OK,
+        "already-applied": _K.OK,
+        "conflict": _K.FAIL,
+        "not-attempted": _K.SKIP,
+    },
+    ApplyStatus: {
+        "applied": _K.OK,
+        "already-applied": _K.OK,
+        "conflict": _K.FAIL,
+        "failed": _K.ERROR,
+        "skipped": _K.SKIP,
+        "not-run": _K.SKIP,
+        "interrupted": _K.INTERRUPTED,
+    },
+    # a build that could not run is a failure in every report, never "skipped" (issue 11)
+    BuildStatus: {
+        "ok": _K.OK,
+        "build-failed": _K.FAIL,
+        "failed": _K.FAIL,
+        "error": _K.FAIL,
+        "skipped": _K.SKIP,
+        "not-run": _K.SKIP,
+        "interrupted": _K.INTERRUPTED,
+    },
+    DeployStatus: {
+        "ok": _K.OK,
+        "failed": _K.ERROR,
+        "skipped": _K.SKIP,
+        "not-run": _K.SKIP,
+        "interrupted": _K.INTERRUPTED,
+    },
+    Outcome: {"pass": _K.OK, "fail": _K.FAIL, "error": _K.ERROR, "interrupted": _K.INTERRUPTED, "skipped": _K.SKIP},
+    RunStatus: {"complete": _K.OK, "incomplete": _K.ERROR, "interrupted": _K.INTERRUPTED},
+    Stage: {s: _K.ERROR for s in ("", "fetch", "apply", "build", "deploy", "test")},
+}
+STAGE_STATUSES: dict[str, type[_Status]] = {
+    "fetch": FetchStatus,
+    "apply": ApplyStatus,
+    "patch": PatchStatus,
+    "build": BuildStatus,
+    "deploy": DeployStatus,
+    "test": Outcome,
+}
+
+
+class _EnumField:
+    """Dataclass field holding an enum member: assigning the string stores the member, and a string
+    that is no member raises at once (ValueError), so a status can never be a free word."""
+
+    def __init__(self, enum_cls: type[enum.Enum], default: enum.Enum):
+        self.enum_cls, self.default = enum_cls, default
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.attr = f"_{name}"
+
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:
+        if obj is None:
+            return self.default  # what dataclass() reads as the field's default
+        return getattr(obj, self.attr)
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        setattr(obj, self.attr, self.enum_cls(value))
+
+
+class Refusal(str):
+    """A host refused in preflight: the reason (a str, as printed) with its own exit code (72-76, 7)."""
+
+    code: int
+
+    def __new__(cls, reason: str, code: int) -> Refusal:
+        obj = super().__new__(cls, reason)
+        obj.code = code
+        return obj
+
+
 @dataclass
 class PatchInfo:
     """One patch of a series, as parsed (series stage)."""
@@ -53,7 +244,7 @@ class SeriesInfo:
 
 @dataclass
 class FetchResult:
-    status: str = "not-run"  # ok | failed | skipped | not-run
+    status: FetchStatus = _EnumField(FetchStatus, FetchStatus.NOT_RUN)  # type: ignore[assignment]
     remote: str = ""
     ref: str = ""
     commit: str = ""  # the ref resolved to this commit
@@ -68,7 +259,7 @@ class FetchResult:
 @dataclass
 class PatchApply:
     subject: str
-    status: str  # applied | applied-offset | applied-3way | already-applied | conflict | not-attempted
+    status: PatchStatus = _EnumField(PatchStatus, PatchStatus.NOT_ATTEMPTED)  # type: ignore[assignment]
     detail: str = ""
     files: list[str] = field(default_factory=list)  # conflicting files
     hunks: list[str] = field(default_factory=list)  # conflicting hunk headers
@@ -78,8 +269,7 @@ class PatchApply:
 
 @dataclass
 class ApplyResult:
-    # applied | already-applied | conflict | skipped | not-run (series-level roll-up)
-    status: str = "not-run"
+    status: ApplyStatus = _EnumField(ApplyStatus, ApplyStatus.NOT_RUN)  # type: ignore[assignment]
     branch: str = ""
     base_commit: str = ""
     head_commit: str = ""
@@ -113,7 +303,7 @@ class SandboxInfo:
 
 @dataclass
 class BuildResult:
-    status: str = "not-run"  # ok | build-failed | skipped | error | not-run
+    status: BuildStatus = _EnumField(BuildStatus, BuildStatus.NOT_RUN)  # type: ignore[assignment]
     mode: str = ""  # headers | full
     module: str = ""  # path of xen-pciback.ko
     vermagic: str = ""
@@ -140,7 +330,7 @@ class BuildResult:
 
 @dataclass
 class DeployResult:
-    status: str = "not-run"  # ok | failed | skipped | not-run
+    status: DeployStatus = _EnumField(DeployStatus, DeployStatus.NOT_RUN)  # type: ignore[assignment]
     host: str = ""
     original: str = ""  # "stock" or srcversion loaded before the run
     srcversion: str = ""  # what /sys/module/xen_pciback/srcversion said after load
@@ -151,19 +341,27 @@ class DeployResult:
 
 @dataclass
 class TestResult:
+    __test__ = False  # not a pytest class
+
     name: str  # vf-boot-3, vf-hotplug, ...
     host: str
     module: str  # series | control | stock
     expected: int = 0
     seen: int = 0
     seen_bdfs: list[str] = field(default_factory=list)
-    passed: bool = False
+    # ERROR until the case observed something; results.json also carries `passed` (outcome is pass)
+    outcome: Outcome = _EnumField(Outcome, Outcome.ERROR)  # type: ignore[assignment]
     reason: str = ""
+    teardown_error: str = ""  # the case observed its outcome, then tearing down failed: kept apart
     backend: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     duration_s: float = 0.0
     xl_config: str = ""  # the guest's xl config as written to the host (reproduce lines point at a copy)
+
+    @property
+    def passed(self) -> bool:
+        return self.outcome is Outcome.PASS
 
 
 @dataclass
@@ -174,6 +372,18 @@ class Reproduce:
     what: str  # the failure, one line
     commands: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)  # inside the run directory (e.g. the xl config used)
+
+
+def _legacy_outcome(data: dict[str, Any]) -> Outcome:
+    """A test written before `outcome` existed (schema 1 files of earlier versions): from `passed`
+    and the reason's prefix those versions wrote. Only here; nothing else reads a reason."""
+    if data.get("passed"):
+        return Outcome.PASS
+    reason = str(data.get("reason", ""))
+    for prefix, outcome in (("interrupted", Outcome.INTERRUPTED), ("skipped", Outcome.SKIPPED)):
+        if reason.startswith(prefix):
+            return outcome
+    return Outcome.ERROR if reason.startswith("error") or "; error: " in reason else Outcome.FAIL
 
 
 @dataclass
@@ -189,14 +399,15 @@ class KernelResult:
     deploy: list[DeployResult] = field(default_factory=list)
     tests: list[TestResult] = field(default_factory=list)
     error: str = ""  # the pipeline itself failed for this row
-    error_code: int = 0  # exit code of the PipelineError behind `error` (0: by stage)
+    error_code: int = 0  # exit code of the PipelineError behind `error`, or of a preflight refusal
+    failed_stage: Stage = _EnumField(Stage, Stage.NONE)  # type: ignore[assignment]
     reproduce: list[Reproduce] = field(default_factory=list)  # one entry per failure, any stage
 
 
 @dataclass
 class RunResult:
     run_id: str
-    status: str = "incomplete"  # complete | incomplete | interrupted
+    status: RunStatus = _EnumField(RunStatus, RunStatus.INCOMPLETE)  # type: ignore[assignment]
     started: str = ""
     finished: str = ""
     until: str = ""  # last stage requested
@@ -210,6 +421,9 @@ class RunResult:
         data = dataclasses.asdict(self)
         for patch in data["series"]["patches"]:
             patch.pop("text", None)
+        for k in data["kernels"]:
+            for t in k["tests"]:
+                t["passed"] = t["outcome"] == Outcome.PASS  # the schema-1 field readers know
         # schema first, for humans reading the file
         return {"schema": data.pop("schema"), **data}
 
@@ -225,6 +439,8 @@ def _from_dict(cls: type, data: Any) -> Any:
     import typing
 
     hints = typing.get_type_hints(cls)
+    if cls is TestResult and isinstance(data, dict) and "outcome" not in data:
+        data = {**data, "outcome": _legacy_outcome(data)}
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name not in data:

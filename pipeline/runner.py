@@ -15,15 +15,23 @@ from pathlib import Path
 
 from . import interrupt, kernelsrc
 from .config import HostConfig, KernelConfig, Settings
-from .errors import ConfigError, Interrupted, PipelineError
+from .errors import ConfigError, InternalError, Interrupted, PipelineError
 from .interrupt import stop_children, sweep_run
 from .results import (
+    ApplyStatus,
     BuildResult,
+    BuildStatus,
     DeployResult,
+    DeployStatus,
+    FetchStatus,
     KernelResult,
+    Outcome,
+    Refusal,
     RunDir,
     RunResult,
+    RunStatus,
     SeriesInfo,
+    Stage,
     TestResult,
     now_iso,
     write_results,
@@ -31,7 +39,9 @@ from .results import (
 
 STAGES = ["series", "fetch", "apply", "build", "deploy", "test", "report"]
 # exit codes of a row that never reached a defined status, by the stage that failed
-_STAGE_EXIT = {"fetch": 5, "apply": 5, "build": 6, "deploy": 7, "test": 7, "error": 1}
+_STAGE_EXIT = {Stage.FETCH: 5, Stage.APPLY: 5, Stage.BUILD: 6, Stage.DEPLOY: 7, Stage.TEST: 7}
+# what a stage's record says when a PipelineError stopped it (a build that could not run: setup)
+_STAGE_FAILED = {"fetch": FetchStatus.FAILED, "apply": ApplyStatus.FAILED, "build": BuildStatus.SETUP_FAILED}
 
 
 def _wants(until: str, stage: str) -> bool:
@@ -95,7 +105,7 @@ class _Run:
                 p(f"{kcfg.name}: build of run {kr.build.reused_from} ({kr.build.srcversion}), not rebuilt")
                 self.save()
                 return
-            kr.fetch.status = "running"
+            kr.fetch.status = FetchStatus.RUNNING
             kr.fetch = fetch_kernel(self.settings, kcfg, self.run.run_id, progress=p, sparse=self.sparse_paths(kcfg))
             self.interrupted_during(kr.fetch)
             self.save()
@@ -107,8 +117,8 @@ class _Run:
             self.save()
             if not _wants(self.until, "build") or self.stop.is_set():
                 return
-            if kr.apply.status == "conflict":
-                kr.build = BuildResult(status="skipped", detail="the series does not apply")
+            if kr.apply.status is ApplyStatus.CONFLICT:
+                kr.build = BuildResult(status=BuildStatus.SKIPPED, detail="the series does not apply")
                 return
             stage = "build"
             kr.build = self.build(kcfg, kr)
@@ -117,15 +127,18 @@ class _Run:
         except PipelineError as e:
             if self.interrupted_during(_stage_obj(kr, stage)):
                 return
-            _stage_obj(kr, stage).status = "failed"
+            _stage_obj(kr, stage).status = _STAGE_FAILED[stage]
             _stage_obj(kr, stage).detail = e.message
             kr.error = f"{stage}: {e.message}"
             kr.error_code = e.exit_code
+            kr.failed_stage = Stage(stage)
             p(f"{kcfg.name}: {stage} failed: {e.message}")
         except Exception as e:  # a bug of ours: the row says so, the other rows go on
             if self.interrupted_during(_stage_obj(kr, stage)):
                 return
             kr.error = f"internal error: {type(e).__name__}: {e}"
+            kr.failed_stage = Stage(stage)
+            kr.error_code = InternalError.exit_code
             (self.run_dir / f"{kcfg.name}.traceback.txt").write_text(traceback.format_exc())
             p(f"{kcfg.name}: internal error, see {self.run_dir / (kcfg.name + '.traceback.txt')}")
 
@@ -133,7 +146,7 @@ class _Run:
         """After Ctrl-C, a stage that ended (its processes were stopped) says `interrupted`, not failed."""
         if not self.stop.is_set():
             return False
-        stage.status = "interrupted"
+        stage.status = "interrupted"  # every stage status enum has INTERRUPTED
         stage.detail = ("interrupted; " + (stage.detail or "")).rstrip("; ")
         return True
 
@@ -178,7 +191,7 @@ class _Run:
             for h in kcfg.hosts:
                 by_host.setdefault(h, []).append((kcfg, kr))
         for hname, rows in by_host.items():
-            ready = [(k, r) for k, r in rows if r.build.status == "ok" and r.build.module]
+            ready = [(k, r) for k, r in rows if r.build.status is BuildStatus.OK and r.build.module]
             if not ready or self.stop.is_set():
                 continue
             try:
@@ -198,9 +211,10 @@ class _Run:
                     raise
             except PipelineError as e:
                 for _, kr in ready:
-                    kr.deploy.append(DeployResult(status="failed", host=hname, detail=e.message))
+                    kr.deploy.append(DeployResult(status=DeployStatus.FAILED, host=hname, detail=e.message))
                     kr.error = f"deploy: host {hname}: {e.message}"
                     kr.error_code = e.exit_code
+                    kr.failed_stage = Stage.DEPLOY
                 continue
             with host, lock:
                 for kcfg, kr in ready:
@@ -224,26 +238,33 @@ class _Run:
         step, module = self.host_step or ("", "")
         if step == "deploy":
             kr.deploy.append(
-                DeployResult(status="interrupted", host=host.name, restored=True, detail=f"interrupted ({module})")
+                DeployResult(
+                    status=DeployStatus.INTERRUPTED, host=host.name, restored=True, detail=f"interrupted ({module})"
+                )
             )
         elif step:
-            kr.tests.append(TestResult(name=step, host=host.name, module=module, reason="interrupted"))
+            kr.tests.append(
+                TestResult(name=step, host=host.name, module=module, outcome=Outcome.INTERRUPTED, reason="interrupted")
+            )
         self.progress(f"{kr.name} on {host.name}: interrupted during {step or 'the host stage'}")
         self.save()
 
-    def refuse_host(self, host, rows, reason: str) -> None:
-        """Preflight said no: the rows keep their verdict (untested there); the command still says why."""
+    def refuse_host(self, host, rows, refusal: Refusal) -> None:
+        """Preflight said no: the rows keep their verdict (untested there); the command still says why,
+        with the refusal's own exit code."""
         for kcfg, kr in rows:
-            kr.deploy.append(DeployResult(status="skipped", host=host.name, detail=reason))
-            self.progress(f"{kcfg.name} on {host.name}: skipped: {reason}")
-            kr.error_code = kr.error_code or _preflight_code(reason)
+            kr.deploy.append(DeployResult(status=DeployStatus.SKIPPED, host=host.name, detail=str(refusal)))
+            self.progress(f"{kcfg.name} on {host.name}: skipped: {refusal}")
+            if not kr.error_code:
+                kr.error_code = refusal.code
+                kr.failed_stage = Stage.DEPLOY
 
     def run_test(self, host, kr: KernelResult, name: str, module: str, run) -> None:
         """Run one VF test case and save it; once more, on a fresh connection, when it errored (no
         guest result: a lost SSH stream, a stuck xl create) rather than failed."""
         self.host_step = (name, module)
         t = run()
-        if t.reason.startswith("error") and not self.stop.is_set():
+        if t.outcome is Outcome.ERROR and not self.stop.is_set():
             self.progress(f"{name} [{module}]: errored ({t.reason}); one more attempt on a fresh connection")
             host.close()
             first, t = t, run()
@@ -255,14 +276,16 @@ class _Run:
     def host_row_failed(self, host, kcfg: KernelConfig, kr: KernelResult, e: Exception, deploy_mod) -> None:
         """Record the failure on the row and put the host back (fresh connection) before the next kernel."""
         msg = e.message if isinstance(e, PipelineError) else f"{type(e).__name__}: {e}"
-        kr.error = f"test: host {host.name}: {msg}"
+        stage = Stage.DEPLOY if (self.host_step or ("",))[0] == "deploy" else Stage.TEST
+        kr.error = f"{stage}: host {host.name}: {msg}"
         kr.error_code = getattr(e, "exit_code", 7)
+        kr.failed_stage = stage
         self.progress(f"{kcfg.name} on {host.name}: failed: {msg}; restoring the host")
         if not isinstance(e, PipelineError):
             (self.run_dir / f"{kcfg.name}.host-traceback.txt").write_text(traceback.format_exc())
         host.close()
         for dep in reversed(kr.deploy):
-            if dep.status == "ok" and not dep.restored:
+            if dep.status is DeployStatus.OK and not dep.restored:
                 try:
                     deploy_mod.restore(host, dep, self.progress)
                 except Exception as re:  # noqa: BLE001 - the marker file lets the next run finish the job
@@ -296,7 +319,7 @@ class _Run:
 
         # the series' module (for an already-applied kernel: the tree's own module, the fix included)
         dep = deploy("series", b.module, b.srcversion)
-        if dep.status == "ok":
+        if dep.status is DeployStatus.OK:
             try:
                 if testing:
                     for n, skip in vftest.boot_counts(host, self.settings, "series"):
@@ -314,10 +337,14 @@ class _Run:
         n = min(3, host.config.max_vfs)
         if not b.control_module:
             reason = f"skipped: no control module ({b.control_detail or b.detail or 'not built'})"
-            kr.tests.append(TestResult(name=f"vf-boot-{n}", host=host.name, module="control", reason=reason))
+            kr.tests.append(
+                TestResult(
+                    name=f"vf-boot-{n}", host=host.name, module="control", outcome=Outcome.SKIPPED, reason=reason
+                )
+            )
         else:
             cdep = deploy("control", b.control_module, b.control_srcversion)
-            if cdep.status == "ok":
+            if cdep.status is DeployStatus.OK:
                 try:
                     self.run_test(
                         host, kr, f"vf-boot-{n}", "control", lambda: vftest.vf_boot(host, n, "control", image, p)
@@ -325,11 +352,11 @@ class _Run:
                 finally:
                     deploy_mod.restore(host, cdep, p)
         n_hot = min(max(self.settings.vf_counts, default=0), host.config.max_vfs)
-        if not self.settings.hotplug or n_hot < 2 or dep.status != "ok" or self.stop.is_set():
+        if not self.settings.hotplug or n_hot < 2 or dep.status is not DeployStatus.OK or self.stop.is_set():
             return
         self.ensure_host(host)
         hdep = deploy("series", b.module, b.srcversion)
-        if hdep.status != "ok":
+        if hdep.status is not DeployStatus.OK:
             return
         cycles = self.settings.hotplug_cycles
         try:
@@ -359,23 +386,6 @@ class _Run:
         lab.down(self.settings, self.progress)
         host.config = lab.ensure_up(self.settings, self.progress)
         deploy_mod.recover(host, self.progress)
-
-
-# preflight refusals: a distinct exit code each (docs/bad-input.md)
-_PREFLIGHT_CODES = (
-    ("is not a Xen dom0", 72),
-    ("`xl info` failed", 72),
-    ("module built for", 73),
-    ("inventory expects", 73),
-    ("is not SR-IOV capable", 74),
-    ("not present on", 74),
-    ("VFs, tests need", 75),
-    ("use pciback; refusing", 76),
-)
-
-
-def _preflight_code(reason: str) -> int:
-    return next((code for text, code in _PREFLIGHT_CODES if text in reason), 7)
 
 
 def _stage_obj(kr: KernelResult, stage: str):
@@ -452,14 +462,14 @@ def verify(
                 if _wants(until, "deploy"):
                     lab_used = any(settings.hosts[h].lab for k in kcfgs for h in k.hosts)
                     ctx.host_stages(pairs, keep)
-            run.status = "complete"
+            run.status = RunStatus.COMPLETE
         except KeyboardInterrupt:
-            run.status = "interrupted"
+            run.status = RunStatus.INTERRUPTED
             raise Interrupted("interrupted; partial results in " + str(rd.path)) from None
         finally:
             run.finished = now_iso()
             _finish(settings, run, rd.path, progress, out)
-            if run.status == "interrupted":
+            if run.status is RunStatus.INTERRUPTED:
                 sweep_run(settings, run.run_id, progress)  # what a cut-short stage had half-created
             if lab_used and lab_down:
                 from . import lab
@@ -495,13 +505,12 @@ def exit_status(run: RunResult) -> tuple[int, str]:
     """0 when every kernel reached a defined status; otherwise the first failing row's code and reason."""
     for k in run.kernels:
         if k.error:
-            stage = k.error.split(":", 1)[0]
-            return k.error_code or _STAGE_EXIT.get(stage, 1), f"{k.name}: {k.error}"
+            return k.error_code or _STAGE_EXIT.get(k.failed_stage, 1), f"{k.name}: {k.error}"
     for k in run.kernels:
         if k.error_code:  # a host refused in preflight: the row is untested there
-            skipped = [d for d in k.deploy if d.status == "skipped"]
+            skipped = [d for d in k.deploy if d.status is DeployStatus.SKIPPED]
             why = skipped[0].detail if skipped else "host refused"
             return k.error_code, f"{k.name}: not deployed to {skipped[0].host if skipped else 'host'}: {why}"
-    if run.status != "complete":
+    if run.status is not RunStatus.COMPLETE:
         return 1, f"run {run.status}"
     return 0, ""

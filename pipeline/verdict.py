@@ -6,10 +6,13 @@ warnings and whose VF test failed is `test-fails`, and the detail names both).
 
 Verdicts, most severe first (SEVERITY):
   error             the pipeline itself failed for this row (fetch, apply machinery, deploy)
-  build-fails       the module does not build with the series
-  test-fails        a VF test with the series' module (or the tree's, when already applied) failed
+  build-fails       the module does not build with the series, or the build could not run at all
+                    (toolchain/headers missing: BuildStatus.SETUP_FAILED), never "skipped"
+  test-fails        a VF test with the series' module (or the tree's, when already applied) has
+                    outcome `fail`; only an observed failure can give this verdict
   needs-backport    the series does not apply: conflicting files/hunks
-  test-inconclusive the negative control (fix reverted) passed too: the test cannot show the fix matters
+  test-inconclusive the negative control (fix reverted) passed too, or did not run to a result, or a
+                    series test case still had outcome `error` after the retry: no proof either way
   new-warnings      builds, but the series adds compiler warnings
   untested          the run stopped before this row was applied/built/tested (`--until fetch`, Ctrl-C)
   ready-untested    applies and builds cleanly; no host ran the tests
@@ -19,7 +22,17 @@ Verdicts, most severe first (SEVERITY):
 
 from __future__ import annotations
 
-from .results import KernelResult, TestResult
+from .results import (
+    ApplyStatus,
+    BuildStatus,
+    DeployStatus,
+    FetchStatus,
+    KernelResult,
+    Outcome,
+    PatchStatus,
+    Stage,
+    TestResult,
+)
 
 SEVERITY = [
     "error",
@@ -68,7 +81,7 @@ def _short(commit: str) -> str:
 def _conflict_detail(k: KernelResult) -> str:
     parts = []
     for p in k.apply.patches:
-        if p.status != "conflict":
+        if p.status is not PatchStatus.CONFLICT:
             continue
         where = ", ".join(p.files) or "unknown files"
         hunks = f" ({'; '.join(p.hunks)})" if p.hunks else ""
@@ -77,7 +90,9 @@ def _conflict_detail(k: KernelResult) -> str:
 
 
 def _upstream_detail(k: KernelResult) -> str:
-    commits = [p.upstream_commit for p in k.apply.patches if p.status == "already-applied" and p.upstream_commit]
+    commits = [
+        p.upstream_commit for p in k.apply.patches if p.status is PatchStatus.ALREADY_APPLIED and p.upstream_commit
+    ]
     if commits:
         return "upstream commit " + ", ".join(_short(c) for c in dict.fromkeys(commits))
     return "matched by content"
@@ -88,45 +103,54 @@ def _test_label(t: TestResult) -> str:
 
 
 def _findings(k: KernelResult) -> list[tuple[str, str]]:
-    """(verdict, detail) for every noteworthy fact about the row, in stage order."""
+    """(verdict, detail) for every noteworthy fact about the row, in stage order.
+
+    Reads statuses and outcomes (enums) only: a message is detail, never a decision."""
     out: list[tuple[str, str]] = []
-    if k.error:
+    fetch, apply, build = k.fetch, k.apply, k.build
+    # a stage whose own record says it failed speaks for the row's error (no second copy of it)
+    stage_says = {
+        Stage.FETCH: fetch.status is FetchStatus.FAILED,
+        Stage.APPLY: apply.status is ApplyStatus.FAILED,
+        Stage.BUILD: build.status is BuildStatus.SETUP_FAILED,
+    }
+    if k.error and not stage_says.get(k.failed_stage, False):
         out.append(("error", k.error))
-    fetch = k.fetch
-    if fetch.status == "failed":
+    if fetch.status is FetchStatus.FAILED:
         out.append(("error", f"fetch failed: {fetch.detail or 'no detail'}"))
         return out
-    apply = k.apply
-    if apply.status == "error":
+    if apply.status is ApplyStatus.FAILED:
         out.append(("error", f"apply failed: {apply.detail or 'no detail'}"))
         return out
-    if apply.status == "conflict" or any(p.status == "conflict" for p in apply.patches):
+    if apply.status is ApplyStatus.CONFLICT or any(p.status is PatchStatus.CONFLICT for p in apply.patches):
         out.append(("needs-backport", _conflict_detail(k)))
         return out  # nothing below ran on this series
-    if apply.status in ("not-run", "skipped", "interrupted"):
-        why = apply.detail or ("stopped before apply" if apply.status == "not-run" else "apply skipped")
+    if apply.status in (ApplyStatus.NOT_RUN, ApplyStatus.SKIPPED, ApplyStatus.INTERRUPTED):
+        why = apply.detail or ("stopped before apply" if apply.status is ApplyStatus.NOT_RUN else "apply skipped")
         out.append(("untested", why))
         return out
-    upstream = apply.status == "already-applied"
+    upstream = apply.status is ApplyStatus.ALREADY_APPLIED
     if upstream:
         out.append(("already-upstream", _upstream_detail(k)))
     else:
-        kinds = sorted({p.status for p in apply.patches if p.status not in ("applied",)})
+        kinds = sorted({p.status for p in apply.patches if p.status is not PatchStatus.APPLIED})
         how = "applies clean" if not kinds else "applies (" + ", ".join(kinds) + ")"
         out.append(("ready", how))
 
-    build = k.build
-    if build.status == "build-failed":
+    if build.status is BuildStatus.BUILD_FAILED:
         first = build.errors[0] if build.errors else (build.detail or "see build log")
         out.append(("build-fails", f"build failed: {first}"))
         return out
-    if build.status == "error":
-        out.append(("error", f"build could not run: {build.detail or 'no detail'}"))
+    if build.status is BuildStatus.SETUP_FAILED:
+        out.append(("build-fails", f"build could not run (setup): {build.detail or 'no detail'}"))
         return out
-    if build.status == "interrupted":
+    if build.status is BuildStatus.ERROR:
+        out.append(("build-fails", f"module cannot be built in this configuration: {build.detail or 'no detail'}"))
+        return out
+    if build.status is BuildStatus.INTERRUPTED:
         out.append(("untested", build.detail or "interrupted during build"))
         return out
-    if build.status in ("not-run", "skipped"):
+    if build.status in (BuildStatus.NOT_RUN, BuildStatus.SKIPPED):
         if not upstream:
             out.append(("untested", build.detail or "not built"))
         return out
@@ -135,37 +159,63 @@ def _findings(k: KernelResult) -> list[tuple[str, str]]:
         out.append(("new-warnings", f"{n} new warning{'s' if n != 1 else ''}: {build.new_warnings[0]}"))
 
     for d in k.deploy:
-        if d.status == "failed":
+        if d.status is DeployStatus.FAILED:
             out.append(("error", f"deploy to {d.host or 'host'} failed: {d.detail or 'no detail'}"))
 
     # Ctrl-C: what was cut short proves nothing either way; the row stays untested
-    cut = [f"deploy to {d.host or 'host'}" for d in k.deploy if d.status == "interrupted"]
-    cut += [f"{_test_label(t)} [{t.module}]" for t in k.tests if t.reason.startswith("interrupted")]
+    cut = [f"deploy to {d.host or 'host'}" for d in k.deploy if d.status is DeployStatus.INTERRUPTED]
+    cut += [f"{_test_label(t)} [{t.module}]" for t in k.tests if t.outcome is Outcome.INTERRUPTED]
     if cut:
         out.append(("untested", "interrupted during " + ", ".join(cut)))
-    done = [t for t in k.tests if not t.reason.startswith("interrupted")]
-    series_tests = [t for t in done if t.module in ("series", "stock")]
-    controls = [t for t in done if t.module == "control"]
+    ran = [t for t in k.tests if t.outcome not in (Outcome.INTERRUPTED, Outcome.SKIPPED)]
+    skipped = [t for t in k.tests if t.outcome is Outcome.SKIPPED]
+    series_tests = [t for t in ran if t.module in ("series", "stock")]
+    controls = [t for t in ran if t.module == "control"]
+    torn = [t for t in k.tests if t.teardown_error]
+    if torn:  # on record, never the verdict: the observation stands
+        out.append(
+            (
+                "note",
+                "teardown error after the result was observed: "
+                + "; ".join(f"{_test_label(t)} [{t.module}]: {t.teardown_error}" for t in torn),
+            )
+        )
+    if skipped:
+        out.append(("note", "not run: " + "; ".join(f"{_test_label(t)} [{t.module}]: {t.reason}" for t in skipped)))
     if not series_tests:
-        skipped = [d for d in k.deploy if d.status == "skipped"]
-        why = skipped[0].detail if skipped and skipped[0].detail else "no host ran the VF tests"
-        if not upstream and not any(d.status == "failed" for d in k.deploy):
+        refused = [d for d in k.deploy if d.status is DeployStatus.SKIPPED]
+        why = refused[0].detail if refused and refused[0].detail else "no host ran the VF tests"
+        if not upstream and not any(d.status is DeployStatus.FAILED for d in k.deploy):
             out.append(("ready-untested", why))
         return out
-    failed = [t for t in series_tests if not t.passed]
+    failed = [t for t in series_tests if t.outcome is Outcome.FAIL]
     if failed:
         t = failed[0]
         reason = t.reason or f"guest saw {t.seen} of {t.expected} devices"
         more = f" (+{len(failed) - 1} more)" if len(failed) > 1 else ""
         out.append(("test-fails", f"{_test_label(t)} failed: {reason}{more}"))
         return out
+    errored = [t for t in series_tests if t.outcome is Outcome.ERROR]
+    if errored:
+        # still errored after the runner's retry: the host, not the series, kept the test from a result
+        t = errored[0]
+        more = f" (+{len(errored) - 1} more)" if len(errored) > 1 else ""
+        passed = len(series_tests) - len(errored)
+        out.append(
+            (
+                "test-inconclusive",
+                f"{_test_label(t)} could not be carried out: {t.reason or 'no result'}{more}; "
+                f"{passed}/{len(series_tests)} VF tests pass",
+            )
+        )
+        return out
     hosts = sorted({t.host for t in series_tests if t.host})
     ok = f"{len(series_tests)}/{len(series_tests)} VF tests pass" + (f" on {', '.join(hosts)}" if hosts else "")
     # a control proves something only when its guest ran and saw too few devices, not when it errored
-    shown = [t for t in controls if not t.passed and not t.reason.startswith(("error", "skipped"))]
+    shown = [t for t in controls if t.outcome is Outcome.FAIL]
     if shown:
         out.append(("tests-pass", f"{ok}; negative control fails as expected"))
-    elif any(t.passed for t in controls):
+    elif any(t.outcome is Outcome.PASS for t in controls):
         out.append(
             ("test-inconclusive", f"{ok}, but the negative control passed too: the test cannot show the fix matters")
         )
@@ -177,12 +227,16 @@ def _findings(k: KernelResult) -> list[tuple[str, str]]:
     return out
 
 
+# findings that are detail only, never a verdict
+_NEUTRAL = ("tests-pass", "note")
+
+
 def verdict(k: KernelResult) -> tuple[str, str]:
     """(verdict, detail) for one kernel row. Pure: reads only `k`."""
     findings = _findings(k)
     if not findings:
         return "error", "no stage result"
-    verdicts = [v for v, _ in findings if v != "tests-pass"]
+    verdicts = [v for v, _ in findings if v not in _NEUTRAL] or ["error"]
     worst = min(verdicts, key=SEVERITY.index)
     # the detail: the worst finding first, then the remaining facts in stage order
     details = [d for v, d in findings if v == worst]

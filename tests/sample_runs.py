@@ -70,7 +70,7 @@ def vf_tests(host: str, module: str, passed_for: int, counts=(1, 2, 3)) -> list[
                 expected=n,
                 seen=seen,
                 seen_bdfs=[f"0000:00:0{i}.0" for i in range(seen)],
-                passed=seen == n,
+                outcome="pass" if seen == n else "fail",
                 reason="" if seen == n else f"guest saw {seen} of {n} VFs; backend stuck in Initialised (3)",
                 backend={"num_devs": n, **{f"state-{i}": 3 if seen != n else 4 for i in range(n)}},
                 duration_s=41.5,

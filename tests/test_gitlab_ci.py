@@ -63,8 +63,8 @@ def test_ci_gates_on_verdicts():
 
     ci = load()
     j = jobs(ci)
-    assert any("--fail-on \"$BUILD_FAIL_ON\"" in line for line in j["build"]["script"])
-    assert any("--fail-on \"$FAIL_ON\"" in line for line in j["test"]["script"])
+    assert any('--fail-on "$BUILD_FAIL_ON"' in line for line in j["build"]["script"])
+    assert any('--fail-on "$FAIL_ON"' in line for line in j["test"]["script"])
     for var in ("BUILD_FAIL_ON", "FAIL_ON"):
         assert parse_fail_on(ci["variables"][var])
     assert "test-fails" in ci["variables"]["FAIL_ON"] and "error" in ci["variables"]["BUILD_FAIL_ON"]

@@ -169,8 +169,12 @@ def test_a_test_cut_short_by_ctrl_c_is_not_counted_as_run():
     run = sample_run()
     k = run.kernels[1]
     k.tests = vf_tests("lab", "series", 3, counts=(1,)) + [
-        TestResult(name="vf-boot-2", host="lab", module="series", expected=2, reason="interrupted"),
-        TestResult(name="vf-boot-3", host="lab", module="control", expected=3, reason="interrupted"),
+        TestResult(
+            name="vf-boot-2", host="lab", module="series", expected=2, outcome="interrupted", reason="interrupted"
+        ),
+        TestResult(
+            name="vf-boot-3", host="lab", module="control", expected=3, outcome="interrupted", reason="interrupted"
+        ),
     ]
     row = {line.split()[0]: line.split() for line in format_table(run).splitlines()[2:]}
     assert row["debian-6.1-prefix"][4:6] == ["1/1", "1/1"]  # TESTS, VFS: no "ctl:" for a cut-short control

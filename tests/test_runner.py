@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.results import DeployResult, KernelResult, RunResult
-from pipeline.runner import _preflight_code, exit_status
+from pipeline import deploy
+from pipeline.results import KernelResult, Refusal, RunResult, Stage
+from pipeline.runner import _Run, exit_status
 
 
 def _run(*kernels: KernelResult, status: str = "complete") -> RunResult:
@@ -21,19 +22,46 @@ def test_failed_row_gives_its_code_and_reason():
     assert code == 51 and reason == "a: fetch: ref 'x' not found"
 
 
+def test_failed_row_without_a_code_gets_its_stage_code():
+    """The stage is a field of the row (failed_stage), not the word before ':' in the message."""
+    for stage, code in ((Stage.FETCH, 5), (Stage.BUILD, 6), (Stage.TEST, 7)):
+        k = KernelResult(name="a", error="internal error: KeyError: 'x'", failed_stage=stage)
+        assert exit_status(_run(k))[0] == code
+    assert exit_status(_run(KernelResult(name="a", error="something: else")))[0] == 1
+
+
 @pytest.mark.parametrize(
     "reason,code",
     [
-        ("h is not a Xen dom0 (/proc/xen/capabilities has no control_d)", 72),
-        ("h runs kernel 6.1.0-56-amd64, module built for 5.10.0-1-amd64: not loaded", 73),
-        ("0000:00:02.0 on h is not SR-IOV capable (no sriov_totalvfs)", 74),
-        ("PF 0000:01:00.0 on h offers 3 VFs, tests need 4", 75),
+        ("h is not a Xen dom0 (/proc/xen/capabilities has no control_d)", deploy.NOT_DOM0),
+        ("h runs kernel 6.1.0-56-amd64, module built for 5.10.0-1-amd64: not loaded", deploy.KERNEL_MISMATCH),
+        ("0000:00:02.0 on h is not SR-IOV capable (no sriov_totalvfs)", deploy.NO_SRIOV),
+        ("PF 0000:01:00.0 on h offers 3 VFs, tests need 4", deploy.TOO_FEW_VFS),
+        ("domain(s) 5 on h use pciback; refusing to swap the module", deploy.PCIBACK_BUSY),
     ],
 )
-def test_host_refused_in_preflight_has_a_distinct_code(reason, code):
-    k = KernelResult(name="k", error_code=_preflight_code(reason))
-    k.deploy.append(DeployResult(status="skipped", host="h", detail=reason))
-    assert exit_status(_run(k)) == (code, f"k: not deployed to h: {reason}")
+def test_host_refused_in_preflight_has_its_own_code(reason, code, tmp_path):
+    """The code travels with the refusal (deploy.preflight's Refusal), whatever its words."""
+    from pipeline.config import HostConfig, KernelConfig
+    from pipeline.host import Host
+
+    run = _run(KernelResult(name="k"))
+    ctx = _Run(None, run, tmp_path, None, "report", lambda msg: None)
+    ctx.refuse_host(
+        Host(HostConfig(name="h")),
+        [(KernelConfig(name="k", remote="r", ref="x"), run.kernels[0])],
+        Refusal(reason, code),
+    )
+    assert exit_status(run) == (code, f"k: not deployed to h: {reason}")
+    assert run.kernels[0].failed_stage is Stage.DEPLOY
+    # same words, another code: the words decide nothing
+    run2 = _run(KernelResult(name="k"))
+    ctx2 = _Run(None, run2, tmp_path, None, "report", lambda msg: None)
+    ctx2.refuse_host(
+        Host(HostConfig(name="h")), [(KernelConfig(name="k", remote="r", ref="x"), run2.kernels[0])], Refusal(reason, 7)
+    )
+    assert exit_status(run2)[0] == 7
+    assert len({deploy.NOT_DOM0, deploy.KERNEL_MISMATCH, deploy.NO_SRIOV, deploy.TOO_FEW_VFS, deploy.PCIBACK_BUSY}) == 5
 
 
 def test_interrupted_run_is_not_success():

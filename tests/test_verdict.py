@@ -95,11 +95,13 @@ def test_errors():
     assert verdict(KernelResult(name="x", error="worker crashed"))[0] == "error"
     k = KernelResult(name="x", fetch=FetchResult(status="failed", detail="remote not found"))
     assert verdict(k) == ("error", "fetch failed: remote not found")
-    k = KernelResult(name="x", apply=ApplyResult(status="error", detail="git am: corrupt patch"))
+    k = KernelResult(name="x", apply=ApplyResult(status="failed", detail="git am: corrupt patch"))
     assert verdict(k) == ("error", "apply failed: git am: corrupt patch")
+    # a build that could not run (headers missing) is a failing build, never skipped nor "error"
     k = k_prefix()
-    k.build = BuildResult(status="error", detail="no headers for 6.1.0-31-amd64")
-    assert verdict(k)[0] == "error"
+    k.build = BuildResult(status="failed", detail="no headers for 6.1.0-31-amd64")
+    k.error, k.failed_stage, k.tests, k.deploy = "build: no headers for 6.1.0-31-amd64", "build", [], []
+    assert verdict(k) == ("build-fails", "build could not run (setup): no headers for 6.1.0-31-amd64; applies clean")
     k = k_prefix()
     k.tests = []
     k.deploy = [DeployResult(status="failed", host="lab", detail="srcversion mismatch")]
@@ -128,7 +130,14 @@ def test_control_that_errored_proves_nothing():
 
     k = k_prefix()
     k.tests = [t for t in k.tests if t.module != "control"] + [
-        TestResult(name="vf-boot-3", host="lab", module="control", expected=3, reason="error: host lab: ssh lost")
+        TestResult(
+            name="vf-boot-3",
+            host="lab",
+            module="control",
+            expected=3,
+            outcome="error",
+            reason="error: host lab: ssh lost",
+        )
     ]
     v, detail = verdict(k)
     assert v == "test-inconclusive" and "did not run to a result" in detail
@@ -139,7 +148,11 @@ def test_ctrl_c_during_a_vf_test_leaves_the_row_untested_not_failed():
 
     k = k_prefix()
     done = [t for t in k.tests if t.name == "vf-boot-1" and t.module == "series"]
-    k.tests = done + [TestResult(name="vf-boot-2", host="lab", module="series", expected=2, reason="interrupted")]
+    k.tests = done + [
+        TestResult(
+            name="vf-boot-2", host="lab", module="series", expected=2, outcome="interrupted", reason="interrupted"
+        )
+    ]
     v, d = verdict(k)
     assert v == "untested"
     assert d.startswith("interrupted during vf-boot-2@lab [series]")
