@@ -183,15 +183,26 @@ def config_show(c, matrix=None, json=False):
 # ------------------------------------------------------------------ source
 
 
-@task(help={"force": "re-import even if the local repository already has this version"})
+@task(
+    help={
+        "line": "Debian kernel line to import (5.10, 6.1, 6.12, 7.2; repeatable; default 6.1)",
+        "all": "every known line",
+        "refresh": "ask the archive whether a newer package version exists",
+        "force": "re-import even if the local repository already has this version",
+    },
+    iterable=["line"],
+)
 @cli
-def source_import(c, force=False):
-    """Install Debian's linux-source-6.1 if needed and import it into the local git remote."""
-    from pipeline.kernelsrc import import_debian_source
+def source_import(c, line=None, all=False, refresh=False, force=False):
+    """Import Debian's linux-source-X (downloaded, never installed) into the local git remote."""
+    from pipeline.kernelsrc import DEFAULT_LINE, LINES, import_line
 
     settings = _settings(c)
-    info = import_debian_source(settings, force=force, progress=_progress)
-    print(f"{info.repo}: tag {info.tag}, branches {', '.join(info.branches)}")
+    for name in list(LINES) if all else line or [DEFAULT_LINE]:
+        info = import_line(settings, name, force=force, refresh=refresh, progress=_progress)
+        print(
+            f"{info.repo}: tag {info.tag} ({info.package} {info.package_version}), branches {', '.join(info.branches)}"
+        )
 
 
 # ------------------------------------------------------------------ series

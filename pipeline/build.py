@@ -39,7 +39,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import sandbox
+from . import debheaders, sandbox
 from .checkpatch import run_checkpatch
 from .config import KernelConfig, Settings
 from .errors import BuildSetupError
@@ -205,15 +205,32 @@ def check_toolchain(mode: str, cc: str = "gcc") -> None:
         )
 
 
-def _headers_cc(kdir: Path) -> str:
-    """The compiler the headers' kernel was built with (gcc-12 on Debian 12), when installed; else gcc."""
+def _headers_gcc_major(kdir: Path) -> int | None:
+    """Major version of the gcc the headers' kernel was built with (CONFIG_CC_VERSION_TEXT)."""
     auto = kdir / "include" / "config" / "auto.conf"
     try:
-        m = re.search(r'^CONFIG_CC_VERSION_TEXT="?(\S+)', auto.read_text(errors="replace"), re.M)
+        m = re.search(r'^CONFIG_CC_VERSION_TEXT="?(?:\S+-)?gcc-(\d+)\b', auto.read_text(errors="replace"), re.M)
     except OSError:
         m = None
-    name = m.group(1) if m else "gcc"
-    return name if re.fullmatch(r"gcc(-\d+)?", name) else "gcc"
+    return int(m.group(1)) if m else None
+
+
+def _host_gcc_majors() -> list[int]:
+    return sorted(int(p.name.removeprefix("gcc-")) for p in Path("/usr/bin").glob("gcc-[0-9]*") if p.name[4:].isdigit())
+
+
+def _headers_cc(kdir: Path) -> str:
+    """The compiler for modules of the headers' kernel.
+
+    Its own gcc-N when installed; else the oldest installed gcc newer than it
+    (bullseye's 5.10 is built with gcc-10, which bookworm lacks: gcc-12 builds
+    its modules); else gcc, and build.check_compiler says what is missing.
+    """
+    want = _headers_gcc_major(kdir)
+    if want is None:
+        return "gcc"
+    newer = [m for m in _host_gcc_majors() if m >= want]
+    return f"gcc-{newer[0]}" if newer else f"gcc-{want}"
 
 
 def _cc_identity(cc: str) -> str:
@@ -252,11 +269,18 @@ def _release_key(name: str) -> list:
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
 
 
-def resolve_headers(settings: Settings, kcfg: KernelConfig) -> Path:
-    """The headers directory to build against: a path, a release, or "auto" (the lab's dom0 release)."""
+def resolve_headers(settings: Settings, kcfg: KernelConfig, progress: Progress = print) -> Path:
+    """The headers directory to build against: a path, a release, or "auto" (the lab's dom0 release).
+
+    A release the system has no headers for, of another Debian line we import
+    (5.10, 6.12, 7.2), is extracted into the cache from its suite (pipeline.debheaders).
+    """
     value = kcfg.build.headers
     if value and value != "auto":
         path = settings.path(value) if "/" in value else Path(f"/usr/src/linux-headers-{value}")
+        # the host's own line (6.1 on bookworm) is installed from the system's apt as before
+        if not (path / "Makefile").exists() and "/" not in value and debheaders.foreign_line(value):
+            return debheaders.headers_dir(settings, value, progress)
         if not (path / "Makefile").exists():
             release = path.name.removeprefix("linux-headers-")
             raise BuildSetupError(
@@ -621,7 +645,7 @@ def _hash(*parts: str | bytes) -> str:
 
 
 def _headers_target(settings: Settings, kcfg: KernelConfig, run: _Runner, progress: Progress) -> _Target:
-    kdir = resolve_headers(settings, kcfg)
+    kdir = resolve_headers(settings, kcfg, progress)
     cc = _headers_cc(kdir)
     check_toolchain("headers", cc)
     release = kernel_release_of(kdir)

@@ -445,8 +445,11 @@ def verify(
         lab_used = False
         try:
             if until != "series":
-                if any(kernelsrc.is_debian_remote(settings, k.remote) for k in kcfgs if k.name not in ctx.reused):
-                    kernelsrc.import_debian_source(settings, progress=progress)
+                debian_refs = [
+                    k.ref for k in kcfgs if k.name not in ctx.reused and kernelsrc.is_debian_remote(settings, k.remote)
+                ]
+                if debian_refs:
+                    kernelsrc.import_lines(settings, kernelsrc.lines_for_refs(debian_refs), progress=progress)
                 pairs = list(zip(kcfgs, run.kernels, strict=True))
                 with ThreadPoolExecutor(max_workers=jobs or settings.jobs) as pool:
                     futures = [pool.submit(ctx.row, k, r) for k, r in pairs]
