@@ -68,3 +68,13 @@ def test_ci_gates_on_verdicts():
     for var in ("BUILD_FAIL_ON", "FAIL_ON"):
         assert parse_fail_on(ci["variables"][var])
     assert "test-fails" in ci["variables"]["FAIL_ON"] and "error" in ci["variables"]["BUILD_FAIL_ON"]
+
+
+def test_test_job_deploys_the_build_artifact_and_report_posts_the_merged_run():
+    j = jobs(load())
+    assert any("--builds runs" in line for line in j["test"]["script"])  # nothing rebuilt
+    assert "build" in j["test"]["needs"]
+    report = j["report"]["script"]
+    assert report[0] == "invoke report --merge runs --tested-only"
+    assert all("for d in runs" not in line for line in report)  # no per-run posting
+    assert any("invoke post --run latest" in line for line in report)
