@@ -6,11 +6,13 @@ and every path it names must stay inside the kernel tree.
 
 from __future__ import annotations
 
+import email
 import email.header
 import email.utils
-import mailbox
+import os
 import re
 import subprocess
+import tempfile
 from email.message import Message
 from pathlib import Path, PurePosixPath
 
@@ -29,7 +31,6 @@ _UPSTREAM_RE = re.compile(
     r"(?:^commit ([0-9a-f]{12,40}) upstream\.?$|^\[\s*upstream commit ([0-9a-f]{12,40})\s*\]$)", re.I | re.M
 )
 _FIXES_RE = re.compile(r"^Fixes:\s*([0-9a-f]{8,40})\b.*$", re.M)
-_MBOX_FROM_RE = re.compile(r"^From \S+ +\w{3} \w{3} +\d+ ", re.M)
 
 
 def _decode(value: str | None) -> str:
@@ -95,49 +96,101 @@ def check_patch_text(text: str, where: str) -> list[str]:
     for raw in paths:
         if raw == "/dev/null":
             continue
-        path = raw
-        pure = PurePosixPath(path)
-        if path.startswith("/") or pure.is_absolute():
-            raise UnsafePatchPath(f"{where}: path {raw!r} is absolute; a patch must stay inside the kernel tree")
-        if ".." in pure.parts:
-            raise UnsafePatchPath(f"{where}: path {raw!r} escapes the tree ('..')")
-        if ".git" in pure.parts:
-            raise UnsafePatchPath(f"{where}: path {raw!r} touches .git/")
-        if path not in files:
-            files.append(path)
+        _check_path(raw, where)
+        if raw not in files:
+            files.append(raw)
     return files
 
 
-def _patch_from_message(msg: Message, text: str, where: str) -> PatchInfo:
-    subject, revision, index, total = parse_subject(_decode(msg.get("Subject")))
-    body = msg.get_payload(decode=True)
-    body_text = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(msg.get_payload())
-    files = check_patch_text(body_text, where)
-    upstream = [a or b for a, b in _UPSTREAM_RE.findall(body_text)]
-    return PatchInfo(
-        subject=subject,
-        author=_decode(msg.get("From")),
-        date=_decode(msg.get("Date")),
-        message_id=_decode(msg.get("Message-Id")).strip("<>"),
-        patch_id=patch_id(text),
-        revision=revision,
-        index=index,
-        total=total,
-        files=files,
-        upstream_refs=upstream,
-        fixes=_FIXES_RE.findall(body_text),
-        source=where,
-        text=text,
+def git_paths(diff: str, where: str) -> list[str]:
+    """Every path the diff names, as git's own parser reads it (`git apply --numstat -z`): C-quoted
+    names unquoted, both sides of a rename or copy. Binary diffs are refused here too."""
+    with tempfile.TemporaryDirectory(prefix="pv-numstat-") as tmp:
+        proc = subprocess.run(
+            ["git", "apply", "--numstat", "-z", "-"],
+            input=diff.encode(),
+            cwd=tmp,  # outside any repository: git only parses
+            capture_output=True,
+            check=False,
+            env={**os.environ, "GIT_DIR": os.path.join(tmp, "none"), "GIT_CEILING_DIRECTORIES": tmp},
+        )
+    if proc.returncode != 0:
+        why = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise SeriesError(f"{where}: not a patch git can apply ({why[-1] if why else 'git apply failed'})")
+    tokens = proc.stdout.decode("utf-8", "replace").split("\0")
+    paths: list[str] = []
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        i += 1
+        if not tok:
+            continue
+        added, deleted, name = (tok.split("\t", 2) + ["", ""])[:3]
+        if added == "-" and deleted == "-":
+            raise SeriesError(f"{where}: binary patch refused (only text diffs are verified)")
+        if name:
+            paths.append(name)
+        else:  # rename/copy: the two names follow as their own NUL-terminated fields
+            paths += [t for t in tokens[i : i + 2] if t]
+            i += 2
+    return paths
+
+
+def _check_path(raw: str, where: str) -> None:
+    pure = PurePosixPath(raw)
+    if raw.startswith("/") or pure.is_absolute():
+        raise UnsafePatchPath(f"{where}: path {raw!r} is absolute; a patch must stay inside the kernel tree")
+    if ".." in pure.parts:
+        raise UnsafePatchPath(f"{where}: path {raw!r} escapes the tree ('..')")
+    if ".git" in pure.parts:
+        raise UnsafePatchPath(f"{where}: path {raw!r} touches .git/")
+
+
+def _mailinfo(msgfile: Path, workdir: Path) -> tuple[dict[str, str], str, str]:
+    """`git mailinfo` exactly as `git am` runs it (re-encoded to UTF-8, CRs already dropped by
+    mailsplit), but with -k so that the [PATCH vN m/n] prefix stays for parse_subject.
+    Returns (Author/Email/Subject/Date, commit message body, decoded patch)."""
+    msg, patch = workdir / "msg", workdir / "patch"
+    for recode in ("-u", "-n"):  # -n: a charset git cannot convert (x-bogus) is taken as it is
+        with open(msgfile, "rb") as fh:
+            proc = subprocess.run(
+                ["git", "mailinfo", "-k", recode, str(msg), str(patch)], stdin=fh, capture_output=True, check=False
+            )
+        if proc.returncode == 0 or b"cannot convert" not in proc.stderr:
+            break
+    if proc.returncode != 0:
+        why = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise SeriesError(f"{msgfile.name}: git mailinfo failed ({why[-1] if why else proc.returncode})")
+    info = {}
+    for line in proc.stdout.decode("utf-8", "replace").splitlines():
+        key, sep, value = line.partition(": ")
+        if sep:
+            info[key] = value
+    return (
+        info,
+        msg.read_bytes().decode("utf-8", "replace"),
+        patch.read_bytes().decode("utf-8", "replace"),
     )
 
 
-def _is_cover_letter(msg: Message) -> bool:
-    _, _, index, total = parse_subject(_decode(msg.get("Subject")))
-    if total and index == 0:
-        return True
-    payload = msg.get_payload(decode=True)
-    body = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else str(msg.get_payload())
-    return not _diff_part(body)
+def _git_am_mail(info: dict[str, str], subject: str, body: str, diff: str) -> str:
+    """The patch as a plain 8-bit UTF-8 mail: what apply (git am, git apply) and checkpatch read."""
+    author = email.utils.formataddr((info.get("Author", ""), info.get("Email", "")), charset="utf-8")
+    head = [
+        "From 0000000000000000000000000000000000000000 Mon Sep 17 00:00:00 2001",
+        f"From: {author}",
+        *([f"Date: {info['Date']}"] if info.get("Date") else []),
+        f"Subject: [PATCH] {subject}",
+        "MIME-Version: 1.0",
+        "Content-Type: text/plain; charset=UTF-8",
+        "Content-Transfer-Encoding: 8bit",
+    ]
+    body = body.strip("\n")
+    return "\n".join(head) + "\n\n" + (body + "\n" if body else "") + "---\n" + diff
+
+
+def _headers(raw: bytes) -> Message:
+    return email.message_from_bytes(raw.split(b"\n\n", 1)[0] + b"\n\n")
 
 
 def _read_text(path: Path) -> str:
@@ -152,39 +205,64 @@ def _read_text(path: Path) -> str:
     return data.decode("utf-8", "replace")
 
 
-def _split_mbox(path: Path, text: str) -> list[tuple[Message, str]]:
-    """Messages of an mbox file with each one's own text (for patch-id and git am)."""
-    starts = [m.start() for m in _MBOX_FROM_RE.finditer(text)]
-    if not starts or starts[0] != 0:
-        # a bare patch without the mbox "From " line: treat the whole file as one message
-        starts = [0] + [s for s in starts if s]
-    chunks = [text[a:b] for a, b in zip(starts, starts[1:] + [len(text)], strict=True)]
-    msgs = []
-    for chunk in chunks:
-        msg = mailbox.mboxMessage(chunk) if chunk.startswith("From ") else email.message_from_string(chunk)
-        msgs.append((msg, chunk))
-    return msgs
-
-
 def load_patch_file(path: Path) -> list[PatchInfo]:
-    """An mbox (one or many messages; a cover letter is skipped) or a single patch file."""
-    text = _read_text(path)
-    if not text.strip():
+    """An mbox (one or many messages) or a single patch file, read as `git am` reads it.
+
+    `git mailsplit` splits it (CRLF lines become LF, as git am does by default) and `git mailinfo`
+    decodes each message (quoted-printable, base64, 8bit; header and body charsets to UTF-8;
+    multipart with the patch inline or attached). Cover letters ([PATCH 0/n], or no diff) and
+    review replies (Re:) are skipped, never taken as patches; the rest is sorted by [m/n].
+    The size, binary and path checks and the patch-id run on the decoded diff."""
+    if not _read_text(path).strip():  # size and NUL checks on the file itself
         raise SeriesError(f"{path}: empty file")
     patches = []
-    messages = _split_mbox(path, text)
-    for i, (msg, chunk) in enumerate(messages):
-        if len(messages) > 1 and _is_cover_letter(msg):
-            continue
-        where = f"{path}" if len(messages) == 1 else f"{path} (message {i + 1})"
-        if not msg.get("Subject"):
-            # plain diff without mail headers: subject from the file name
-            files = check_patch_text(chunk, where)
+    with tempfile.TemporaryDirectory(prefix="pv-mailsplit-") as tmp:
+        out = Path(tmp) / "split"
+        out.mkdir()
+        proc = subprocess.run(["git", "mailsplit", "-b", f"-o{out}", str(path)], capture_output=True, check=False)
+        if proc.returncode != 0:
+            why = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+            raise SeriesError(f"{path}: not an mbox or patch ({why[-1] if why else 'git mailsplit failed'})")
+        messages = sorted(out.iterdir())
+        for i, mfile in enumerate(messages):
+            where = f"{path}" if len(messages) == 1 else f"{path} (message {i + 1})"
+            raw = mfile.read_bytes()
+            info, body, diff = _mailinfo(mfile, Path(tmp))
+            raw_subject = " ".join(info.get("Subject", "").split())
+            subject, revision, index, total = parse_subject(raw_subject)
+            if len(messages) > 1 and (
+                re.match(r"(re|aw|fwd?):", raw_subject, re.I) or (total and index == 0) or not diff.strip()
+            ):
+                continue  # a review reply or a cover letter
+            if not diff.strip():
+                if "GIT binary patch" in body or re.search(r"^Binary files .* differ$", body, re.M):
+                    raise SeriesError(f"{where}: binary patch refused (only text diffs are verified)")
+                raise SeriesError(f"{where}: not a patch (no unified diff found)")
+            files = check_patch_text(diff, where)
+            for p in git_paths(diff, where):
+                _check_path(p, where)
+                if p not in files:
+                    files.append(p)
+            if not raw_subject:  # a plain diff without mail headers: subject from the file name
+                subject = path.stem
+            hdr = _headers(raw)
             patches.append(
-                PatchInfo(subject=path.stem, patch_id=patch_id(chunk), files=files, source=str(path), text=chunk)
+                PatchInfo(
+                    subject=subject,
+                    author=f"{info.get('Author', '')} <{info['Email']}>" if info.get("Email") else "",
+                    date=info.get("Date", ""),
+                    message_id=_decode(hdr.get("Message-Id")).strip("<>"),
+                    patch_id=patch_id(diff),
+                    revision=revision,
+                    index=index,
+                    total=total,
+                    files=files,
+                    upstream_refs=[a or b for a, b in _UPSTREAM_RE.findall(body)],
+                    fixes=_FIXES_RE.findall(body),
+                    source=where,
+                    text=_git_am_mail(info, subject, body, diff) if raw_subject else diff,
+                )
             )
-            continue
-        patches.append(_patch_from_message(msg, chunk, where))
     if not patches:
         raise SeriesError(f"{path}: no patch in it (only a cover letter?)")
     patches.sort(key=lambda p: p.index)  # mboxes from lore are not always in order
