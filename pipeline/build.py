@@ -361,10 +361,9 @@ def new_warnings(series: list[str], baseline: list[str]) -> list[str]:
 
 
 def _first_errors(output: str, errors: list[str]) -> list[str]:
-    if errors:
-        return errors[:MAX_ERROR_LINES]
-    lines = [ln for ln in output.splitlines() if "error" in ln.lower() or "Error" in ln]
-    return (lines or output.splitlines()[-MAX_ERROR_LINES:])[:MAX_ERROR_LINES]
+    from .buildlog import first_errors
+
+    return first_errors(output, errors, MAX_ERROR_LINES)
 
 
 def modinfo(ko: Path, field_name: str) -> str:
@@ -925,7 +924,8 @@ def build_kernel(
     except _StepFailed as e:
         res.status = "build-failed" if res.status in ("not-run", "ok") else res.status
         _, errors = parse_diagnostics(e.output, [(worktree, "")])
-        res.errors = [f"{e.step} failed"] + _first_errors(e.output, errors)
+        first = _first_errors(e.output, errors)  # the real error first, with the step it stopped
+        res.errors = [f"{e.step} failed: {first[0]}", *first[1:]] if first else [f"{e.step} failed"]
     finally:
         pool.shutdown(wait=True)
         res.duration_s = round(time.monotonic() - start, 2)
