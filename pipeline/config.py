@@ -258,6 +258,9 @@ def load_settings(config: Any = None, data: dict | None = None, matrix: str | No
                         f"{key}.hosts",
                         f"unknown host {h!r}; inventory has {', '.join(sorted(settings.hosts)) or 'none'}",
                     )
+    from .redact import register
+
+    register(settings.secret_env)
     if settings.jobs < 1:
         validator.fail("pv.jobs", f"expected an integer >= 1, got {settings.jobs}")
     from .verdict import SEVERITY

@@ -14,7 +14,9 @@ are never logged, and are redacted from every error message.
 
 from __future__ import annotations
 
+import json
 import os
+import time
 import urllib.parse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 import requests
 
 from .errors import PipelineError
+from .redact import redact as redact_all
 from .results import RunResult
 from .verdict import STATE
 
@@ -89,40 +92,101 @@ def _token(explicit: str | None, names: list[str], what: str) -> tuple[str, str]
     raise PostError(f"{what}: no token; set {' or '.join(names)} in the environment")
 
 
+MAX_PAGES = 50  # of one listing; GitLab's 100 per page: 5000 statuses of one context is not a real commit
+RETRIES = 4  # attempts on 429 / 5xx / connection errors, with backoff
+BACKOFF_S = 1.0  # first wait; doubles; a Retry-After up to RETRY_AFTER_MAX_S is honoured instead
+RETRY_AFTER_MAX_S = 30.0
+
+
+def origin(url: str) -> tuple[str, str, int]:
+    """scheme, host, port of a URL (the default port made explicit)."""
+    u = urllib.parse.urlsplit(url)
+    port = u.port or {"http": 80, "https": 443}.get(u.scheme, 0)
+    return u.scheme.lower(), (u.hostname or "").lower(), port
+
+
 class _Api:
+    """HTTP to one API base: a timeout on every request, retries with backoff on 429/5xx, redirects and
+    pagination links followed only to the base's own scheme://host:port (the token goes nowhere else)."""
+
     def __init__(self, base: str, headers: dict[str, str], secret: str, timeout: float):
         self.base = base.rstrip("/")
+        self.origin = origin(self.base)
         self.session = requests.Session()
         self.session.headers.update(headers)
         self.session.headers["User-Agent"] = "pciback-verify"
         self.secret = secret
         self.timeout = timeout
+        self.sleep = time.sleep
 
     def _fail(self, method: str, url: str, detail: str) -> PostError:
-        return PostError(redact(f"{method} {url}: {detail}", [self.secret]))
+        return PostError(redact(redact_all(f"{method} {url}: {detail}"), [self.secret]))
+
+    def _same_origin(self, method: str, url: str, why: str) -> None:
+        if origin(url) != self.origin:
+            o = "{}://{}:{}".format(*self.origin)
+            raise self._fail(method, url, f"{why} leads off {o}: not followed (the token is only sent there)")
 
     def request(self, method: str, url: str, **kw) -> requests.Response:
-        try:
-            resp = self.session.request(method, url, timeout=self.timeout, **kw)
-        except requests.RequestException as e:
-            raise self._fail(method, url, f"{type(e).__name__}: {e}") from None
-        if resp.status_code >= 400:
-            raise self._fail(method, url, f"HTTP {resp.status_code} {resp.text[:300]}")
-        return resp
+        self._same_origin(method, url, "request")
+        if "json" in kw:  # nothing of a secret variable's value leaves in a payload
+            kw["json"] = json.loads(redact_all(json.dumps(kw["json"])))
+        wait = BACKOFF_S
+        for attempt in range(1, RETRIES + 1):
+            try:
+                # redirects are not followed: requests would carry PRIVATE-TOKEN along to any host
+                resp = self.session.request(method, url, timeout=self.timeout, allow_redirects=False, **kw)
+            except (requests.ConnectionError, requests.Timeout) as e:
+                if attempt == RETRIES:
+                    raise self._fail(method, url, f"{type(e).__name__} after {attempt} attempts: {e}") from None
+                self.sleep(wait)
+                wait *= 2
+                continue
+            except requests.RequestException as e:
+                raise self._fail(method, url, f"{type(e).__name__}: {e}") from None
+            if resp.status_code == 429 or resp.status_code >= 500:
+                if attempt == RETRIES:
+                    raise self._fail(method, url, f"HTTP {resp.status_code} after {attempt} attempts")
+                self.sleep(_retry_after(resp, wait))
+                wait *= 2
+                continue
+            if 300 <= resp.status_code < 400:
+                raise self._fail(
+                    method, url, f"HTTP {resp.status_code} redirect to {resp.headers.get('Location')!r}: not followed"
+                )
+            if resp.status_code >= 400:
+                raise self._fail(method, url, f"HTTP {resp.status_code} {resp.text[:300]}")
+            return resp
+        raise AssertionError("unreachable")
 
     def get_all(self, url: str, params: dict | None = None) -> list[dict]:
-        """Follow Link: rel=next pagination (both patchwork and GitLab use it)."""
+        """Follow Link: rel=next pagination (both patchwork and GitLab use it), on this origin, at most MAX_PAGES."""
         items: list[dict] = []
         next_url: str | None = url
-        while next_url:
+        seen: set[str] = set()
+        for _ in range(MAX_PAGES):
             resp = self.request("GET", next_url, params=params)
             params = None  # the next link carries them
             data = resp.json()
             if not isinstance(data, list):
                 raise self._fail("GET", next_url, "expected a JSON list")
             items.extend(data)
+            seen.add(resp.url)
             next_url = resp.links.get("next", {}).get("url")
-        return items
+            if not next_url:
+                return items
+            next_url = urllib.parse.urljoin(resp.url, next_url)
+            self._same_origin("GET", next_url, "Link rel=next")
+            if next_url in seen:
+                raise self._fail("GET", next_url, "Link rel=next points at a page already read: pagination loops")
+        raise self._fail("GET", url, f"pagination did not end after {MAX_PAGES} pages")
+
+
+def _retry_after(resp: requests.Response, default: float) -> float:
+    try:
+        return min(float(resp.headers.get("Retry-After", "")), RETRY_AFTER_MAX_S)
+    except ValueError:
+        return default
 
 
 # ------------------------------------------------------------------- patchwork

@@ -484,6 +484,9 @@ def new_run_id() -> str:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write via a temp file in the same directory and rename: readers never see half a file."""
+    from .redact import redact
+
+    text = redact(text)  # no artifact ever holds a secret variable's value
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:

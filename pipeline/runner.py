@@ -495,6 +495,10 @@ def _finish(settings: Settings, run: RunResult, run_dir: Path, progress, out=pri
     except Exception as e:  # reports are derived; results.json must still be written
         progress(f"report: failed: {e}")
     write_results(run_dir, run)
+    from .redact import redact_tree
+
+    for path in redact_tree(run_dir):  # build logs, run.log, mails: whatever a step printed
+        progress(f"redacted a secret value from {path}")
     for k in run.kernels:
         if k.fetch.worktree:
             remove_worktree(settings, k.fetch.worktree, k.apply.branch, progress)
