@@ -180,6 +180,39 @@ def config_show(c, matrix=None, json=False):
     print(format_config(settings))
 
 
+# ------------------------------------------------------------------ hosts
+
+
+@task(
+    help={
+        "host": "check only this inventory host (default: every host)",
+        "json": "print the checks as JSON",
+        "matrix": "which matrix's rows to match against the hosts",
+    }
+)
+@cli
+def hosts_check(c, host=None, json=False, matrix=None):
+    """Per host: SSH (ssh_config, jump hosts), host key, Xen dom0, Xen/xl versions, kernel, PF and its
+    driver, VFs, lock, test guest, and which matrix rows would run there. Reads only; exit 7 if one is not ready."""
+    import json as json_mod
+
+    from pipeline.errors import ConfigError
+    from pipeline.hostcheck import check_host, format_check
+
+    settings = _settings(c, matrix)
+    names = [host] if host else sorted(settings.hosts)
+    if host and host not in settings.hosts:
+        raise ConfigError(f"unknown host {host!r}; inventory has {', '.join(sorted(settings.hosts)) or 'none'}")
+    checks = [check_host(settings, n) for n in names]
+    if json:
+        print(json_mod.dumps([ck.to_dict() for ck in checks], indent=2))
+    else:
+        print("\n".join(format_check(ck) for ck in checks))
+    bad = [ck.name for ck in checks if not ck.ok]
+    if bad:
+        raise Exit(f"not ready: {', '.join(bad)}", code=7)
+
+
 # ------------------------------------------------------------------ source
 
 
@@ -591,6 +624,7 @@ def ci_poll(c, patchwork=None, project=None, state=None, trigger=False):
 
 ns = Collection(verify, test)
 ns.add_collection(Collection("config", show=config_show))
+ns.add_collection(Collection("hosts", check=hosts_check))
 ns.add_collection(Collection("source", **{"import": source_import}))
 ns.add_collection(Collection("series", show=series_show))
 ns.add_collection(

@@ -227,6 +227,28 @@ def not_dom0_reason(host: Host) -> Refusal | None:
     return None
 
 
+def pf_refusal(host: Host, max_vfs_needed: int) -> Refusal | None:
+    """Why the host's PF cannot serve the tests (missing, no SR-IOV, no driver, VFs in use or bound
+    elsewhere, fewer VFs than the inventory promises), or None. Reads only."""
+    from . import sriov
+
+    cfg = host.config
+    try:
+        state = sriov.read_pf(host, cfg.pf_bdf, wait_driver_s=sriov.DRIVER_WAIT_S)
+    except HostError as e:
+        return Refusal(e.message, NO_SRIOV)
+    why = sriov.refusal(state, host.name)
+    if why:
+        return Refusal(why, NO_SRIOV if state.driver is None else PCIBACK_BUSY)
+    usable = sriov.usable_vfs(state, cfg.max_vfs)
+    # an explicit max_vfs is a promise about the host; without one, counts above the PF's are skipped
+    want = min(max_vfs_needed, cfg.max_vfs) if cfg.max_vfs else 1
+    if usable < want:
+        have = f"has {state.numvfs} VFs already (never recreated)" if state.numvfs else f"offers {state.totalvfs} VFs"
+        return Refusal(f"PF {cfg.pf_bdf} on {host.name} {have}, tests need {want}", TOO_FEW_VFS)
+    return None
+
+
 def preflight(host: Host, build: BuildResult, max_vfs_needed: int) -> Refusal | None:
     """None when the host can take this module and run the tests, else the refusal (reason and exit code).
 
@@ -251,17 +273,9 @@ def preflight(host: Host, build: BuildResult, max_vfs_needed: int) -> Refusal | 
             return Refusal(
                 f"{name} runs kernel {running}, inventory expects {host.config.kernel_release}", KERNEL_MISMATCH
             )
-        pf = f"/sys/bus/pci/devices/{host.config.pf_bdf}"
-        if not host.exists(pf):
-            return Refusal(f"SR-IOV PF {host.config.pf_bdf} not present on {name}", NO_SRIOV)
-        total = host.read_text(f"{pf}/sriov_totalvfs")
-        if total is None:
-            return Refusal(f"{host.config.pf_bdf} on {name} is not SR-IOV capable (no sriov_totalvfs)", NO_SRIOV)
-        if int(total.strip() or 0) < max_vfs_needed:
-            return Refusal(
-                f"PF {host.config.pf_bdf} on {name} offers {total.strip()} VFs, tests need {max_vfs_needed}",
-                TOO_FEW_VFS,
-            )
+        why = pf_refusal(host, max_vfs_needed)
+        if why:
+            return why
         live = live_domids(host)
         busy = [d for d in pci_backend_domids(host) if d in live and d != 0]
         if busy:

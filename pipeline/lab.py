@@ -44,7 +44,7 @@ import jinja2
 
 from . import TEMPLATES
 from .config import HostConfig, Settings
-from .errors import LabError
+from .errors import HostError, LabError
 from .results import atomic_write_text, now_iso
 
 Progress = Callable[[str], None]
@@ -689,36 +689,18 @@ def _build(b: _Builder, inputs: dict[str, Any], h: str) -> dict[str, Any]:
 
 
 def _guest_initramfs(b: _Builder, root: Path, release: str, gdir: Path) -> bytes:
-    (gdir / "bin").mkdir(parents=True)
-    for d in ("proc", "sys", "dev"):
-        (gdir / d).mkdir()
-    busybox = Path("/bin/busybox")
-    if not busybox.exists():
-        raise LabError("host has no /bin/busybox: install busybox-static")
-    shutil.copy2(busybox, gdir / "bin/busybox")
+    """The guest initramfs with the dom0 image's xen-pcifront (the builder other hosts use too)."""
+    from . import provision
+
     mods = list((root / f"lib/modules/{release}").rglob("xen-pcifront.ko*"))
     if not mods:
         raise LabError(f"no xen-pcifront.ko in the dom0 kernel {release}")
-    ko = gdir / "xen-pcifront.ko"
-    if mods[0].name.endswith(".xz"):  # busybox insmod takes plain modules
-        ko.write_bytes(_unxz(mods[0]))
-    else:
-        shutil.copy2(mods[0], ko)
-    init = gdir / "init"
-    init.write_text(render("guest-init.sh.j2", settle_s=GUEST_SETTLE_S, timeout_s=GUEST_TIMEOUT_S), encoding="utf-8")
-    init.chmod(0o755)
-    names = sorted(str(x.relative_to(gdir)) for x in gdir.rglob("*"))
-    listing = ("\n".join([".", *names]) + "\n").encode()
-    raw = b.run(
-        ["cpio", "-o", "-H", "newc", "--quiet", "-R", "0:0"], input=listing, cwd=gdir, capture=True, binary=True
-    )
-    return gzip.compress(raw, compresslevel=6)
-
-
-def _unxz(path: Path) -> bytes:
-    import lzma
-
-    return lzma.decompress(path.read_bytes())
+    try:
+        return provision.initramfs(
+            provision.plain_module(mods[0].name, mods[0].read_bytes()), GUEST_SETTLE_S, GUEST_TIMEOUT_S
+        )
+    except HostError as e:
+        raise LabError(e.message) from None
 
 
 def _du(path: Path) -> int:

@@ -7,13 +7,14 @@ they change the host's loaded module.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from . import interrupt, kernelsrc
+from . import interrupt, kernelsrc, provision
 from .config import HostConfig, KernelConfig, Settings
 from .errors import ConfigError, InternalError, Interrupted, PipelineError
 from .interrupt import stop_children, sweep_run
@@ -83,6 +84,7 @@ class _Run:
         self.stop = threading.Event()
         self.host_step: tuple[str, str] | None = None  # (deploy | test name, module) on a host now
         self.reused: dict[str, KernelResult] = {}  # `--builds`: rows whose build an earlier run made
+        self.guests: dict = {}  # host name -> provision.GuestProvision (hosts other than the lab)
 
     def save(self) -> None:
         with self.lock:
@@ -206,6 +208,8 @@ class _Run:
                 lock = HostLock(host, self.run.run_id, self.progress).acquire()
                 try:
                     deploy_mod.recover(host, self.progress)
+                    if not host.config.lab:
+                        provision.remove_leftovers(host, self.progress)
                 except PipelineError:
                     lock.release()
                     raise
@@ -217,20 +221,45 @@ class _Run:
                     kr.failed_stage = Stage.DEPLOY
                 continue
             with host, lock:
-                for kcfg, kr in ready:
-                    if self.stop.is_set():
-                        return
-                    try:
-                        self.kernel_on_host(host, kcfg, kr, keep, deploy_mod, vftest)
-                    except KeyboardInterrupt:
-                        self.interrupted_on_host(host, kr)
-                        raise
-                    except Exception as e:  # noqa: BLE001 - one kernel's host failure never ends the run
-                        self.host_row_failed(host, kcfg, kr, e, deploy_mod)
-                        if interrupt.requested():  # a cleanup error hid the Ctrl-C: still stop
-                            self.interrupted_on_host(host, kr)
-                            raise KeyboardInterrupt from e
-                    self.save()
+                try:
+                    self.rows_on_host(host, ready, keep, deploy_mod, vftest)
+                finally:
+                    if not host.config.lab and _wants(self.until, "test"):
+                        with interrupt.deferred_sigint(self.progress):
+                            self.remove_guest(host)
+
+    def rows_on_host(self, host, ready, keep: bool, deploy_mod, vftest) -> None:
+        for kcfg, kr in ready:
+            if self.stop.is_set():
+                return
+            try:
+                self.kernel_on_host(host, kcfg, kr, keep, deploy_mod, vftest)
+            except KeyboardInterrupt:
+                self.interrupted_on_host(host, kr)
+                raise
+            except Exception as e:  # noqa: BLE001 - one kernel's host failure never ends the run
+                self.host_row_failed(host, kcfg, kr, e, deploy_mod)
+                if interrupt.requested():  # a cleanup error hid the Ctrl-C: still stop
+                    self.interrupted_on_host(host, kr)
+                    raise KeyboardInterrupt from e
+            self.save()
+
+    def remove_guest(self, host) -> None:
+        """The run's guest files leave the host with the run (a run that died: the next one removes them)."""
+        try:
+            provision.remove(host, self.run.run_id)
+        except PipelineError as e:
+            self.progress(f"{host.name}: could not remove the test guest ({e.message}); the next run does")
+
+    def guest_image(self, host, vftest):
+        """The lab's guest, or the one this run makes for the host (once, after the first preflight
+        passed: a refused host gets nothing uploaded). HostError when it cannot be made."""
+        if host.config.lab:
+            return vftest.default_guest(host, self.settings)
+        g = self.guests.get(host.name)
+        if g is None:
+            g = self.guests[host.name] = provision.provision(host, self.settings, self.run.run_id, self.progress)
+        return vftest.GuestImage(kernel=g.kernel, ramdisk=g.initrd)
 
     def interrupted_on_host(self, host, kr: KernelResult) -> None:
         """Ctrl-C: the step in progress (its cleanup already ran on the way out) goes on record."""
@@ -269,6 +298,8 @@ class _Run:
             host.close()
             first, t = t, run()
             t.warnings.append(f"first attempt errored: {first.reason}")
+        if host.name in self.guests:  # where the guest came from: made by this run for this host
+            t.metrics["guest"] = self.guests[host.name].record()
         kr.tests.append(t)
         self.host_step = None
         self.save()
@@ -300,12 +331,19 @@ class _Run:
         self.host_step = None
         self.ensure_host(host)
         need = max(self.settings.vf_counts, default=1)
-        reason = deploy_mod.preflight(host, b, min(need, host.config.max_vfs))
+        reason = deploy_mod.preflight(host, b, need)
         if reason:
             self.refuse_host(host, [(kcfg, kr)], reason)
             return
-        image = vftest.default_guest(host, self.settings)
+        self.use_pf_limit(host)
         testing = _wants(self.until, "test")
+        image = None
+        if testing:
+            try:
+                image = self.guest_image(host, vftest)
+            except PipelineError as e:
+                self.refuse_host(host, [(kcfg, kr)], Refusal(f"cannot make the test guest: {e.message}", e.exit_code))
+                return
 
         def deploy(module: str, path: str, srcversion: str):
             self.host_step = ("deploy", module)
@@ -367,6 +405,16 @@ class _Run:
             if not keep:
                 self.ensure_host(host)
                 deploy_mod.restore(host, hdep, p)
+
+    def use_pf_limit(self, host) -> None:
+        """From here on max_vfs is what the PF offers (sriov_totalvfs, or the VFs that exist), capped by
+        the inventory's max_vfs: the VF counts above it are skipped, not failed."""
+        from . import sriov
+
+        state = sriov.read_pf(host, host.config.pf_bdf)
+        usable = sriov.usable_vfs(state, host.config.max_vfs)
+        if usable != host.config.max_vfs:
+            host.config = dataclasses.replace(host.config, max_vfs=usable)
 
     def ensure_host(self, host) -> None:
         """The built-in lab is restarted if its QEMU died (the marker file on its disk drives recovery)."""

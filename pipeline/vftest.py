@@ -20,7 +20,7 @@ from typing import Any
 
 import jinja2
 
-from . import TEMPLATES
+from . import TEMPLATES, sriov
 from .config import Settings
 from .deploy import PCIBACK_BE, remove_stale_backends
 from .errors import HostError
@@ -163,39 +163,39 @@ class GuestImage:
 
 
 def default_guest(host: Host, settings: Settings | None) -> GuestImage:
-    """The lab's guest files when the host is the lab, else the dom0 kernel and the staged initramfs."""
+    """The lab's guest files (built into its image). Any other host gets its guest from the run
+    (pipeline.provision), passed in as `image`."""
     if host.config.lab and settings is not None:
         from . import lab
 
         files = lab.guest_files(settings)
         return GuestImage(kernel=files.kernel, ramdisk=files.initrd)
-    release = host.out(["uname", "-r"])
-    return GuestImage(kernel=f"/boot/vmlinuz-{release}", ramdisk="/var/lib/pciback-verify/guest-initrd.gz")
+    raise HostError(f"host {host.name}: no test guest: a host other than the lab gets it from provision.provision()")
 
 
 # ------------------------------------------------------------------ host steps
 
 
 class VfPool:
-    """N VFs on the PF, assignable to guests; restores numvfs/assignability on exit."""
+    """N VFs on the PF, assignable to guests; numvfs, VF drivers and assignability restored on exit.
+
+    VFs are created only when the PF has none; existing ones (free: see `sriov.refusal`) are used
+    as they are. After teardown the PF is read again and must be exactly as found.
+    """
 
     def __init__(self, host: Host, n: int, progress: Progress = _noprogress):
         self.host = host
         self.n = n
         self.progress = progress
-        self.pf = f"/sys/bus/pci/devices/{host.config.pf_bdf}"
-        self.start_numvfs = 0
-        self.start_assignable: list[str] = []
-        self.autoprobe_was = "1"
+        self.pf = sriov.pf_path(host.config.pf_bdf)
+        self.start: sriov.PfState | None = None
         self.bdfs: list[str] = []
         self.added: list[str] = []
         self.changed_numvfs = False
+        self.changed_autoprobe = False
         self.teardown_failures: list[str] = []  # every failed teardown attempt, also when a later one worked
         self.teardown_ok = True
         self.teardown_raised = ""  # the HostError message teardown raised, if it did
-
-    def _numvfs(self) -> int:
-        return int((self.host.read_text(f"{self.pf}/sriov_numvfs") or "0").strip() or 0)
 
     def _vf_bdfs(self, count: int) -> list[str]:
         out = []
@@ -224,32 +224,28 @@ class VfPool:
 
     def setup(self) -> None:
         h = self.host
-        h.run(["modprobe", "nvme"], timeout=120)
         if h.read_text("/sys/module/xen_pciback/srcversion") is None:
             raise HostError("xen_pciback is not loaded")
-        deadline = time.monotonic() + 60
-        while not h.exists(f"{self.pf}/driver"):
-            if time.monotonic() > deadline:
-                raise HostError(f"PF {h.config.pf_bdf} has no driver after 60 s (nvme)")
-            time.sleep(1)
-        self.autoprobe_was = (h.read_text(f"{self.pf}/sriov_drivers_autoprobe") or "1").strip()
-        if self.autoprobe_was != "1":
+        self.start = start = sriov.read_pf(h, h.config.pf_bdf, wait_driver_s=sriov.DRIVER_WAIT_S)
+        why = sriov.refusal(start, h.name)
+        if why:
+            raise HostError(why)
+        if start.numvfs and start.numvfs < self.n:
+            raise HostError(
+                f"PF {h.config.pf_bdf} has {start.numvfs} VF(s) already, the test needs {self.n}; "
+                "existing VFs are never recreated"
+            )
+        if start.autoprobe != "1":
+            self.changed_autoprobe = True
             h.write_sysfs(f"{self.pf}/sriov_drivers_autoprobe", "1")  # else pciback binding fails (ENODEV)
-        self.start_numvfs = self._numvfs()
-        self.start_assignable = self._assignable()
-        if self.start_numvfs != self.n:
-            if self.start_numvfs:
-                for bdf in self._vf_bdfs(self.start_numvfs):
-                    if bdf in self.start_assignable or _short(bdf) in self.start_assignable:
-                        h.run(["xl", "pci-assignable-remove", bdf], check=False, timeout=120)
-                h.write_sysfs(f"{self.pf}/sriov_numvfs", "0")
+        if not start.numvfs:
             self.changed_numvfs = True
-            self.progress(f"{h.name}: creating {self.n} VF(s) on {h.config.pf_bdf}")
+            self.progress(f"{h.name}: creating {self.n} VF(s) on {h.config.pf_bdf} ({start.driver})")
             h.write_sysfs(f"{self.pf}/sriov_numvfs", str(self.n))
         self.bdfs = self._vf_bdfs(self.n)
         held = set(self._assignable())
         for bdf in self.bdfs:
-            if bdf in held or _short(bdf) in held:
+            if bdf in held or sriov.short(bdf) in held:
                 continue
             self.added.append(bdf)  # first: a Ctrl-C right after the add must still undo it
             h.run(["xl", "pci-assignable-add", bdf], timeout=120)
@@ -276,6 +272,14 @@ class VfPool:
                 self.progress(f"{h.name}: VF teardown failed ({e.message}); again on a fresh connection")
                 h.close()
                 time.sleep(1)
+        if self.start is not None and not errors:
+            try:
+                now = sriov.read_pf(h, h.config.pf_bdf)
+                if now.snapshot() != self.start.snapshot():
+                    errors.append(f"PF not as found: was {self.start.snapshot()}, now {now.snapshot()}")
+            except HostError as e:
+                errors.append(f"PF not read back: {e.message}")
+            self.teardown_failures += errors
         self.teardown_ok = not errors
         if errors:
             self.teardown_raised = f"{h.name}: VF teardown: {'; '.join(errors)}"
@@ -284,16 +288,11 @@ class VfPool:
     def _restore_numvfs(self) -> None:
         h = self.host
         if self.changed_numvfs:
-            h.write_sysfs(f"{self.pf}/sriov_numvfs", "0")
-            if self.start_numvfs:
-                h.write_sysfs(f"{self.pf}/sriov_numvfs", str(self.start_numvfs))
-                for bdf in self._vf_bdfs(self.start_numvfs):
-                    if bdf in self.start_assignable or _short(bdf) in self.start_assignable:
-                        h.run(["xl", "pci-assignable-add", bdf], check=False, timeout=120)
+            h.write_sysfs(f"{self.pf}/sriov_numvfs", "0")  # the PF had none: ours go
             self.changed_numvfs = False
-        if self.autoprobe_was != "1":
-            h.write_sysfs(f"{self.pf}/sriov_drivers_autoprobe", self.autoprobe_was)
-            self.autoprobe_was = "1"
+        if self.changed_autoprobe and self.start is not None:
+            h.write_sysfs(f"{self.pf}/sriov_drivers_autoprobe", self.start.autoprobe)
+            self.changed_autoprobe = False
 
     def teardown_note(self) -> str:
         """What went wrong while tearing down ('' when nothing did), and whether it was put right."""
@@ -301,10 +300,6 @@ class VfPool:
             return ""
         end = "VFs restored on a later attempt" if self.teardown_ok else "VFs NOT restored"
         return f"{self.host.name}: VF teardown: {'; '.join(self.teardown_failures)}; {end}"
-
-
-def _short(bdf: str) -> str:
-    return bdf[5:] if bdf.startswith("0000:") else bdf
 
 
 class Guest:

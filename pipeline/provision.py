@@ -1,0 +1,247 @@
+"""The test guest for a host that is not the built-in lab: made by the pipeline, nothing installed by hand.
+
+A PV guest needs a kernel that boots as one, xen-pcifront for it and an /init that speaks the
+guest protocol (templates/lab/guest-init.sh.j2). The kernel is the host's own: the dom0 kernel
+of the running release, `/boot/vmlinuz-<release>` (its /boot/config must not say it cannot run
+as a PV guest). xen-pcifront comes from the host's /lib/modules/<release> (none needed when it
+is built in), busybox from this machine's busybox-static. The initramfs is built here with the
+same builder as the lab's (`initramfs`), kept in the cache per host release (reused while the
+host's xen-pcifront.ko has the same sha256), uploaded into the run's directory on the host
+(`guest_dir`) and removed when the run leaves the host. Leftovers of runs that died are removed
+by the next run, under the host lock.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import lzma
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .config import Settings
+from .errors import HostError
+from .results import atomic_write_text
+
+if TYPE_CHECKING:  # the runner imports this module; paramiko loads with the first host
+    from .host import Host
+
+Progress = Callable[[str], None]
+
+RUN_ROOT = "/run/pciback-verify"  # tmpfs: a reboot clears it as well
+GUEST_PREFIX = "guest-"
+BUSYBOX = Path("/bin/busybox")
+
+
+def _noprogress(msg: str) -> None:
+    pass
+
+
+@dataclass
+class GuestProvision:
+    """What a run put on a host for its guest, and where it came from (goes into the results)."""
+
+    host: str
+    release: str
+    dir: str  # on the host; removed at the end of the run
+    kernel: str  # on the host
+    initrd: str  # on the host
+    pcifront: str  # the host's module file, or "builtin"
+    pcifront_sha256: str
+    initrd_sha256: str
+    cache: str  # "hit" | "built"
+    provisioned: bool = True
+
+    def record(self) -> dict:
+        return asdict(self)
+
+
+def guest_dir(run_id: str) -> str:
+    return f"{RUN_ROOT}/{GUEST_PREFIX}{run_id}"
+
+
+# ------------------------------------------------------------------ the initramfs (also the lab's)
+
+
+def initramfs(pcifront_ko: bytes | None, settle_s: int, timeout_s: int, busybox: Path = BUSYBOX) -> bytes:
+    """gzip'd newc cpio: busybox-static, /init (guest protocol), xen-pcifront.ko unless it is built in."""
+    from . import lab
+
+    if not busybox.exists():
+        raise HostError(f"this machine has no {busybox}: install busybox-static (deps/apt.txt)")
+    with tempfile.TemporaryDirectory(prefix="pv-guest-") as tmp:
+        gdir = Path(tmp)
+        (gdir / "bin").mkdir()
+        for d in ("proc", "sys", "dev"):
+            (gdir / d).mkdir()
+        shutil.copy2(busybox, gdir / "bin/busybox")
+        if pcifront_ko is not None:
+            (gdir / "xen-pcifront.ko").write_bytes(pcifront_ko)
+        init = gdir / "init"
+        init.write_text(lab.render("guest-init.sh.j2", settle_s=settle_s, timeout_s=timeout_s), encoding="utf-8")
+        init.chmod(0o755)
+        names = sorted(str(x.relative_to(gdir)) for x in gdir.rglob("*"))
+        listing = ("\n".join([".", *names]) + "\n").encode()
+        proc = subprocess.run(
+            ["cpio", "-o", "-H", "newc", "--quiet", "-R", "0:0"], input=listing, cwd=gdir, capture_output=True
+        )
+        if proc.returncode != 0:
+            raise HostError(f"cpio failed building the guest initramfs: {proc.stderr.decode(errors='replace')[-300:]}")
+        # mtime 0: the same inputs give the same bytes (and the same sha256 in the results)
+        return gzip.compress(proc.stdout, compresslevel=6, mtime=0)
+
+
+def plain_module(name: str, data: bytes) -> bytes:
+    """busybox insmod takes uncompressed modules."""
+    if name.endswith(".xz"):
+        return lzma.decompress(data)
+    if name.endswith(".gz"):
+        return gzip.decompress(data)
+    if name.endswith(".zst"):
+        raise HostError(f"{name}: zstd-compressed modules are not supported for the guest")
+    return data
+
+
+# ------------------------------------------------------------------ the host side
+
+
+def _pv_kernel_reason(host: Host, release: str) -> str | None:
+    kernel = f"/boot/vmlinuz-{release}"
+    if not host.exists(kernel):
+        return f"{host.name} has no {kernel}: the test guest boots the host's own kernel"
+    config = host.read_text(f"/boot/config-{release}")
+    if config is not None and "CONFIG_XEN_PV=y" not in config:
+        return f"{kernel} on {host.name} cannot boot as a PV guest (CONFIG_XEN_PV is not set in /boot/config-{release})"
+    return None
+
+
+def pcifront_file(host: Host, release: str) -> str:
+    """The host's xen-pcifront module file for `release`, "builtin", or HostError."""
+    rc, out, err = host.query(["modinfo", "-k", release, "-F", "filename", "xen-pcifront"], timeout=60)
+    name = out.strip().splitlines()[0] if rc == 0 and out.strip() else ""
+    if name == "(builtin)":
+        return "builtin"
+    if not name:
+        raise HostError(
+            f"{host.name}: no xen-pcifront module for {release} in /lib/modules ({err.strip() or f'modinfo exit {rc}'})"
+        )
+    return name
+
+
+def inspect(host: Host) -> tuple[str, str | None, str | None]:
+    """(release, pcifront file or "builtin" or None, why the guest cannot be made or None). Reads only."""
+    release = host.out(["uname", "-r"])
+    why = _pv_kernel_reason(host, release)
+    try:
+        pcifront = pcifront_file(host, release)
+    except HostError as e:
+        return release, None, why or e.message
+    return release, pcifront, why
+
+
+def provision(host: Host, settings: Settings, run_id: str, progress: Progress = _noprogress) -> GuestProvision:
+    """Make the guest for this host, upload it into the run's directory there; HostError when it cannot."""
+    from . import lab
+
+    release, pcifront, why = inspect(host)
+    if why:
+        raise HostError(why)
+    assert pcifront is not None
+    if pcifront == "builtin":
+        ko_sha = "builtin"
+    else:
+        ko_sha = host.out(["sha256sum", pcifront]).split()[0]
+    cache = settings.path(settings.cache_dir) / "guests" / release
+    meta_path = cache / "guest.json"
+    initrd_path = cache / "guest-initrd.gz"
+    meta = _read_json(meta_path)
+    busybox_sha = hashlib.sha256(BUSYBOX.read_bytes()).hexdigest() if BUSYBOX.exists() else ""
+    inputs = {
+        "release": release,
+        "pcifront_sha256": ko_sha,
+        "busybox_sha256": busybox_sha,
+        "init_sha256": hashlib.sha256(
+            lab.render("guest-init.sh.j2", settle_s=lab.GUEST_SETTLE_S, timeout_s=lab.GUEST_TIMEOUT_S).encode()
+        ).hexdigest(),
+    }
+    hit = meta.get("inputs") == inputs and initrd_path.is_file()
+    if hit:
+        data = initrd_path.read_bytes()
+        hit = hashlib.sha256(data).hexdigest() == meta.get("initrd_sha256")
+    if not hit:
+        progress(f"{host.name}: making the test guest for {release} (xen-pcifront from the host, local busybox)")
+        ko = None
+        if pcifront != "builtin":
+            with tempfile.TemporaryDirectory(prefix="pv-pcifront-") as tmp:
+                local = Path(tmp) / Path(pcifront).name
+                host.get(pcifront, local)
+                ko = plain_module(local.name, local.read_bytes())
+        data = initramfs(ko, lab.GUEST_SETTLE_S, lab.GUEST_TIMEOUT_S)
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp_initrd = initrd_path.with_suffix(".tmp")
+        tmp_initrd.write_bytes(data)
+        tmp_initrd.replace(initrd_path)
+        atomic_write_text(
+            meta_path,
+            json.dumps({"inputs": inputs, "initrd_sha256": hashlib.sha256(data).hexdigest()}, indent=2) + "\n",
+        )
+    initrd_sha = hashlib.sha256(data).hexdigest()
+    remote_dir = guest_dir(run_id)
+    host.mkdir_p(remote_dir)
+    remote_initrd = f"{remote_dir}/guest-initrd.gz"
+    host.put(initrd_path, remote_initrd)
+    if host.out(["sha256sum", remote_initrd]).split()[0] != initrd_sha:
+        remove(host, run_id)
+        raise HostError(f"{host.name}: the uploaded guest initramfs does not match ({remote_initrd})")
+    g = GuestProvision(
+        host=host.name,
+        release=release,
+        dir=remote_dir,
+        kernel=f"/boot/vmlinuz-{release}",
+        initrd=remote_initrd,
+        pcifront=pcifront,
+        pcifront_sha256=ko_sha,
+        initrd_sha256=initrd_sha,
+        cache="hit" if hit else "built",
+    )
+    progress(f"{host.name}: test guest {g.kernel} + {g.initrd} ({'cached' if hit else 'built'})")
+    return g
+
+
+def remove(host: Host, run_id: str) -> None:
+    """Remove this run's guest directory from the host (idempotent)."""
+    host.run(["rm", "-rf", "--", guest_dir(run_id)], timeout=60)
+    host.run(["rmdir", "--ignore-fail-on-non-empty", RUN_ROOT], check=False, timeout=30)
+
+
+def leftovers(host: Host) -> list[str]:
+    """Guest directories on the host (of any run)."""
+    try:
+        return sorted(e for e in host.sftp().listdir(RUN_ROOT) if e.startswith(GUEST_PREFIX))
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        raise HostError(f"host {host.name}: cannot list {RUN_ROOT}: {e}") from None
+
+
+def remove_leftovers(host: Host, progress: Progress = _noprogress) -> list[str]:
+    """Guest directories that runs which died left behind; call with the host lock held."""
+    gone = leftovers(host)
+    for entry in gone:
+        progress(f"{host.name}: removing {RUN_ROOT}/{entry} left by an earlier run")
+        host.run(["rm", "-rf", "--", f"{RUN_ROOT}/{entry}"], timeout=60)
+    return gone
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
