@@ -104,7 +104,7 @@ def _probe(settings: Settings, name: str, res: HostCheck) -> None:
             why = deploy.not_dom0_reason(host)
             res.dom0 = why is None
             if why:
-                res.error = why
+                res.error = str(why)  # a Refusal (str with its code): the record keeps the words
             else:
                 info = host.out(["xl", "info"])
                 res.xen_version = _field(info, "xen_version")
