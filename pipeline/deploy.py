@@ -240,12 +240,9 @@ def pf_refusal(host: Host, max_vfs_needed: int) -> Refusal | None:
     why = sriov.refusal(state, host.name)
     if why:
         return Refusal(why, NO_SRIOV if state.driver is None else PCIBACK_BUSY)
-    usable = sriov.usable_vfs(state, cfg.max_vfs)
-    # an explicit max_vfs is a promise about the host; without one, counts above the PF's are skipped
-    want = min(max_vfs_needed, cfg.max_vfs) if cfg.max_vfs else 1
-    if usable < want:
+    if sriov.usable_vfs(state, 0) < max_vfs_needed:
         have = f"has {state.numvfs} VFs already (never recreated)" if state.numvfs else f"offers {state.totalvfs} VFs"
-        return Refusal(f"PF {cfg.pf_bdf} on {host.name} {have}, tests need {want}", TOO_FEW_VFS)
+        return Refusal(f"PF {cfg.pf_bdf} on {host.name} {have}, tests need {max_vfs_needed}", TOO_FEW_VFS)
     return None
 
 

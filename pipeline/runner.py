@@ -331,7 +331,9 @@ class _Run:
         self.host_step = None
         self.ensure_host(host)
         need = max(self.settings.vf_counts, default=1)
-        reason = deploy_mod.preflight(host, b, need)
+        # an explicit max_vfs is a promise about the host; without one, counts above the PF's are skipped
+        cap = host.config.max_vfs
+        reason = deploy_mod.preflight(host, b, min(need, cap) if cap else 1)
         if reason:
             self.refuse_host(host, [(kcfg, kr)], reason)
             return
