@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -136,3 +137,29 @@ def test_merge_of_real_per_kernel_build_runs(tmp_path):
 
     assert facts(merged) == facts(whole)
     assert {k["verdict"] for k in merged["kernels"]} == {"already-upstream", "ready-untested"}
+
+
+@pytest.mark.kernel
+@pytest.mark.build
+def test_verify_builds_takes_an_earlier_runs_module(tmp_path):
+    """`verify --builds`: CI's test job gets the build job's run as an artifact (here: moved to another
+    folder, as the artifact lands in another job's directory) and uses its module; nothing is rebuilt."""
+    built_root, moved, test_root = tmp_path / "build-job", tmp_path / "artifact", tmp_path / "test-job"
+    env = {**os.environ, "INVOKE_PV_RESULTS_ROOT": str(built_root)}
+    built = json.loads(_invoke("verify", "--until", "build", "--kernel", "debian-6.1-prefix", "--json", env=env).stdout)
+    shutil.copytree(built_root, moved, symlinks=True)
+    shutil.rmtree(built_root)  # the build job's directory is gone; only the artifact is left
+    env["INVOKE_PV_RESULTS_ROOT"] = str(test_root)
+    proc = _invoke(
+        "verify", "--until", "build", "--kernel", "debian-6.1-prefix", "--builds", str(moved), "--json", env=env
+    )
+    again = json.loads(proc.stdout)
+    (b,), (k,) = built["kernels"], again["kernels"]
+    assert k["build"]["reused_from"] == built["run_id"] and k["build"]["srcversion"] == b["build"]["srcversion"]
+    run_dir = test_root / again["run_id"]
+    assert k["build"]["module"] == str(run_dir / "build/debian-6.1-prefix/xen-pciback.ko")
+    assert (run_dir / "build/debian-6.1-prefix/xen-pciback.ko").read_bytes() == (
+        moved / built["run_id"] / "build/debian-6.1-prefix/xen-pciback.ko"
+    ).read_bytes()
+    assert "not rebuilt" in proc.stderr and "build: xen-pciback.ko (series)" not in proc.stderr
+    assert (k["verdict"], k["apply"]["status"]) == (b["verdict"], b["apply"]["status"])
