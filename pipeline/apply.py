@@ -28,15 +28,22 @@ _OFFSET_RE = re.compile(r"^Hunk #\d+ succeeded at \d+ (?:\(offset|with fuzz)", r
 _HISTORY_LIMIT = 2000  # commits per touched file searched for a patch-id/subject match
 
 
+GIT_TIMEOUT_S = 600  # one git call on a worktree; a hung one (a lock, a filesystem) must not hang the run
+
+
 def _git(worktree: Path, *args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        ["git", "-C", str(worktree), *args],
-        capture_output=True,
-        text=True,
-        errors="replace",
-        input=input,
-        check=False,
-    )
+    try:
+        proc = subprocess.run(
+            ["git", "-C", str(worktree), *args],
+            capture_output=True,
+            text=True,
+            errors="replace",
+            input=input,
+            check=False,
+            timeout=GIT_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"git {' '.join(args)}: no answer after {GIT_TIMEOUT_S} s") from None
     if check and proc.returncode:
         raise RuntimeError(f"git {' '.join(args)}: {proc.stderr.strip()}")
     return proc
@@ -137,7 +144,9 @@ def _history_match(worktree: Path, patch: PatchInfo) -> str:
         shas = [line.split("\t")[0] for line in log.splitlines()][:200]
         # diffs limited to the patch's files: a root commit of an imported tree is otherwise huge
         shown = _git(worktree, "show", "--format=commit %H", *shas, "--", *patch.files, check=False).stdout
-        ids = subprocess.run(["git", "patch-id", "--stable"], input=shown, capture_output=True, text=True).stdout
+        ids = subprocess.run(
+            ["git", "patch-id", "--stable"], input=shown, capture_output=True, text=True, timeout=GIT_TIMEOUT_S
+        ).stdout
         for line in ids.splitlines():
             pid, _, sha = line.partition(" ")
             if pid == patch.patch_id:

@@ -64,13 +64,29 @@ def _remote_name(url: str) -> str:
     return "r-" + hashlib.sha1(url.encode()).hexdigest()[:12]
 
 
+# no git call and no wait for the cache lock may hang a run (the lock is held across git calls)
+FETCH_TIMEOUT_S = 1800  # a first fetch of a kernel.org branch over a slow line
+GIT_TIMEOUT_S = 600  # local git work: worktree add, sparse checkout, count-objects
+LOCK_TIMEOUT_S = 3600  # longer than any fetch plus checkout another run may be doing
+
+
 @contextmanager
-def _cache_lock(settings: Settings):
+def _cache_lock(settings: Settings, timeout_s: float = LOCK_TIMEOUT_S):
     """Fetches into the shared cache one at a time (shallow-file updates are not concurrent-safe)."""
     lock = cache_path(settings).parent / "fetch.lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise FetchError(
+                        f"waited {timeout_s:.0f} s for the object cache lock {lock}: another run holds it"
+                    ) from None
+                time.sleep(0.5)
         try:
             yield
         finally:
@@ -98,13 +114,14 @@ def resolve_ref(url: str, ref: str, display: str) -> tuple[str, str]:
 
 
 def _object_count(repo: git.Repo) -> int:
-    stats = dict(line.split(": ", 1) for line in repo.git.count_objects("-v").splitlines() if ": " in line)
+    out = repo.git.count_objects("-v", kill_after_timeout=GIT_TIMEOUT_S)
+    stats = dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
     return int(stats.get("count", 0)) + int(stats.get("in-pack", 0))
 
 
 def _has_commit(repo: git.Repo, sha: str) -> bool:
     try:
-        repo.git.cat_file("-e", f"{sha}^{{commit}}")
+        repo.git.cat_file("-e", f"{sha}^{{commit}}", kill_after_timeout=GIT_TIMEOUT_S)
         return True
     except git.GitCommandError:
         return False
@@ -154,13 +171,18 @@ def fetch_kernel(
             local = f"refs/pv/{name}/{kcfg.ref}" if fullref != sha else f"refs/pv/{name}/{sha}"
             progress(f"fetch {kcfg.name}: {kcfg.ref} from {kcfg.remote}")
             try:
-                remote.fetch(f"+{fullref}:{local}", depth=1, progress=_Progress(kcfg.name, progress))
+                remote.fetch(
+                    f"+{fullref}:{local}",
+                    depth=1,
+                    progress=_Progress(kcfg.name, progress),
+                    kill_after_timeout=FETCH_TIMEOUT_S,
+                )
             except git.GitCommandError as e:
                 raise FetchError(
                     f"fetch of {kcfg.ref!r} from {kcfg.remote!r} failed: {e.stderr.strip()[-300:]}"
                 ) from None
         # keep what every kernel uses reachable from a ref of our own, whatever the remote does later
-        repo.git.update_ref(f"refs/pv/kernels/{kcfg.name}", sha)
+        repo.git.update_ref(f"refs/pv/kernels/{kcfg.name}", sha, kill_after_timeout=GIT_TIMEOUT_S)
         result.objects_received = _object_count(repo) - before
     result.commit = sha
     wt = worktree_root(settings) / run_id / kcfg.name
@@ -169,12 +191,13 @@ def fetch_kernel(
     t_checkout = time.monotonic()
     with _cache_lock(settings):
         if sparse:
-            repo.git.worktree("add", "--detach", "--force", "--no-checkout", str(wt), sha)
+            t = {"kill_after_timeout": GIT_TIMEOUT_S}
+            repo.git.worktree("add", "--detach", "--force", "--no-checkout", str(wt), sha, **t)
             wrepo = git.Repo(wt)
-            wrepo.git.sparse_checkout("set", "--no-cone", *sparse)
-            wrepo.git.checkout("--quiet", "--detach", sha)
+            wrepo.git.sparse_checkout("set", "--no-cone", *sparse, **t)
+            wrepo.git.checkout("--quiet", "--detach", sha, **t)
         else:
-            repo.git.worktree("add", "--detach", "--force", str(wt), sha)
+            repo.git.worktree("add", "--detach", "--force", str(wt), sha, kill_after_timeout=GIT_TIMEOUT_S)
     result.sparse = list(sparse or [])
     result.checkout_s = round(time.monotonic() - t_checkout, 2)
     result.worktree = str(wt)
@@ -189,13 +212,13 @@ def remove_worktree(settings: Settings, worktree: str | Path, branch: str = "", 
     repo = cache_repo(settings)
     with _cache_lock(settings):
         try:
-            repo.git.worktree("remove", "--force", "--force", str(worktree))
+            repo.git.worktree("remove", "--force", "--force", str(worktree), kill_after_timeout=GIT_TIMEOUT_S)
         except git.GitCommandError as e:
             progress(f"fetch: could not remove worktree {worktree}: {e.stderr.strip()[-200:]}")
-        repo.git.worktree("prune")
+        repo.git.worktree("prune", kill_after_timeout=GIT_TIMEOUT_S)
         if branch:
             try:
-                repo.git.branch("-D", branch)
+                repo.git.branch("-D", branch, kill_after_timeout=GIT_TIMEOUT_S)
             except git.GitCommandError:
                 pass
     try:

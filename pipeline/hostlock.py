@@ -12,6 +12,13 @@ mtime). Breaking happens under a second, short-lived lock (BREAK_DIR) and re-rea
 owner first, so two runs breaking the same stale lock cannot remove a fresh one. A
 lock without an owner file (its holder died between mkdir and writing it) counts as
 stale after OWNERLESS_GRACE_S.
+
+The owner also records this machine's boot id and the process's start time, and the
+holder refreshes HEARTBEAT every HEARTBEAT_S: a holder on this machine is dead when
+its pid is gone, its pid now belongs to another process (other start time) or the
+machine rebooted (other boot id); a holder elsewhere is dead when its heartbeat is
+older than HEARTBEAT_STALE_S. Only a lock without a heartbeat (an older version's)
+waits for lock_stale_s.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -32,6 +40,9 @@ LOCK_PARENT = "/run/pciback-verify"
 LOCK_DIR = f"{LOCK_PARENT}/lock"
 OWNER = f"{LOCK_DIR}/owner.json"
 BREAK_DIR = f"{LOCK_PARENT}/lock.break"
+HEARTBEAT = f"{LOCK_DIR}/heartbeat"
+HEARTBEAT_S = 30.0
+HEARTBEAT_STALE_S = 300.0  # ten missed beats: the holder is gone (or cut off from the host)
 OWNERLESS_GRACE_S = 60
 POLL_S = 2.0
 REPORT_EVERY_S = 30.0
@@ -51,6 +62,24 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""
+
+
+def proc_start(pid: int) -> int | None:
+    """Start time of a process in clock ticks since boot (field 22 of /proc/PID/stat); None when gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
 
 
 def _describe(owner: dict | None) -> str:
@@ -106,10 +135,22 @@ class HostLock:
             return None  # released meanwhile
         if owner is None:
             return f"no owner file after {age:.0f} s" if age > OWNERLESS_GRACE_S else None
-        if owner.get("hostname") == socket.gethostname() and isinstance(owner.get("pid"), int):
+        here = owner.get("hostname") == socket.gethostname()
+        if here and owner.get("boot_id") and owner["boot_id"] != boot_id():
+            return "this machine rebooted since it was taken (boot id differs)"
+        if here and isinstance(owner.get("pid"), int):
             if not _pid_alive(owner["pid"]):
                 return f"its process {owner['pid']} on this machine is gone"
+            started = owner.get("proc_start")
+            if isinstance(started, int) and proc_start(owner["pid"]) not in (None, started):
+                return f"pid {owner['pid']} on this machine is now another process (start time differs)"
             return None  # a holder alive on this machine is never broken
+        if owner.get("heartbeat_s"):
+            beat = self._age(HEARTBEAT)
+            beat = age if beat is None else beat
+            if beat > HEARTBEAT_STALE_S:
+                return f"its heartbeat stopped {beat:.0f} s ago (beats every {owner['heartbeat_s']:g} s)"
+            return None
         limit = self.host.config.lock_stale_s
         if age > limit:
             return f"it is {age:.0f} s old (lock_stale_s {limit})"
@@ -143,10 +184,28 @@ class HostLock:
             "pid": os.getpid(),
             "started": now_iso(),
             "token": self.token,
+            "boot_id": boot_id(),
+            "proc_start": proc_start(os.getpid()),
+            "heartbeat_s": HEARTBEAT_S,
         }
         self.host.write_text(OWNER, json.dumps(owner) + "\n")
+        self.host.run(["touch", "--", HEARTBEAT], check=False, timeout=30)
         self.held = True
+        self._start_heartbeat()
         return True
+
+    def _start_heartbeat(self) -> None:
+        self._stop = threading.Event()
+
+        def beat() -> None:
+            while not self._stop.wait(HEARTBEAT_S):
+                try:
+                    self.host.run(["touch", "-c", "--", HEARTBEAT], check=False, timeout=30)
+                except Exception:  # noqa: BLE001 - a missed beat is retried; the run goes on
+                    pass
+
+        self._beater = threading.Thread(target=beat, name=f"hostlock-{self.host.name}", daemon=True)
+        self._beater.start()
 
     def acquire(self) -> HostLock:
         name = self.host.name
@@ -181,6 +240,9 @@ class HostLock:
         if not self.held:
             return
         self.held = False
+        if getattr(self, "_stop", None) is not None:
+            self._stop.set()
+            self._beater.join(timeout=35)
         owner = self._owner()
         if owner is not None and owner.get("token") == self.token:
             self.host.run(["rm", "-rf", "--", LOCK_DIR], check=False, timeout=30)
