@@ -99,7 +99,6 @@ class _Runner:
         self.limits = sandbox.Limits(
             time_s=timeout_s, memory_mb=sb.memory_mb, processes=sb.processes, log_mb=sb.log_mb, file_mb=sb.file_mb
         )
-        self.slot_dir = settings.path(settings.cache_dir) / "sandbox"
         self.ro: set[Path] = set()
         self.rw: set[Path] = set()
 
@@ -148,7 +147,6 @@ class _Runner:
                     input=input,
                     log=fh,
                     confined=self.confined,
-                    slot_dir=self.slot_dir,
                 )
             except sandbox.SandboxUnavailable as e:
                 raise BuildSetupError(f"{what}: build refused: {e}") from None

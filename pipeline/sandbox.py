@@ -44,6 +44,9 @@ from .results import SandboxInfo
 # never a real user's: the sandbox uid of slot N is UID_BASE + N
 UID_BASE = 61500
 SLOTS = 16
+# the uids are machine-wide, so their locks must be too: two checkouts (or two cache dirs)
+# sharing a uid would kill each other's builds in the sweep and share one process limit
+SLOT_DIR = Path("/run/pciback-verify-sandbox")
 FIXED_ENV = {
     "PATH": "/usr/bin:/bin",
     "HOME": "/tmp/home",
@@ -351,7 +354,7 @@ def run(
             raise SandboxUnavailable(reason)
         uid = None
         if os.geteuid() == 0:
-            slot = _acquire_slot(slot_dir or Path(tempfile.gettempdir()) / "pciback-verify-sandbox")
+            slot = _acquire_slot(slot_dir or SLOT_DIR)
             uid = slot.uid
             _own(rw, uid)
         for p in ro + rw:
