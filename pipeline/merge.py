@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 
 from .errors import ConfigError
-from .results import KernelResult, RunDir, RunResult, load_results, now_iso, write_results
+from .results import KernelResult, Outcome, RunDir, RunResult, load_results, now_iso, write_results
 from .reuse import _moved
 
 _ORDER = ["series", "fetch", "apply", "build", "deploy", "test", "report"]
@@ -49,7 +49,7 @@ def run_dirs(paths: list[str | Path], tested_only: bool = False) -> list[Path]:
 
 
 def _progress_of(k: KernelResult) -> tuple[int, int, int]:
-    tested = [t for t in k.tests if not t.reason.startswith(("interrupted", "skipped"))]
+    tested = [t for t in k.tests if t.outcome not in (Outcome.INTERRUPTED, Outcome.SKIPPED)]
     return (len(tested), len(k.deploy), {"ok": 2, "build-failed": 1}.get(k.build.status, 0))
 
 
