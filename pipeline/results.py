@@ -340,6 +340,29 @@ class DeployResult:
 
 
 @dataclass
+class Toolstack:
+    """The host's toolstack as `xl info` (and the package database) reported it, read once per host session."""
+
+    xen_version: str = ""  # hypervisor, `xl info` xen_version (4.17.6-pre)
+    xl_version: str = ""  # the xl/libxl build: Debian package version of xen-utils-X.Y, else the hypervisor's X.Y
+    dom0_kernel: str = ""  # `xl info` release
+    detail: str = ""  # why a field is empty
+
+
+@dataclass
+class XsCreation:
+    """How libxl wrote the PCI backend at domain creation, OBSERVED in xenstored's access log
+    (xsobserve.py): the committed transactions that wrote the backend's num_devs, in order."""
+
+    observed: bool = False  # False: the log could not be read (detail says why); never assumed
+    source: str = ""  # the log read (oxenstored access log)
+    transactions: int = 0  # committed transactions (and plain writes) that wrote num_devs
+    num_devs: list[int] = field(default_factory=list)  # the value each of them wrote, in order
+    devices_first: int = 0  # dev-N entries the first of them wrote
+    detail: str = ""
+
+
+@dataclass
 class TestResult:
     __test__ = False  # not a pytest class
 
@@ -358,6 +381,8 @@ class TestResult:
     warnings: list[str] = field(default_factory=list)
     duration_s: float = 0.0
     xl_config: str = ""  # the guest's xl config as written to the host (reproduce lines point at a copy)
+    toolstack: Toolstack = field(default_factory=Toolstack)  # vf tests: the host's Xen, xl/libxl, dom0 kernel
+    xs_creation: XsCreation = field(default_factory=XsCreation)  # vf-boot: libxl's writes at creation
 
     @property
     def passed(self) -> bool:

@@ -20,7 +20,7 @@ from typing import Any
 
 import jinja2
 
-from . import TEMPLATES, sriov
+from . import TEMPLATES, sriov, xsobserve
 from .config import Settings
 from .deploy import PCIBACK_BE, remove_stale_backends
 from .errors import HostError
@@ -416,11 +416,14 @@ def vf_boot(
             with Guest(host, f"pvtest-{name}", image, pool.bdfs, n, name) as guest:
                 progress(f"{host.name}: {name} [{module_label}]: xl create with {', '.join(pool.bdfs)}")
                 t_create = time.monotonic()
+                res.toolstack = xsobserve.toolstack(host)
+                xslog = xsobserve.Cursor(host)  # the access log's end: only this creation's lines are read
                 domid = guest.create()
                 res.xl_config = guest.config_text
                 marker = guest.wait_marker(timeout=marker_timeout)
                 res.metrics["marker_s"] = round(time.monotonic() - t_create, 1)
                 res.backend = guest.backend()  # before teardown: late devices appear while dying
+                res.xs_creation = xslog.creation(domid)
                 res.metrics["domid"] = domid
                 res.metrics["host_bdfs"] = pool.bdfs
                 if marker is not None:
@@ -484,6 +487,7 @@ def vf_hotplug(
             vfs = pool.bdfs
             with Guest(host, f"pvtest-{name}", image, vfs[:1], 1, name) as guest:
                 progress(f"{host.name}: {name} [{module_label}]: xl create with {vfs[0]}")
+                res.toolstack = xsobserve.toolstack(host)
                 guest.create()
                 res.xl_config = guest.config_text
                 seq = 0

@@ -124,6 +124,9 @@ def test_series_passes_and_host_restored(host, lab_settings, lab_modules):
         assert r.backend["num_devs"] == n
         assert all(r.backend[f"state-{i}"] == 3 for i in range(n)), r.backend
         assert all(f"vdev-{i}" in r.backend for i in range(n))
+        # observed in oxenstored's access log: libxl 4.17 commits num_devs once per device
+        assert (r.xs_creation.transactions, r.xs_creation.num_devs) == (n, list(range(1, n + 1))), r.xs_creation
+        assert r.toolstack.xen_version.startswith("4.17") and r.toolstack.dom0_kernel == host.out(["uname", "-r"])
     hot = by_name["vf-hotplug"]
     assert hot.passed, hot.reason
     assert len(hot.metrics["num_devs"]) == len(hot.metrics["steps"]) == 3 + 2 * lab_settings.hotplug_cycles
@@ -149,6 +152,9 @@ def test_control_fails_one_of_three(host, lab_modules, lab_settings):
     assert r.backend["state-0"] == 3
     assert r.backend["state-1"] == 1 and r.backend["state-2"] == 1, r.backend
     assert "vdev-1" not in r.backend and "vdev-2" not in r.backend
+    # the race, observed live: three commits wrote num_devs 1, 2, 3 (Xen 4.17's libxl, one per device)
+    assert r.xs_creation.observed and r.xs_creation.num_devs == [1, 2, 3], r.xs_creation
+    assert r.toolstack.xen_version.startswith("4.17") and r.toolstack.xl_version.startswith("4.17"), r.toolstack
 
 
 def test_edit_ko_helper(tmp_path):

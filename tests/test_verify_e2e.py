@@ -50,12 +50,15 @@ def test_verify_default_matrix_on_the_lab(lab_host, lab_settings, tmp_path):
             t = series[f"vf-boot-{n}"]
             assert t["passed"] and t["seen"] == n, (name, t)
             assert all(t["backend"][f"state-{i}"] == 3 for i in range(n)), (name, t["backend"])
+            assert t["xs_creation"]["num_devs"] == list(range(1, n + 1)), (name, t["xs_creation"])
+            assert t["toolstack"]["xen_version"].startswith("4.17"), (name, t["toolstack"])
         hot = series["vf-hotplug"]
         assert hot["passed"], (name, hot["reason"])
         assert hot["metrics"]["num_devs"][:3] == [1, 2, 3]  # num_devs grows with each attach
         (control,) = [t for t in k["tests"] if t["module"] == "control"]
         # without the fix the guest misses devices and their backend entries stay Initialising (1)
         assert not control["passed"] and control["seen"] < 3, (name, control)
+        assert control["xs_creation"]["num_devs"] == [1, 2, 3], (name, control["xs_creation"])
         assert any(control["backend"].get(f"state-{i}") == 1 for i in (1, 2)), (name, control["backend"])
         # the series' module really was the one loaded: srcversion on the host equals the built one
         series_deploys = [d for d in k["deploy"] if not d["detail"].startswith("control")]
