@@ -5,7 +5,10 @@
   prepared tree after the same source change (target: <= 1.2x);
 - cold full-tree build_kernel (tinyconfig + dom0 fragment, modules_prepare);
 - cold headers-mode build_kernel (against Debian's linux-headers);
-- peak memory of the children (make, gcc) and of this process.
+- peak memory of the children (make, gcc) and of this process;
+- warm headers-mode rebuild inside the bubblewrap sandbox vs outside it
+  (--no-sandbox), alternating revisions in one run (target: <= 1.1x);
+  `--sandbox-only` measures just that.
 
 Needs the Debian source imported (`invoke source.import`) and uses the
 checkout `.cache/test-build/full-tree` the build tests create (made here when
@@ -79,9 +82,39 @@ def timed(fn, *args):
     return time.monotonic() - t0, out
 
 
+def sandbox_ratio(wt: Path, base: str, tmp: Path, revisions: int) -> None:
+    """Warm headers-mode rebuilds, sandboxed and unconfined, each with its own cache, alternating."""
+    kcfg = KernelConfig(name="bench-sb", remote="r", ref="x", build=BuildConfig(mode="headers"))
+    inside = Settings(cache_dir=str(tmp / "cache-in"))
+    outside = Settings(cache_dir=str(tmp / "cache-out"))
+    outside.sandbox.enabled = False
+    patches = revision(wt, base, 100)
+    for s in (inside, outside):  # cold builds (baseline, control cached), not timed
+        r = build_kernel(s, kcfg, wt, base, patches, tmp / "run-sb-cold", quiet)
+        assert r.status == "ok", (r.detail, r.errors)
+    times: dict[str, list[float]] = {"in": [], "out": []}
+    for n in range(101, 101 + revisions):
+        patches = revision(wt, base, n)
+        for label, s in (("in", inside), ("out", outside)):
+            t, r = timed(build_kernel, s, kcfg, wt, base, patches, tmp / f"run-sb-{label}-{n}", quiet)
+            assert r.status == "ok" and r.sandbox.confined == (label == "in"), (r.detail, r.errors)
+            times[label].append(t)
+    git(wt, "checkout", "-q", "-f", "--detach", base)
+    i, o = statistics.median(times["in"]), statistics.median(times["out"])
+    print(f"machine: {os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}; make -j{make_jobs()}")
+    print(
+        f"warm headers-mode rebuild in the sandbox, median of {revisions}: {i:6.2f} s  {[round(x, 2) for x in times['in']]}"
+    )
+    print(
+        f"warm headers-mode rebuild unconfined,     median of {revisions}: {o:6.2f} s  {[round(x, 2) for x in times['out']]}"
+    )
+    print(f"ratio sandbox / unconfined: {i / o:.2f}x (target <= 1.1x)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--revisions", type=int, default=3, help="warm revisions measured (alternating with bare make)")
+    ap.add_argument("--sandbox-only", action="store_true", help="only the sandboxed vs unconfined warm rebuild")
     args = ap.parse_args()
 
     src = import_debian_source(Settings(), progress=print)
@@ -89,6 +122,10 @@ def main() -> None:
     wt = tree(base, src.repo)
     with tempfile.TemporaryDirectory(prefix="bench-build-") as tmp:
         tmp = Path(tmp)
+        os.chmod(tmp, 0o711)  # the sandbox's uid must pass through to the build caches in it
+        sandbox_ratio(wt, base, tmp, args.revisions)
+        if args.sandbox_only:
+            return
         settings = Settings(cache_dir=str(tmp / "cache"))  # cold: no prepared tree, empty ccache
         full = KernelConfig(
             name="bench-full",

@@ -8,7 +8,9 @@ with insmod from a staging directory, the stock one comes back with modprobe.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +22,8 @@ from .results import BuildResult, DeployResult, Refusal, now_iso
 
 MARKER_DIR = "/run/pciback-verify"
 MARKER = f"{MARKER_DIR}/modified.json"
-STAGING = "/var/tmp/pciback-verify"
+# root's alone (0700 under /run, never world-writable /var/tmp); one fresh `mktemp -d` entry per deploy
+STAGING = f"{MARKER_DIR}/stage"
 SYS_MODULE = "/sys/module/xen_pciback"
 PCIBACK_BE = "/local/domain/0/backend/pci"
 TEST_DOMAIN_PREFIX = "pvtest-"
@@ -142,10 +145,54 @@ def staged_entries(host: Host) -> list[str]:
         raise HostError(f"host {host.name}: cannot list {STAGING}: {e}") from None
 
 
+def _stage_key(entry: str) -> str:
+    """The srcversion a staging entry (`<srcversion>.XXXXXXXX`) holds."""
+    return entry.split(".", 1)[0]
+
+
+def staged_module(host: Host, srcversion: str) -> str | None:
+    """Path of the staged module of this srcversion (kept as the original by an earlier --keep), if any."""
+    for entry in staged_entries(host):
+        if _stage_key(entry) == srcversion:
+            return f"{STAGING}/{entry}/xen-pciback.ko"
+    return None
+
+
+def _owned_by_root(host: Host, path: str) -> bool:
+    """False when `path` is absent; raises when it exists but another user could have put anything there."""
+    rc, out, _ = host.run(["stat", "-c", "%u %g %a %F", "--", path], check=False, timeout=30)
+    if rc != 0:
+        return False
+    uid, gid, mode, kind = out.strip().split(" ", 3)
+    if kind != "directory" or uid != "0" or int(mode, 8) & 0o022:
+        raise HostError(
+            f"host {host.name}: refused: {path} exists as a {kind} owned by uid {uid} (gid {gid}), mode {mode}; "
+            "only a root-owned directory no one else can write is used for staging: "
+            "remove it after checking who made it"
+        )
+    return True
+
+
+def make_stage_dir(host: Host, srcversion: str) -> str:
+    """A fresh 0700 directory of root's for one deploy; a pre-existing path of another user is refused."""
+    for d in (MARKER_DIR, STAGING):
+        if not _owned_by_root(host, d):
+            host.run(["mkdir", "-m", "0700", "--", d], timeout=30)
+            _owned_by_root(host, d)  # the path a racing user created in between is refused too
+    if not re.fullmatch(r"[0-9A-F]+", srcversion):
+        raise HostError(f"srcversion {srcversion!r} is not a modinfo srcversion")
+    return host.out(["mktemp", "-d", "-p", STAGING, f"{srcversion}.XXXXXXXX"], timeout=30)
+
+
+def remote_sha256(host: Host, path: str) -> str:
+    out = host.out(["sha256sum", "--", path], timeout=60)
+    return out.split()[0] if out else ""
+
+
 def clean_staging(host: Host, keep: str = "") -> None:
     """Remove uploaded modules (all but `keep`, a staged srcversion still loaded as the original)."""
     for entry in staged_entries(host):
-        if entry != keep:
+        if _stage_key(entry) != keep:
             host.run(["rm", "-rf", "--", f"{STAGING}/{entry}"], timeout=60)
     host.run(["rmdir", "--ignore-fail-on-non-empty", STAGING], check=False, timeout=30)
 
@@ -295,8 +342,8 @@ def _load_original(host: Host, original: str, progress: Progress) -> None:
     if original == "none":
         return
     if original not in ("stock", "out-of-tree"):
-        ko = f"{STAGING}/{original}/xen-pciback.ko"
-        if host.exists(ko):
+        ko = staged_module(host, original)
+        if ko and host.exists(ko):
             host.run(["insmod", ko], timeout=120)
             return
         progress(f"{host.name}: original module {original} not available, loading the stock one")
@@ -340,10 +387,12 @@ def deploy(host: Host, module_path: Path, srcversion: str, progress: Progress = 
     try:
         res.original, _ = loaded_state(host)
         progress(f"{host.name}: loaded now: {res.original}; uploading module {srcversion}")
-        stage_dir = f"{STAGING}/{srcversion}"
-        host.mkdir_p(stage_dir)
+        digest = hashlib.sha256(Path(module_path).read_bytes()).hexdigest()
+        stage_dir = make_stage_dir(host, srcversion)
         staged = f"{stage_dir}/xen-pciback.ko"
         host.put(module_path, staged)
+        if remote_sha256(host, staged) != digest:
+            raise HostError(f"uploaded module {staged}: sha256 differs from the built one")
         staged_src = host.out(["modinfo", "-F", "srcversion", staged])
         if staged_src != srcversion:
             raise HostError(f"uploaded module has srcversion {staged_src}, expected {srcversion}")
@@ -369,6 +418,8 @@ def deploy(host: Host, module_path: Path, srcversion: str, progress: Progress = 
         if loaded_srcversion(host) is not None:
             host.run(["rmmod", "xen_pciback"], timeout=120)
         progress(f"{host.name}: insmod {staged}")
+        if remote_sha256(host, staged) != digest:  # right before the load: nothing swapped it meanwhile
+            raise HostError(f"staged module {staged}: sha256 changed since the upload; not loaded")
         host.run(["insmod", staged], timeout=120)
         now = loaded_srcversion(host)
         res.srcversion = now or ""

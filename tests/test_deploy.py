@@ -162,3 +162,25 @@ def test_edit_ko_helper(tmp_path):
     src.write_bytes(b"xx vermagic=6.1.0-56-amd64 SMP mod_unload yy")
     _edit_ko(src, tmp_path / "b", b"mod_unload", b"mod_unlo4d")
     assert b"mod_unlo4d" in (tmp_path / "b").read_bytes()
+
+
+@pytest.mark.lab
+def test_staging_path_made_by_another_user_is_refused(host, lab_modules):
+    """/run/pciback-verify/stage already there, owned by a non-root user: nothing uploaded or loaded."""
+    from pipeline import deploy as D
+
+    series = lab_modules["series"]
+    before = _host_state(host)
+    assert not host.exists(D.STAGING), "a staging directory is left from an earlier run"
+    host.run(["mkdir", "-p", D.MARKER_DIR])
+    # as user nobody would have made it (root makes it and gives it away: the same directory)
+    host.run(["mkdir", "-m", "0777", "--", D.STAGING])
+    host.run(["chown", "65534:65534", "--", D.STAGING])
+    try:
+        res = D.deploy(host, Path(series.module), series.srcversion)
+        assert res.status == "failed", res
+        assert "refused" in res.detail and "uid 65534" in res.detail, res.detail
+        assert host.out(["ls", "-A", D.STAGING]) == ""  # nothing was put in it
+        assert _host_state(host) == before
+    finally:
+        host.run(["rm", "-rf", "--", D.STAGING])
