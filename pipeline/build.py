@@ -101,12 +101,14 @@ class _Runner:
         )
         self.ro: set[Path] = set()
         self.rw: set[Path] = set()
+        self.usr: Path | None = None  # a build root's /usr (pipeline.buildroot), else the host's
 
     def child(self, log: Path) -> _Runner:
         """A runner for a step logged on its own (checkpatch), recorded with this one."""
         other = _Runner.__new__(_Runner)
         other.__dict__.update(self.__dict__)
         other.log = log
+        other.usr = None  # checkpatch runs on the host's perl, not in a build root
         return other
 
     def info(self) -> sandbox.SandboxInfo:
@@ -147,6 +149,7 @@ class _Runner:
                     input=input,
                     log=fh,
                     confined=self.confined,
+                    usr=self.usr,
                 )
             except sandbox.SandboxUnavailable as e:
                 raise BuildSetupError(f"{what}: build refused: {e}") from None
@@ -476,10 +479,16 @@ class _Target:
     srctree: Path | None  # full mode: the kernel source tree
     cc: str
     release: str
+    ccache: bool = True  # False in a build root (it has no ccache)
 
     def make_cmd(self, moddir: Path, jobs: int) -> list[str]:
         # srcversion for every module (modpost -a): deploy identifies the loaded module by it
-        args = [f"M={moddir}", f"-j{jobs}", f"CC={_make_cc(self.cc)}", "CONFIG_MODULE_SRCVERSION_ALL=y"]
+        args = [
+            f"M={moddir}",
+            f"-j{jobs}",
+            f"CC={_make_cc(self.cc) if self.ccache else self.cc}",
+            "CONFIG_MODULE_SRCVERSION_ALL=y",
+        ]
         if self.mode == "headers":
             # the Debian headers' own .config has it =m; stated so any headers dir builds it
             return ["make", "-C", str(self.kdir), *args, f"{MODULE_SYMBOL}=m", "modules"]
@@ -489,7 +498,7 @@ class _Target:
         """What a module build reads: the headers (and the trees their Makefile includes), or tree + prepared output."""
         if self.srctree:
             return [self.srctree, self.kdir]
-        return [self.kdir, *_included_dirs(self.kdir)]
+        return [self.kdir, *_included_dirs(self.kdir), *debheaders.extraction_root(self.kdir)]
 
     def roots(self, moddir: Path) -> list[tuple[Path, str]]:
         roots = [(moddir, MODULE_DIR), (self.kdir, "")]
@@ -644,13 +653,26 @@ def _hash(*parts: str | bytes) -> str:
 def _headers_target(settings: Settings, kcfg: KernelConfig, run: _Runner, progress: Progress) -> _Target:
     kdir = resolve_headers(settings, kcfg, progress)
     cc = _headers_cc(kdir)
-    check_toolchain("headers", cc)
     release = kernel_release_of(kdir)
-    key = _hash("headers", str(kdir.resolve()), release, _make_cc(cc), _cc_identity(cc))
+    line = debheaders.line_of_release(release) if debheaders.extraction_root(kdir) else None
+    if not shutil.which(cc) and line:
+        # no host compiler as new as the kernel's (sid's 7.2: gcc-16): its suite's build root
+        from . import buildroot
+        from .kernelsrc import LINES
+
+        root = buildroot.ensure_root(settings, LINES[line].dist, int(cc.removeprefix("gcc-")), progress)
+        run.usr = root / "usr"
+        identity = f"{cc} {buildroot.versions_of(root).get(cc, '')} in {root.name}"
+        ccache = False
+    else:
+        check_toolchain("headers", cc)
+        identity = _cc_identity(cc)
+        ccache = True
+    key = _hash("headers", str(kdir.resolve()), release, _make_cc(cc) if ccache else cc, identity)
     key_dir = settings.path(settings.cache_dir) / "build" / f"headers-{release or kdir.name}-{key}"
-    run.note(f"headers {kdir} (release {release}), cache {key_dir}")
-    progress(f"{kcfg.name}: build: against headers {kdir.name} ({release})")
-    return _Target("headers", key_dir, kdir, None, cc, release)
+    run.note(f"headers {kdir} (release {release}), compiler {identity}, cache {key_dir}")
+    progress(f"{kcfg.name}: build: against headers {kdir.name} ({release}) with {cc}")
+    return _Target("headers", key_dir, kdir, None, cc, release, ccache)
 
 
 @dataclass

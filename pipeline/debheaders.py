@@ -110,3 +110,9 @@ def packages_of(kdir: Path) -> list[tuple[str, str]]:
     if not marker.is_file():
         return []
     return [tuple(line.split(" ", 1)) for line in marker.read_text().splitlines() if " " in line]
+
+
+def extraction_root(kdir: Path) -> list[Path]:
+    """[the cache directory an extracted headers dir lives in] (its kbuild links point there), else []."""
+    root = kdir.parent.parent.parent
+    return [root] if (root / _COMPLETE).is_file() else []

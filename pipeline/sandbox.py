@@ -167,7 +167,10 @@ def _paths(p: Path) -> list[str]:
     return out
 
 
-def _bwrap_base(binds: list[tuple[str, str, str]], limits: Limits) -> list[str]:
+def _bwrap_base(binds: list[tuple[str, str, str]], limits: Limits, usr: Path | None = None) -> list[str]:
+    # usr: another system's /usr (a build root of another Debian suite, pipeline.buildroot)
+    usr_src = str(usr) if usr else "/usr"
+    alternatives = str(usr.parent / "etc/alternatives") if usr else "/etc/alternatives"
     argv = [
         "bwrap",
         "--unshare-all",  # ipc, pid, net, uts, cgroup (user too when unprivileged; stated for --disable-userns)
@@ -178,7 +181,7 @@ def _bwrap_base(binds: list[tuple[str, str, str]], limits: Limits) -> list[str]:
         "--hostname",
         "sandbox",
         "--ro-bind",
-        "/usr",
+        usr_src,
         "/usr",
         # other kernels' headers and sources: only the roots asked for come back
         "--tmpfs",
@@ -196,7 +199,7 @@ def _bwrap_base(binds: list[tuple[str, str, str]], limits: Limits) -> list[str]:
         "usr/lib64",
         "/lib64",
         "--ro-bind-try",
-        "/etc/alternatives",
+        alternatives,
         "/etc/alternatives",
         "--proc",
         "/proc",
@@ -326,6 +329,7 @@ def run(
     log=None,
     confined: bool = True,
     slot_dir: Path | None = None,
+    usr: Path | None = None,
 ) -> RunResult:
     """Run argv confined: only `ro` (read-only) and `rw` (writable) are visible besides /usr.
 
@@ -364,7 +368,7 @@ def run(
                     f"keep the project, its cache and worktrees where others may traverse (chmod o+x {closed})"
                 )
         binds = _binds(ro, rw)
-        cmd = [*rlimits, *_prefix(uid or 0), *_bwrap_base(binds, limits), "--chdir", str(cwd)]
+        cmd = [*rlimits, *_prefix(uid or 0), *_bwrap_base(binds, limits, usr), "--chdir", str(cwd)]
         for k, v in full_env.items():
             cmd += ["--setenv", k, v]
         cmd += ["--", *argv]
