@@ -37,7 +37,8 @@ from .results import (
     TestResult,
     atomic_write_text,
 )
-from .verdict import STATE, rank, verdict
+from .verdict import STATE, control_not_applicable, rank, verdict
+from .xsobserve import describe as describe_creation
 
 KCIDB_ORIGIN = "pciback_verify"
 KCIDB_VERSION = {"major": 5, "minor": 0}
@@ -542,6 +543,40 @@ def validate_kcidb(data: dict[str, Any]) -> str:
 # ----------------------------------------------------------------- markdown / html
 
 
+def host_grid(run: RunResult) -> dict[str, Any]:
+    """Kernel x host: per cell the host's Xen (and xl/libxl), the creation pattern observed on the
+    largest vf-boot case there, the series' tests and the control (with not-applicable's reason)."""
+    hosts = list(dict.fromkeys(t.host for k in run.kernels for t in k.tests if t.host))
+    rows = []
+    for k in run.kernels:
+        cells = {}
+        for h in hosts:
+            ts = [t for t in k.tests if t.host == h and t.outcome not in _NOT_RUN]
+            if not ts:
+                continue
+            boots = [t for t in ts if t.name.startswith("vf-boot") and t.xs_creation.observed] or [
+                t for t in ts if t.name.startswith("vf-boot")
+            ]
+            seen = max(boots, key=lambda t: t.expected) if boots else None
+            tool = next((t.toolstack for t in ts if t.toolstack.xen_version), ts[0].toolstack)
+            series = [t for t in ts if t.module in ("series", "stock")]
+            ctl = [t for t in ts if t.module == "control"]
+            excused = [why for t in ctl if (why := control_not_applicable(t))]
+            if excused and not any(t.outcome is Outcome.FAIL for t in ctl):
+                control = f"not-applicable ({excused[0]})"
+            else:
+                control = _control_cell(ctl)[0] if ctl else "not run"
+            cells[h] = {
+                "xen": tool.xen_version or "?",
+                "xl": tool.xl_version,
+                "pattern": describe_creation(seen.xs_creation) if seen else "no vf-boot case",
+                "series": f"{sum(t.passed for t in series)}/{len(series)} pass",
+                "control": control,
+            }
+        rows.append({"name": k.name, "cells": cells})
+    return {"hosts": hosts, "rows": rows}
+
+
 def _context(run: RunResult, run_dir: Path | None) -> dict[str, Any]:
     rows = [_row(k, run, run_dir) for k in run.kernels]
     sources = list(dict.fromkeys(p.source for p in run.series.patches if p.source)) or [
@@ -551,6 +586,7 @@ def _context(run: RunResult, run_dir: Path | None) -> dict[str, Any]:
         "run": run,
         "series": run.series,
         "rows": rows,
+        "grid": host_grid(run),
         "stages": STAGES,
         "patchset_hash": patchset_hash(run.series),
         "am_sources": sources,

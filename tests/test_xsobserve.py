@@ -131,3 +131,27 @@ def test_verdict_rests_on_the_hosts_where_the_race_was_live():
     k.tests = series + [_control("pass", ONE_TX)]
     v, d = verdict(k)
     assert v == "ready" and "negative control not applicable on lab-xen4.14" in d
+
+
+def test_summary_grid_kernel_by_host_with_xen_and_the_observed_pattern():
+    from sample_runs import k_prefix, sample_run
+
+    from pipeline.report import render_markdown
+
+    run = sample_run()
+    k = k_prefix()
+    for t in k.tests:  # the lab, Xen 4.17: per-device writes observed
+        t.toolstack = Toolstack(xen_version="4.17.7", xl_version="4.17.7+13-g2445b30a44-0+deb12u1")
+        t.xs_creation = XsCreation(
+            observed=True, transactions=t.expected, num_devs=list(range(1, t.expected + 1)), devices_first=1
+        )
+    k.tests.append(_control("pass", ONE_TX))
+    run.kernels = [k]
+    md = render_markdown(run)
+    grid = md.split("## Kernel x host (toolstack as observed)", 1)[1].split("## Evidence", 1)[0]
+    assert "| Kernel | lab | lab-xen4.14 |" in grid
+    assert "Xen 4.17.7 (xl 4.17.7+13-g2445b30a44-0+deb12u1); 3 transactions wrote num_devs (1, 2, 3)" in grid
+    assert (
+        "Xen 4.14.6 (xl 4.14.6-1); all 3 device(s) in 1 transaction (num_devs=3); series 0/0 pass; control not-applicable "
+        "(libxl 4.14: all 3 devices in 1 transaction; the race needs per-device writes)"
+    ) in grid
