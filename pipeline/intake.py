@@ -22,6 +22,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -137,14 +138,33 @@ def from_lore(
     )
 
 
-def _pw_get(session: requests.Session, url: str, timeout: float) -> requests.Response:
-    try:
-        resp = session.get(url, timeout=timeout)
-    except requests.RequestException as e:
-        raise SeriesError(f"patchwork: GET {url}: {type(e).__name__}: {e}") from None
-    if resp.status_code != 200:
-        raise SeriesError(f"patchwork: GET {url}: HTTP {resp.status_code}")
-    return resp
+def _pw_get(session: requests.Session, url: str, timeout: float, base: str = "") -> requests.Response:
+    """GET with a timeout, retried with backoff on 429/5xx and connection errors; with `base`, only
+    on its scheme://host:port (an mbox link from the API answer) and without following redirects."""
+    from .post import BACKOFF_S, RETRIES, _retry_after, origin
+
+    if base and origin(url) != origin(base):
+        raise SeriesError(f"patchwork: {url} is not on {base}: not fetched")
+    wait = BACKOFF_S
+    for attempt in range(1, RETRIES + 1):
+        try:
+            resp = session.get(url, timeout=timeout, allow_redirects=not base)
+        except (requests.ConnectionError, requests.Timeout) as e:
+            if attempt == RETRIES:
+                raise SeriesError(f"patchwork: GET {url}: {type(e).__name__} after {attempt} attempts: {e}") from None
+            time.sleep(wait)
+            wait *= 2
+            continue
+        except requests.RequestException as e:
+            raise SeriesError(f"patchwork: GET {url}: {type(e).__name__}: {e}") from None
+        if (resp.status_code == 429 or resp.status_code >= 500) and attempt < RETRIES:
+            time.sleep(_retry_after(resp, wait))
+            wait *= 2
+            continue
+        if resp.status_code != 200:
+            raise SeriesError(f"patchwork: GET {url}: HTTP {resp.status_code}")
+        return resp
+    raise AssertionError("unreachable")
 
 
 def patchwork_series(url: str, series_id: int, timeout: float = 30) -> dict:
@@ -166,7 +186,7 @@ def from_patchwork(url: str, series_id: int, outdir: Path, timeout: float = 30) 
         )
     s = requests.Session()
     s.headers.update({"User-Agent": "pciback-verify"})
-    text = _pw_get(s, mbox_url, timeout).content
+    text = _pw_get(s, mbox_url, timeout, base=url).content
     if not text.strip():
         raise SeriesError(f"patchwork series {series_id}: empty mbox")
     version = int(data.get("version") or 1)

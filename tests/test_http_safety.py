@@ -221,3 +221,15 @@ def test_token_of_a_normal_verify_and_post_is_in_no_artifact_and_no_payload(tmp_
                 assert s.encode() not in data, (s, path)
     for out in (v.stdout, v.stderr, p.stdout, p.stderr):
         assert secret_pw not in out and secret_gl not in out and secret_own not in out
+
+
+def test_intake_mbox_link_to_another_server_is_not_fetched(httpserver, other, tmp_path):
+    from pipeline.errors import SeriesError
+    from pipeline.intake import from_patchwork
+
+    httpserver.expect_request("/api/1.2/series/5/").respond_with_json(
+        {"id": 5, "mbox": other.url_for("/stolen"), "received_all": True, "patches": []}
+    )
+    with pytest.raises(SeriesError, match="is not on .*: not fetched"):
+        from_patchwork(httpserver.url_for("/").rstrip("/"), 5, tmp_path)
+    assert other.log == []
