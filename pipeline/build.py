@@ -44,7 +44,7 @@ from .checkpatch import run_checkpatch
 from .config import KernelConfig, Settings
 from .errors import BuildSetupError
 from .kconfig import check_fragments, parse_config
-from .results import BuildResult, PatchInfo, atomic_write_text
+from .results import BuildResult, PatchInfo, atomic_write_text, timed
 
 MODULE_DIR = "drivers/xen/xen-pciback"
 MODULE_NAME = "xen-pciback.ko"
@@ -859,9 +859,11 @@ def build_kernel(
     checkpatch: Future | None = None
     try:
         if kcfg.build.mode == "headers":
-            target = _headers_target(settings, kcfg, run, progress)
+            with timed(res.steps, "prepare"):
+                target = _headers_target(settings, kcfg, run, progress)
         else:
-            prep = _full_target(settings, kcfg, worktree, base_commit, run, progress)
+            with timed(res.steps, "prepare"):
+                prep = _full_target(settings, kcfg, worktree, base_commit, run, progress)
             target = prep.target
             res.config_warnings = prep.config_warnings
             res.prepared_reused = prep.reused
@@ -883,7 +885,8 @@ def build_kernel(
         progress(f"{kcfg.name}: build: xen-pciback.ko (series)")
         # one work directory per kernel: kernels sharing headers build side by side
         role = "series-" + re.sub(r"[^A-Za-z0-9._-]", "_", kcfg.name)
-        series = build_module(target, run, _worktree_sources(worktree), role, "module: series")
+        with timed(res.steps, "series"):
+            series = build_module(target, run, _worktree_sources(worktree), role, "module: series")
         res.warnings = series.warnings
         if not series.ok:
             res.status = "build-failed"
@@ -899,9 +902,10 @@ def build_kernel(
         base_files = functools.cache(lambda: _commit_sources(worktree, base_commit))
         if changed:
             progress(f"{kcfg.name}: build: baseline without the series ({base_commit[:12]})")
-            baseline, _, _ = _cached_build(
-                target, run, f"baseline/{base_commit}", lambda: (base_files(), "base commit"), "module: baseline"
-            )
+            with timed(res.steps, "baseline"):
+                baseline, _, _ = _cached_build(
+                    target, run, f"baseline/{base_commit}", lambda: (base_files(), "base commit"), "module: baseline"
+                )
             if baseline is not None and baseline.ok:
                 res.new_warnings = new_warnings(res.warnings, baseline.warnings)
             else:
@@ -919,7 +923,8 @@ def build_kernel(
             )
 
         control_entry = f"control/{base_commit}-{_hash(revert.read_bytes() if revert.exists() else b'')}"
-        control, cdetail, _ = _cached_build(target, run, control_entry, control_files, "module: control")
+        with timed(res.steps, "control"):
+            control, cdetail, _ = _cached_build(target, run, control_entry, control_files, "module: control")
         res.control_detail = cdetail
         if control is not None and control.ok:
             (out_dir / "control").mkdir(exist_ok=True)
@@ -930,7 +935,8 @@ def build_kernel(
             res.control_detail = f"control does not build ({cdetail}): {'; '.join(control.errors[:2])}"
 
         if checkpatch is not None:
-            res.checkpatch, note = checkpatch.result()
+            with timed(res.steps, "checkpatch_wait"):  # beyond the build: what checkpatch added
+                res.checkpatch, note = checkpatch.result()
             if note:
                 notes.append(note)
     except BuildTimeout as e:

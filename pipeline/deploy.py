@@ -18,7 +18,7 @@ from pathlib import Path
 from .errors import HostError
 from .host import Host
 from .interrupt import deferred_sigint
-from .results import BuildResult, DeployResult, Refusal, now_iso
+from .results import BuildResult, DeployResult, Refusal, now_iso, timed
 
 MARKER_DIR = "/run/pciback-verify"
 MARKER = f"{MARKER_DIR}/modified.json"
@@ -379,55 +379,61 @@ def deploy(host: Host, module_path: Path, srcversion: str, progress: Progress = 
         )
         return res
     try:
-        recover(host, progress)  # an earlier run left the host modified: put it back first
+        with timed(res.steps, "recover"):
+            recover(host, progress)  # an earlier run left the host modified: put it back first
     except HostError as e:
         res.status = "failed"
         res.detail = f"could not undo what an earlier run left on the host: {e.message}"
         return res
     try:
-        res.original, _ = loaded_state(host)
+        with timed(res.steps, "check"):
+            res.original, _ = loaded_state(host)
         progress(f"{host.name}: loaded now: {res.original}; uploading module {srcversion}")
         digest = hashlib.sha256(Path(module_path).read_bytes()).hexdigest()
-        stage_dir = make_stage_dir(host, srcversion)
-        staged = f"{stage_dir}/xen-pciback.ko"
-        host.put(module_path, staged)
-        if remote_sha256(host, staged) != digest:
-            raise HostError(f"uploaded module {staged}: sha256 differs from the built one")
-        staged_src = host.out(["modinfo", "-F", "srcversion", staged])
+        with timed(res.steps, "upload"):
+            stage_dir = make_stage_dir(host, srcversion)
+            staged = f"{stage_dir}/xen-pciback.ko"
+            host.put(module_path, staged)
+            if remote_sha256(host, staged) != digest:
+                raise HostError(f"uploaded module {staged}: sha256 differs from the built one")
+            staged_src = host.out(["modinfo", "-F", "srcversion", staged])
         if staged_src != srcversion:
             raise HostError(f"uploaded module has srcversion {staged_src}, expected {srcversion}")
-        host.mkdir_p(MARKER_DIR)
-        host.write_text(
-            MARKER,
-            json.dumps(
-                {
-                    "original": res.original,
-                    "deployed": srcversion,
-                    "module": staged,
-                    "since": now_iso(),
-                    "numvfs": pf_numvfs(host),
-                    "assignable": assignable_devices(host),
-                }
+        with timed(res.steps, "unload"):
+            host.mkdir_p(MARKER_DIR)
+            host.write_text(
+                MARKER,
+                json.dumps(
+                    {
+                        "original": res.original,
+                        "deployed": srcversion,
+                        "module": staged,
+                        "since": now_iso(),
+                        "numvfs": pf_numvfs(host),
+                        "assignable": assignable_devices(host),
+                    }
+                )
+                + "\n",
             )
-            + "\n",
-        )
-        touched = True
-        held = _release(host)
-        if held:
-            progress(f"{host.name}: released {', '.join(held)} from pciback")
-        if loaded_srcversion(host) is not None:
-            host.run(["rmmod", "xen_pciback"], timeout=120)
+            touched = True
+            held = _release(host)
+            if held:
+                progress(f"{host.name}: released {', '.join(held)} from pciback")
+            if loaded_srcversion(host) is not None:
+                host.run(["rmmod", "xen_pciback"], timeout=120)
         progress(f"{host.name}: insmod {staged}")
-        if remote_sha256(host, staged) != digest:  # right before the load: nothing swapped it meanwhile
-            raise HostError(f"staged module {staged}: sha256 changed since the upload; not loaded")
-        host.run(["insmod", staged], timeout=120)
-        now = loaded_srcversion(host)
-        res.srcversion = now or ""
-        if now != srcversion:
-            raise HostError(f"/sys/module/xen_pciback/srcversion is {now or 'absent'}, built {srcversion}")
-        failed = _readd(host, held)
-        if failed:
-            raise HostError(f"could not make {', '.join(failed)} assignable again")
+        with timed(res.steps, "load"):
+            if remote_sha256(host, staged) != digest:  # right before the load: nothing swapped it meanwhile
+                raise HostError(f"staged module {staged}: sha256 changed since the upload; not loaded")
+            host.run(["insmod", staged], timeout=120)
+        with timed(res.steps, "check"):
+            now = loaded_srcversion(host)
+            res.srcversion = now or ""
+            if now != srcversion:
+                raise HostError(f"/sys/module/xen_pciback/srcversion is {now or 'absent'}, built {srcversion}")
+            failed = _readd(host, held)
+            if failed:
+                raise HostError(f"could not make {', '.join(failed)} assignable again")
         res.status = "ok"
         res.detail = f"xen_pciback {srcversion} loaded (was {res.original})"
         progress(f"{host.name}: {res.detail}")
@@ -488,13 +494,15 @@ def restore(host: Host, deploy: DeployResult, progress: Progress = _noprogress) 
 
 
 def _restore(host: Host, deploy: DeployResult, progress: Progress) -> None:
-    if deploy.status in ("ok", "failed") and not deploy.restored:
+    if deploy.status not in ("ok", "failed") or deploy.restored:
+        return
+    with timed(deploy.steps, "restore"):
         original = deploy.original or "stock"
         progress(f"{host.name}: restoring xen_pciback ({original})")
         _restore_module(host, original, progress)
         clean_staging(host, keep=original)
         deploy.restored = True
         cur = loaded_srcversion(host)
-        # Debian's own module carries no srcversion file: "stock" is told by its taint instead
-        now = cur or ("loaded, no srcversion" if is_loaded(host) else "not loaded")
-        progress(f"{host.name}: xen_pciback back to {original} ({now})")
+    # Debian's own module carries no srcversion file: "stock" is told by its taint instead
+    now = cur or ("loaded, no srcversion" if is_loaded(host) else "not loaded")
+    progress(f"{host.name}: xen_pciback back to {original} ({now})")

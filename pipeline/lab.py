@@ -45,7 +45,7 @@ import jinja2
 from . import TEMPLATES
 from .config import HostConfig, Settings
 from .errors import HostError, LabError
-from .results import atomic_write_text, now_iso
+from .results import atomic_write_text, now_iso, timed
 
 Progress = Callable[[str], None]
 
@@ -1118,11 +1118,16 @@ def status(settings: Settings, probe: bool = True) -> LabStatus:
     return s
 
 
-def ensure_up(settings: Settings, progress: Progress = _quiet) -> HostConfig:
-    """Build the lab if its inputs changed and boot it if it is not running: the host for `invoke verify`."""
+def ensure_up(settings: Settings, progress: Progress = _quiet, steps: dict[str, float] | None = None) -> HostConfig:
+    """Build the lab if its inputs changed and boot it if it is not running: the host for `invoke verify`.
+
+    `steps` gets the seconds of lab_build and lab_boot (lab_boot: a few when it was running)."""
+    steps = {} if steps is None else steps
     if not _our_pid(paths(settings)):
-        build(settings, progress)
-    return up(settings, progress)
+        with timed(steps, "lab_build"):
+            build(settings, progress)
+    with timed(steps, "lab_boot"):
+        return up(settings, progress)
 
 
 def console_tail(settings: Settings, lines: int = 40) -> str:

@@ -12,6 +12,9 @@ import enum
 import json
 import os
 import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -326,6 +329,7 @@ class BuildResult:
     reused_from: str = ""  # run id whose build this is (`verify --builds`: CI's test job), "" when built here
     sandbox: SandboxInfo = field(default_factory=SandboxInfo)  # what the series' code ran under
     limit: str = ""  # the sandbox limit that failed the build (sandbox.Limit value), if one did
+    steps: dict[str, float] = field(default_factory=dict)  # seconds per build step (see `timed`)
 
 
 @dataclass
@@ -337,6 +341,8 @@ class DeployResult:
     restored: bool = False
     detail: str = ""
     duration_s: float = 0.0
+    # seconds per host step: recover, upload, unload, load, check; restore (added when restored)
+    steps: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -383,6 +389,9 @@ class TestResult:
     xl_config: str = ""  # the guest's xl config as written to the host (reproduce lines point at a copy)
     toolstack: Toolstack = field(default_factory=Toolstack)  # vf tests: the host's Xen, xl/libxl, dom0 kernel
     xs_creation: XsCreation = field(default_factory=XsCreation)  # vf-boot: libxl's writes at creation
+    # seconds per host step: vf_create, assignable, xl_create, marker_wait, backend_read, teardown
+    # (vf-hotplug also pci_attach, pci_detach)
+    steps: dict[str, float] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -440,6 +449,9 @@ class RunResult:
     kernels: list[KernelResult] = field(default_factory=list)
     hosts: list[str] = field(default_factory=list)
     merged_from: list[str] = field(default_factory=list)  # `report --merge`: the runs this one joins
+    # seconds of the run's own steps: source_import, rows (fetch/apply/build of all kernels),
+    # lab_build, lab_boot, host_lock, host_recover, hosts (all host stages)
+    steps: dict[str, float] = field(default_factory=dict)
     schema: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -497,6 +509,16 @@ def _convert(tp: Any, value: Any) -> Any:
     if tp in (int, str, bool) and not (isinstance(value, tp) and (tp is bool or not isinstance(value, bool))):
         raise TypeError(f"expected {tp.__name__}, got {type(value).__name__} {value!r}")
     return value
+
+
+@contextmanager
+def timed(steps: dict[str, float], name: str) -> Iterator[None]:
+    """Add the seconds the block takes to steps[name] (also when it raises: a failed step took time too)."""
+    t0 = time.monotonic()
+    try:
+        yield
+    finally:
+        steps[name] = round(steps.get(name, 0.0) + time.monotonic() - t0, 2)
 
 
 def now_iso() -> str:

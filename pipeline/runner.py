@@ -35,6 +35,7 @@ from .results import (
     Stage,
     TestResult,
     now_iso,
+    timed,
     write_results,
 )
 
@@ -179,7 +180,7 @@ class _Run:
         if hcfg.lab:
             from . import lab
 
-            return lab.ensure_up(self.settings, self.progress)
+            return lab.ensure_up(self.settings, self.progress, self.run.steps)
         return hcfg
 
     def host_stages(self, pairs: list[tuple[KernelConfig, KernelResult]], keep: bool) -> None:
@@ -205,9 +206,11 @@ class _Run:
                     host.close()
                     continue
                 # held on the host from deploy to restore: other runs (any machine) wait; then undo leftovers
-                lock = HostLock(host, self.run.run_id, self.progress).acquire()
+                with timed(self.run.steps, "host_lock"):
+                    lock = HostLock(host, self.run.run_id, self.progress).acquire()
                 try:
-                    deploy_mod.recover(host, self.progress)
+                    with timed(self.run.steps, "host_recover"):
+                        deploy_mod.recover(host, self.progress)
                     if not host.config.lab:
                         provision.remove_leftovers(host, self.progress)
                 except PipelineError:
@@ -434,7 +437,7 @@ class _Run:
 
         host.close()
         lab.down(self.settings, self.progress)
-        host.config = lab.ensure_up(self.settings, self.progress)
+        host.config = lab.ensure_up(self.settings, self.progress, self.run.steps)
         deploy_mod.recover(host, self.progress)
 
 
@@ -499,9 +502,10 @@ def verify(
                     k.ref for k in kcfgs if k.name not in ctx.reused and kernelsrc.is_debian_remote(settings, k.remote)
                 ]
                 if debian_refs:
-                    kernelsrc.import_lines(settings, kernelsrc.lines_for_refs(debian_refs), progress=progress)
+                    with timed(run.steps, "source_import"):
+                        kernelsrc.import_lines(settings, kernelsrc.lines_for_refs(debian_refs), progress=progress)
                 pairs = list(zip(kcfgs, run.kernels, strict=True))
-                with ThreadPoolExecutor(max_workers=jobs or settings.jobs) as pool:
+                with timed(run.steps, "rows"), ThreadPoolExecutor(max_workers=jobs or settings.jobs) as pool:
                     futures = [pool.submit(ctx.row, k, r) for k, r in pairs]
                     try:
                         for f in futures:
@@ -514,7 +518,8 @@ def verify(
                         raise
                 if _wants(until, "deploy"):
                     lab_used = any(settings.hosts[h].lab for k in kcfgs for h in k.hosts)
-                    ctx.host_stages(pairs, keep)
+                    with timed(run.steps, "hosts"):
+                        ctx.host_stages(pairs, keep)
             run.status = RunStatus.COMPLETE
         except KeyboardInterrupt:
             run.status = RunStatus.INTERRUPTED

@@ -26,7 +26,7 @@ from .deploy import PCIBACK_BE, remove_stale_backends
 from .errors import HostError
 from .host import Host, killed_by_signal
 from .interrupt import deferred_sigint
-from .results import Outcome, TestResult
+from .results import Outcome, TestResult, timed
 
 Progress = Callable[[str], None]
 
@@ -183,10 +183,11 @@ class VfPool:
     as they are. After teardown the PF is read again and must be exactly as found.
     """
 
-    def __init__(self, host: Host, n: int, progress: Progress = _noprogress):
+    def __init__(self, host: Host, n: int, progress: Progress = _noprogress, steps: dict[str, float] | None = None):
         self.host = host
         self.n = n
         self.progress = progress
+        self.steps = steps if steps is not None else {}  # vf_create, assignable, teardown (seconds)
         self.pf = sriov.pf_path(host.config.pf_bdf)
         self.start: sriov.PfState | None = None
         self.bdfs: list[str] = []
@@ -213,16 +214,22 @@ class VfPool:
         try:
             self.setup()
         except BaseException:
-            with deferred_sigint(self.progress):
+            with deferred_sigint(self.progress), timed(self.steps, "teardown"):
                 self.teardown()
             raise
         return self
 
     def __exit__(self, *exc) -> None:
-        with deferred_sigint(self.progress):
+        with deferred_sigint(self.progress), timed(self.steps, "teardown"):
             self.teardown()
 
     def setup(self) -> None:
+        with timed(self.steps, "vf_create"):
+            self._create()
+        with timed(self.steps, "assignable"):
+            self._make_assignable()
+
+    def _create(self) -> None:
         h = self.host
         if h.read_text("/sys/module/xen_pciback/srcversion") is None:
             raise HostError("xen_pciback is not loaded")
@@ -243,6 +250,9 @@ class VfPool:
             self.progress(f"{h.name}: creating {self.n} VF(s) on {h.config.pf_bdf} ({start.driver})")
             h.write_sysfs(f"{self.pf}/sriov_numvfs", str(self.n))
         self.bdfs = self._vf_bdfs(self.n)
+
+    def _make_assignable(self) -> None:
+        h = self.host
         held = set(self._assignable())
         for bdf in self.bdfs:
             if bdf in held or sriov.short(bdf) in held:
@@ -305,7 +315,17 @@ class VfPool:
 class Guest:
     """A PV test guest; destroyed on exit whatever happened."""
 
-    def __init__(self, host: Host, name: str, image: GuestImage, pci: list[str], expect: int, test: str):
+    def __init__(
+        self,
+        host: Host,
+        name: str,
+        image: GuestImage,
+        pci: list[str],
+        expect: int,
+        test: str,
+        steps: dict[str, float] | None = None,
+    ):
+        self.steps = steps if steps is not None else {}  # xl_create, marker_wait, backend_read, teardown
         self.host = host
         self.name = name
         self.image = image
@@ -318,6 +338,10 @@ class Guest:
         self.config_text = ""  # what was written to self.cfg
 
     def create(self) -> int:
+        with timed(self.steps, "xl_create"):
+            return self._create()
+
+    def _create(self) -> int:
         h = self.host
         destroy_domain(h, self.name)
         remove_stale_backends(h)
@@ -352,6 +376,10 @@ class Guest:
         self, after_seq: int = 0, count: int | None = None, timeout: float = MARKER_TIMEOUT_S
     ) -> Marker | None:
         """First marker with seq > after_seq (and the given count, if any); the last one seen on timeout."""
+        with timed(self.steps, "marker_wait"):
+            return self._wait_marker(after_seq, count, timeout)
+
+    def _wait_marker(self, after_seq: int, count: int | None, timeout: float) -> Marker | None:
         deadline = time.monotonic() + timeout
         last = None
         while True:
@@ -366,6 +394,10 @@ class Guest:
             time.sleep(1.0)
 
     def backend(self) -> dict[str, Any]:
+        with timed(self.steps, "backend_read"):
+            return self._backend()
+
+    def _backend(self) -> dict[str, Any]:
         base = f"{PCIBACK_BE}/{self.domid}/0"
         rc, out, _ = self.host.query(["xenstore-ls", "-f", base], timeout=30)
         return backend_summary(parse_xenstore_ls(out, base)) if rc == 0 else {}
@@ -374,7 +406,7 @@ class Guest:
         return self
 
     def __exit__(self, *exc) -> None:
-        with deferred_sigint():
+        with deferred_sigint(), timed(self.steps, "teardown"):
             destroy_domain(self.host, self.name)
             remove_stale_backends(self.host)
             self.host.run(["rm", "-f", self.cfg], check=False)
@@ -410,10 +442,10 @@ def vf_boot(
     name = f"vf-boot-{n}"
     res = TestResult(name=name, host=host.name, module=module_label, expected=n)
     t0 = time.monotonic()
-    pool = VfPool(host, n, progress)
+    pool = VfPool(host, n, progress, res.steps)
     try:
         with pool:
-            with Guest(host, f"pvtest-{name}", image, pool.bdfs, n, name) as guest:
+            with Guest(host, f"pvtest-{name}", image, pool.bdfs, n, name, res.steps) as guest:
                 progress(f"{host.name}: {name} [{module_label}]: xl create with {', '.join(pool.bdfs)}")
                 t_create = time.monotonic()
                 res.toolstack = xsobserve.toolstack(host)
@@ -481,11 +513,11 @@ def vf_hotplug(
     t0 = time.monotonic()
     steps: list[dict[str, Any]] = []
     failures: list[str] = []  # what the guest observed wrongly
-    pool = VfPool(host, n, progress)
+    pool = VfPool(host, n, progress, res.steps)
     try:
         with pool:
             vfs = pool.bdfs
-            with Guest(host, f"pvtest-{name}", image, vfs[:1], 1, name) as guest:
+            with Guest(host, f"pvtest-{name}", image, vfs[:1], 1, name, res.steps) as guest:
                 progress(f"{host.name}: {name} [{module_label}]: xl create with {vfs[0]}")
                 res.toolstack = xsobserve.toolstack(host)
                 guest.create()
@@ -518,15 +550,18 @@ def vf_hotplug(
 
                 step("boot", 1)
                 for k, bdf in enumerate(vfs[1:], start=2):
-                    host.run(["xl", "pci-attach", guest.name, bdf], timeout=180)
+                    with timed(res.steps, "pci_attach"):
+                        host.run(["xl", "pci-attach", guest.name, bdf], timeout=180)
                     step(f"attach {bdf}", k)
                 for c in range(1, cycles + 1):
                     # cycle the device in slot dev-0: libxl only reuses the last slot, so this is
                     # where leftover dev-N entries (the seed thread's complaint) would pile up
                     vf = vfs[(c - 1) % len(vfs)]
-                    host.run(["xl", "pci-detach", guest.name, vf], timeout=180)
+                    with timed(res.steps, "pci_detach"):
+                        host.run(["xl", "pci-detach", guest.name, vf], timeout=180)
                     step(f"cycle {c}: detach {vf}", n - 1)
-                    host.run(["xl", "pci-attach", guest.name, vf], timeout=180)
+                    with timed(res.steps, "pci_attach"):
+                        host.run(["xl", "pci-attach", guest.name, vf], timeout=180)
                     step(f"cycle {c}: attach {vf}", n)
                 # every step observed: a fault from here on (backend read, teardown) cannot change it
                 res.outcome = Outcome.FAIL if failures else Outcome.PASS

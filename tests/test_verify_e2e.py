@@ -64,6 +64,14 @@ def test_verify_default_matrix_on_the_lab(lab_host, lab_settings, tmp_path):
         series_deploys = [d for d in k["deploy"] if not d["detail"].startswith("control")]
         assert series_deploys and all(d["srcversion"] == k["build"]["srcversion"] for d in series_deploys)
         assert all(d["restored"] for d in k["deploy"])
+        # every host and build step is timed (bench/bench_verify.py reads these)
+        assert {"prepare", "series", "control"} <= set(k["build"]["steps"]), k["build"]["steps"]
+        for d in k["deploy"]:
+            assert {"upload", "unload", "load", "check", "restore"} <= set(d["steps"]), d["steps"]
+        for t in k["tests"]:
+            want = {"vf_create", "assignable", "xl_create", "marker_wait", "backend_read", "teardown"}
+            assert want <= set(t["steps"]), (t["name"], t["steps"])
+    assert {"rows", "hosts", "lab_boot", "host_lock"} <= set(data["steps"]), data["steps"]
 
     # the host is left as found: stock module, no guest, no VF, nothing assignable
     with Host(lab_host) as h:

@@ -111,3 +111,16 @@ def test_guest_config_refuses_quotes():
         render_guest_config('x"; evil', "/k", "/r", [], 1, "t")
     with pytest.raises(ValueError):
         render_guest_config("x", "/k", "/r", ["01:00.1'"], 1, "t")
+
+
+def test_timed_adds_up_also_when_the_step_fails():
+    from pipeline.results import timed
+
+    steps: dict[str, float] = {}
+    with timed(steps, "x"):
+        pass
+    with pytest.raises(RuntimeError), timed(steps, "x"):
+        raise RuntimeError
+    with timed(steps, "y"):
+        pass
+    assert set(steps) == {"x", "y"} and all(v >= 0 for v in steps.values())
