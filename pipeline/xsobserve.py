@@ -23,8 +23,6 @@ from .host import Host
 from .results import Toolstack, XsCreation
 
 ACCESS_LOG = "/var/log/xen/xenstored-access.log"
-# oxenstored rotates by renaming: log -> log.1 (access-log-nb-files)
-ROTATED = ACCESS_LOG + ".1"
 READ_LIMIT = 4 * 1024 * 1024  # a creation writes a few hundred lines; more than this is not ours to read
 
 _OPS = ("t start", "t end", "w event", "is introduced", "reset watches")
@@ -185,9 +183,10 @@ def toolstack(host: Host) -> Toolstack:
 class Cursor:
     """The access log's end before `xl create`; `creation(domid)` reads what was appended since."""
 
-    def __init__(self, host: Host):
+    def __init__(self, host: Host, log: str = ACCESS_LOG):
         self.host = host
-        self.inode, self.size, self.why = self._stat(ACCESS_LOG)
+        self.log = log
+        self.inode, self.size, self.why = self._stat(log)
 
     def _stat(self, path: str) -> tuple[str, int, str]:
         try:
@@ -209,17 +208,20 @@ class Cursor:
         return out
 
     def creation(self, domid: int) -> XsCreation:
+        log = self.log
         if self.why:
-            return XsCreation(source=ACCESS_LOG, detail=self.why)
+            return XsCreation(source=log, detail=self.why)
         try:
-            inode, size, why = self._stat(ACCESS_LOG)
+            inode, size, why = self._stat(log)
             if why:
-                return XsCreation(source=ACCESS_LOG, detail=why)
+                return XsCreation(source=log, detail=why)
             if inode == self.inode and size >= self.size:
-                text = self._read(ACCESS_LOG, self.size)
-            else:  # rotated meanwhile: the rest of the old file, then the new one
-                old_ino, _, _ = self._stat(ROTATED)
-                text = (self._read(ROTATED, self.size) if old_ino == self.inode else "") + self._read(ACCESS_LOG, 0)
+                text = self._read(log, self.size)
+            else:  # rotated meanwhile (oxenstored renames log -> log.1): the old file's rest, then the new
+                old_ino, _, _ = self._stat(log + ".1")
+                text = (self._read(log + ".1", self.size) if old_ino == self.inode else "") + self._read(log, 0)
         except HostError as e:
-            return XsCreation(source=ACCESS_LOG, detail=e.message)
-        return creation_pattern(parse_access_log(text), domid)
+            return XsCreation(source=log, detail=e.message)
+        res = creation_pattern(parse_access_log(text), domid)
+        res.source = log
+        return res
