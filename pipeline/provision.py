@@ -17,6 +17,7 @@ import gzip
 import hashlib
 import json
 import lzma
+import os
 import shutil
 import subprocess
 import tempfile
@@ -86,6 +87,8 @@ def initramfs(pcifront_ko: bytes | None, settle_s: int, timeout_s: int, busybox:
         init = gdir / "init"
         init.write_text(lab.render("guest-init.sh.j2", settle_s=settle_s, timeout_s=timeout_s), encoding="utf-8")
         init.chmod(0o755)
+        for x in [gdir, *gdir.rglob("*")]:
+            os.utime(x, (0, 0))  # with gzip's mtime 0: the same inputs give the same bytes
         names = sorted(str(x.relative_to(gdir)) for x in gdir.rglob("*"))
         listing = ("\n".join([".", *names]) + "\n").encode()
         proc = subprocess.run(
@@ -93,7 +96,6 @@ def initramfs(pcifront_ko: bytes | None, settle_s: int, timeout_s: int, busybox:
         )
         if proc.returncode != 0:
             raise HostError(f"cpio failed building the guest initramfs: {proc.stderr.decode(errors='replace')[-300:]}")
-        # mtime 0: the same inputs give the same bytes (and the same sha256 in the results)
         return gzip.compress(proc.stdout, compresslevel=6, mtime=0)
 
 
