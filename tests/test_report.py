@@ -206,3 +206,17 @@ def test_reports_for_unrendered_run(tmp_path):
     paths = write_reports(run, tmp_path)
     assert len(paths) == 4
     assert "untested" in (tmp_path / "summary.md").read_text()
+
+
+def test_readiness_line_per_branch_in_md_and_html(run_dir):
+    _, d, _ = run_dir
+    md = (d / "summary.md").read_text()
+    html = (d / "summary.html").read_text()
+    section = md.split("## Readiness per branch", 1)[1].split("\n## ", 1)[0]
+    lines = {ln[2:].split(": ", 1)[0]: ln[2:].split(": ", 1)[1] for ln in section.splitlines() if ln.startswith("- ")}
+    print(lines)
+    assert lines["debian-6.1"].startswith("already upstream")
+    assert lines["5.4.y"].startswith("needs backport: drivers/xen/xen-pciback/xenbus.c")
+    assert "build fails" in lines["5.10.y"]
+    assert any("VF tests" in v and " pass on " in v and "Xen " in v for v in lines.values())
+    assert "<h2>Readiness per branch</h2>" in html and "<b>5.4.y</b>: needs backport" in html
