@@ -92,7 +92,10 @@ def initramfs(pcifront_ko: bytes | None, settle_s: int, timeout_s: int, busybox:
         names = sorted(str(x.relative_to(gdir)) for x in gdir.rglob("*"))
         listing = ("\n".join([".", *names]) + "\n").encode()
         proc = subprocess.run(
-            ["cpio", "-o", "-H", "newc", "--quiet", "-R", "0:0"], input=listing, cwd=gdir, capture_output=True
+            ["cpio", "-o", "-H", "newc", "--quiet", "--reproducible", "-R", "0:0"],
+            input=listing,
+            cwd=gdir,
+            capture_output=True,
         )
         if proc.returncode != 0:
             raise HostError(f"cpio failed building the guest initramfs: {proc.stderr.decode(errors='replace')[-300:]}")
