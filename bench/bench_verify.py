@@ -135,6 +135,7 @@ def main() -> int:
     env = {k: v for k, v in os.environ.items() if not k.startswith("INVOKE_PV_")}
     if args.cold:
         clone = Path(tempfile.mkdtemp(prefix="bench-verify-clone-")) / "pciback-verify"
+        os.chmod(clone.parent, 0o711)  # the build sandbox's uid must pass through to the clone's cache
         subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
         cwd = clone
         env["INVOKE_PV_LAB_DIR"] = str(clone / ".cache" / "lab")
