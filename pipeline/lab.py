@@ -863,7 +863,16 @@ def _is_our_qemu(pid: int, p: LabPaths) -> bool:
         # an exiting process has dropped its memory (and cmdline) before closing its files:
         # still ours until the port and the image lock are free
         return comm.startswith("qemu-system")
-    return any(QEMU.encode() in a for a in cmdline[:1]) and f"file={p.image},".encode() in b"\0".join(cmdline)
+    if not any(QEMU.encode() in a for a in cmdline[:1]):
+        return False
+    # compare real paths: the same lab reached through a symlinked cache dir is still ours (an
+    # unresolved compare called it gone and its pid/state files were removed under a running QEMU)
+    ours = os.path.realpath(p.image)
+    for arg in cmdline:
+        for opt in arg.decode(errors="replace").split(","):
+            if opt.startswith("file=") and os.path.realpath(opt[5:]) == ours:
+                return True
+    return False
 
 
 def _wait_gone(pid: int, p: LabPaths, timeout: float) -> bool:
