@@ -190,7 +190,8 @@ def test_ssh_cut_mid_deploy_next_run_recovers(host, lab_host, lab_modules):
     res = deploy(victim, Path(series.module), series.srcversion, progress)
     victim.close()
     assert res.status == "failed" and not res.restored, res.detail
-    assert "cannot reach 127.0.0.1:1" in res.detail and "restore failed too" in res.detail, res.detail
+    # the address as ssh_config resolved it: user@host:port
+    assert "cannot reach root@127.0.0.1:1" in res.detail and "restore failed too" in res.detail, res.detail
     # what the dead run left: no xen_pciback at all, the marker, the staged module
     assert loaded_srcversion(host) is None
     assert host.exists(MARKER)
