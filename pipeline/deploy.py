@@ -190,7 +190,15 @@ def remote_sha256(host: Host, path: str) -> str:
 
 
 def clean_staging(host: Host, keep: str = "") -> None:
-    """Remove uploaded modules (all but `keep`, a staged srcversion still loaded as the original)."""
+    """Remove uploaded modules (all but `keep`, a staged srcversion still loaded as the original).
+
+    A staging path another user made was refused before anything went into it: it is theirs, and
+    stays as found (the refusal names it)."""
+    try:
+        if not _owned_by_root(host, STAGING):
+            return
+    except HostError:
+        return
     for entry in staged_entries(host):
         if _stage_key(entry) != keep:
             host.run(["rm", "-rf", "--", f"{STAGING}/{entry}"], timeout=60)

@@ -181,6 +181,7 @@ def test_staging_path_made_by_another_user_is_refused(host, lab_modules):
         assert res.status == "failed", res
         assert "refused" in res.detail and "uid 65534" in res.detail, res.detail
         assert host.out(["ls", "-A", D.STAGING]) == ""  # nothing was put in it
+        assert host.out(["stat", "-c", "%u %a", "--", D.STAGING]) == "65534 777"  # and it is left as found
         assert _host_state(host) == before
     finally:
         host.run(["rm", "-rf", "--", D.STAGING])

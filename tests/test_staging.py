@@ -55,6 +55,9 @@ def test_a_staging_path_someone_else_could_have_filled_is_refused(host, owner, m
     with pytest.raises(HostError, match=rf"refused: {D.STAGING} exists as a directory owned by uid {owner}"):
         D.make_stage_dir(host, "ABC123")
     assert os.listdir(D.STAGING) == []  # nothing made in it
+    D.clean_staging(host)  # what a deploy does on its way out: someone else's directory stays as found
+    st = os.stat(D.STAGING)
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (owner, mode)
 
 
 def test_a_srcversion_that_is_not_one_is_refused(host):
