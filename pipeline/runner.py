@@ -494,7 +494,7 @@ def verify(
     rd.point_latest()
     progress(f"run {rd.run_id}: {rd.path}")
     # remembers a Ctrl-C that a failing cleanup turned into another exception
-    with interrupt.watch_sigint():
+    with progress.capture("paramiko"), interrupt.watch_sigint():
         lab_used = False
         try:
             if until != "series":
