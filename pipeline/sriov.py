@@ -13,12 +13,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from .dom0 import PCIBACK_BE, TEST_DOMAIN_PREFIX
 from .errors import HostError
 from .host import Host
 
 PCIBACK_DRIVER = "pciback"  # xen-pciback's driver name in sysfs
-PCIBACK_BE = "/local/domain/0/backend/pci"
-TEST_DOMAIN_PREFIX = "pvtest-"
 DRIVER_WAIT_S = 60.0  # a PF's driver binds by udev during boot; a host just up may not have it yet
 
 # one listing of every VF: "<virtfn link target> <driver link target>"; the PF path is an argument

@@ -22,7 +22,7 @@ import jinja2
 
 from . import TEMPLATES, sriov, xsobserve
 from .config import Settings
-from .deploy import PCIBACK_BE, remove_stale_backends
+from .dom0 import PCIBACK_BE, assignable_devices, destroy_domain, remove_stale_backends
 from .errors import HostError
 from .host import Host, killed_by_signal
 from .interrupt import deferred_sigint
@@ -206,8 +206,6 @@ class VfPool:
         return out
 
     def _assignable(self) -> list[str]:
-        from .deploy import assignable_devices
-
         return assignable_devices(self.host)
 
     def __enter__(self) -> VfPool:
@@ -410,21 +408,6 @@ class Guest:
             destroy_domain(self.host, self.name)
             remove_stale_backends(self.host)
             self.host.run(["rm", "-f", self.cfg], check=False)
-
-
-def destroy_domain(host: Host, name: str, timeout: float = 60.0) -> None:
-    rc, _, _ = host.query(["xl", "domid", name], timeout=30)
-    if rc != 0:
-        return
-    deadline = time.monotonic() + timeout
-    again = 0.0
-    while host.query(["xl", "domid", name], timeout=30)[0] == 0:
-        if time.monotonic() > deadline:
-            raise HostError(f"{host.name}: domain {name} still exists {timeout:.0f} s after xl destroy")
-        if time.monotonic() >= again:  # destroying again is harmless; an xl that crashed did nothing
-            host.run(["xl", "destroy", name], check=False, timeout=120)
-            again = time.monotonic() + 10
-        time.sleep(0.5)
 
 
 # ------------------------------------------------------------------ tests

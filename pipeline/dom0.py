@@ -1,0 +1,83 @@
+"""Queries and actions on a dom0's toolstack (xl, xenstore) that deploy and the VF tests share:
+live domains, pci backends and stale ones, assignable devices, the pipeline's test domains."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from .errors import HostError
+from .host import Host
+
+PCIBACK_BE = "/local/domain/0/backend/pci"
+TEST_DOMAIN_PREFIX = "pvtest-"
+
+Progress = Callable[[str], None]
+
+
+def _noprogress(msg: str) -> None:
+    pass
+
+
+def assignable_devices(host: Host) -> list[str]:
+    """BDFs that pciback holds (`xl pci-assignable-list`)."""
+    rc, out, _ = host.query(["xl", "pci-assignable-list"], timeout=60)
+    if rc != 0:
+        return []
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def live_domids(host: Host) -> set[int]:
+    """Domain ids `xl list` shows (dom0 included)."""
+    out = host.out(["xl", "list"], timeout=60)
+    ids: set[int] = set()
+    for line in out.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 2 and fields[1].isdigit():
+            ids.add(int(fields[1]))
+    return ids
+
+
+def pci_backend_domids(host: Host) -> list[int]:
+    rc, out, _ = host.query(["xenstore-list", PCIBACK_BE], timeout=30)
+    if rc != 0:
+        return []
+    return [int(x) for x in out.split() if x.strip().isdigit()]
+
+
+def remove_stale_backends(host: Host) -> list[int]:
+    """Remove pci backend directories of domains that no longer exist; returns their ids."""
+    live = live_domids(host)
+    stale = [d for d in pci_backend_domids(host) if d not in live]
+    for d in stale:
+        host.run(["xenstore-rm", f"{PCIBACK_BE}/{d}"], check=False, timeout=30)
+    return stale
+
+
+def test_domains(host: Host) -> list[str]:
+    """Names of the pipeline's test guests (`pvtest-*`) that exist on the host."""
+    out = host.out(["xl", "list"], timeout=60)
+    return [f[0] for f in (line.split() for line in out.splitlines()[1:]) if f and f[0].startswith(TEST_DOMAIN_PREFIX)]
+
+
+def destroy_test_domains(host: Host, progress: Progress = _noprogress) -> None:
+    """Destroy the pipeline's leftover test guests and remove their pci backend entries."""
+    for dom in test_domains(host):
+        progress(f"{host.name}: destroying leftover test domain {dom}")
+        destroy_domain(host, dom)
+    remove_stale_backends(host)
+
+
+def destroy_domain(host: Host, name: str, timeout: float = 60.0) -> None:
+    rc, _, _ = host.query(["xl", "domid", name], timeout=30)
+    if rc != 0:
+        return
+    deadline = time.monotonic() + timeout
+    again = 0.0
+    while host.query(["xl", "domid", name], timeout=30)[0] == 0:
+        if time.monotonic() > deadline:
+            raise HostError(f"{host.name}: domain {name} still exists {timeout:.0f} s after xl destroy")
+        if time.monotonic() >= again:  # destroying again is harmless; an xl that crashed did nothing
+            host.run(["xl", "destroy", name], check=False, timeout=120)
+            again = time.monotonic() + 10
+        time.sleep(0.5)
