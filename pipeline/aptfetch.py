@@ -25,6 +25,7 @@ from pathlib import Path
 
 from .config import Settings
 from .errors import FetchError
+from .util import noprogress
 
 Progress = Callable[[str], None]
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
@@ -152,7 +153,7 @@ class AptDir:
 
     def versions(self, package: str) -> list[Package]:
         """Every version of a package in the lists, newest first (empty when unknown)."""
-        self.ensure_lists(progress=lambda _m: None)
+        self.ensure_lists(progress=noprogress)
         proc = subprocess.run(
             ["apt-cache", *self._options(), "show", package],
             capture_output=True,

@@ -20,18 +20,16 @@ from .errors import HostError
 from .host import Host
 from .interrupt import deferred_sigint
 from .results import BuildResult, DeployResult, Refusal, now_iso, timed
+from .util import STATE_DIR
+from .util import noprogress as _noprogress
 
-MARKER_DIR = "/run/pciback-verify"
+MARKER_DIR = STATE_DIR
 MARKER = f"{MARKER_DIR}/modified.json"
 # root's alone (0700 under /run, never world-writable /var/tmp); one fresh `mktemp -d` entry per deploy
 STAGING = f"{MARKER_DIR}/stage"
 SYS_MODULE = "/sys/module/xen_pciback"
 
 Progress = Callable[[str], None]
-
-
-def _noprogress(msg: str) -> None:
-    pass
 
 
 def vermagic_release(vermagic: str) -> str:

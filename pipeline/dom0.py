@@ -8,15 +8,12 @@ from collections.abc import Callable
 
 from .errors import HostError
 from .host import Host
+from .util import noprogress as _noprogress
 
 PCIBACK_BE = "/local/domain/0/backend/pci"
 TEST_DOMAIN_PREFIX = "pvtest-"
 
 Progress = Callable[[str], None]
-
-
-def _noprogress(msg: str) -> None:
-    pass
 
 
 def assignable_devices(host: Host) -> list[str]:

@@ -35,8 +35,10 @@ from dataclasses import dataclass
 from .errors import HostError, HostLocked
 from .host import Host
 from .results import now_iso
+from .util import STATE_DIR
+from .util import noprogress as _noprogress
 
-LOCK_PARENT = "/run/pciback-verify"
+LOCK_PARENT = STATE_DIR
 LOCK_DIR = f"{LOCK_PARENT}/lock"
 OWNER = f"{LOCK_DIR}/owner.json"
 BREAK_DIR = f"{LOCK_PARENT}/lock.break"
@@ -48,10 +50,6 @@ POLL_S = 2.0
 REPORT_EVERY_S = 30.0
 
 Progress = Callable[[str], None]
-
-
-def _noprogress(msg: str) -> None:
-    pass
 
 
 def _pid_alive(pid: int) -> bool:

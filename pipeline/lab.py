@@ -40,12 +40,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jinja2
-
-from . import TEMPLATES
+from . import TEMPLATES, util
 from .config import HostConfig, Settings
 from .errors import HostError, LabError
+from .provision import GUEST_SETTLE_S, GUEST_TIMEOUT_S
 from .results import atomic_write_text, now_iso, timed
+from .util import noprogress as _quiet
 
 Progress = Callable[[str], None]
 
@@ -55,8 +55,6 @@ SUITE = "bookworm"
 HOSTNAME = "xen-dom0"
 GUEST_DIR = "/root/pvlab"  # in dom0: the guest initramfs and xl configs
 GUEST_INITRD = f"{GUEST_DIR}/guest-initrd.gz"
-GUEST_SETTLE_S = 3  # guest protocol: min seconds after pcifront before the first marker
-GUEST_TIMEOUT_S = 20  # guest protocol: first marker after this long whatever the count
 IMAGE_SIZE = "3G"
 LAB_TEMPLATES = TEMPLATES / "lab"
 
@@ -225,23 +223,8 @@ class AptEntry:
 # ------------------------------------------------------------------ small helpers
 
 
-def _env() -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(LAB_TEMPLATES)),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        autoescape=False,  # shell scripts and config files, not HTML
-    )
-
-
 def render(template: str, **ctx: Any) -> str:
-    return _env().get_template(template).render(**ctx)
-
-
-def _quiet(_msg: str) -> None:
-    pass
+    return util.render("lab", template, **ctx)
 
 
 def read_manifest(settings: Settings) -> dict[str, Any] | None:
@@ -553,7 +536,7 @@ def _build(b: _Builder, inputs: dict[str, Any], h: str) -> dict[str, Any]:
     root = work / "rootfs"
     out = work / "out"
     (out / "boot").mkdir(parents=True)
-    env = _env()
+    env = util.templates("lab")
 
     b.say(f"debootstrap {SUITE} minbase from {inputs['mirror']} (about 1-2 min)")
     # downloaded .debs are kept: a rebuild after a recipe change does not fetch them again

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import jinja2
 
-from . import TEMPLATES
 from .report import _verdict_of, stable_version
 from .reproduce import recipes
 from .results import KernelResult, PatchInfo, RunResult
+from .util import templates
 
 # verdicts a maintainer has to act on, and the mail each gets
 KIND = {
@@ -38,14 +38,7 @@ _HUNK = re.compile(r"@@ -(\d+)(?:,(\d+))?")
 
 
 def _env() -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATES / "mail")),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        autoescape=False,  # noqa: S701 - plain-text mail
-    )
+    return templates("mail")
 
 
 def _git(repo: Path, *args: str) -> subprocess.CompletedProcess:

@@ -29,19 +29,19 @@ from typing import TYPE_CHECKING
 from .config import Settings
 from .errors import HostError
 from .results import atomic_write_text
+from .util import STATE_DIR, render
+from .util import noprogress as _noprogress
 
 if TYPE_CHECKING:  # the runner imports this module; paramiko loads with the first host
     from .host import Host
 
 Progress = Callable[[str], None]
 
-RUN_ROOT = "/run/pciback-verify"  # tmpfs: a reboot clears it as well
+RUN_ROOT = STATE_DIR
+GUEST_SETTLE_S = 3  # guest protocol: min seconds after pcifront before the first marker
+GUEST_TIMEOUT_S = 20  # guest protocol: first marker after this long whatever the count
 GUEST_PREFIX = "guest-"
 BUSYBOX = Path("/bin/busybox")
-
-
-def _noprogress(msg: str) -> None:
-    pass
 
 
 @dataclass
@@ -72,8 +72,6 @@ def guest_dir(run_id: str) -> str:
 
 def initramfs(pcifront_ko: bytes | None, settle_s: int, timeout_s: int, busybox: Path = BUSYBOX) -> bytes:
     """gzip'd newc cpio: busybox-static, /init (guest protocol), xen-pcifront.ko unless it is built in."""
-    from . import lab
-
     if not busybox.exists():
         raise HostError(f"this machine has no {busybox}: install busybox-static (deps/apt.txt)")
     with tempfile.TemporaryDirectory(prefix="pv-guest-") as tmp:
@@ -85,7 +83,7 @@ def initramfs(pcifront_ko: bytes | None, settle_s: int, timeout_s: int, busybox:
         if pcifront_ko is not None:
             (gdir / "xen-pcifront.ko").write_bytes(pcifront_ko)
         init = gdir / "init"
-        init.write_text(lab.render("guest-init.sh.j2", settle_s=settle_s, timeout_s=timeout_s), encoding="utf-8")
+        init.write_text(render("lab", "guest-init.sh.j2", settle_s=settle_s, timeout_s=timeout_s), encoding="utf-8")
         init.chmod(0o755)
         for x in [gdir, *gdir.rglob("*")]:
             os.utime(x, (0, 0))  # with gzip's mtime 0: the same inputs give the same bytes
@@ -152,8 +150,6 @@ def inspect(host: Host) -> tuple[str, str | None, str | None]:
 
 def provision(host: Host, settings: Settings, run_id: str, progress: Progress = _noprogress) -> GuestProvision:
     """Make the guest for this host, upload it into the run's directory there; HostError when it cannot."""
-    from . import lab
-
     release, pcifront, why = inspect(host)
     if why:
         raise HostError(why)
@@ -172,7 +168,7 @@ def provision(host: Host, settings: Settings, run_id: str, progress: Progress = 
         "pcifront_sha256": ko_sha,
         "busybox_sha256": busybox_sha,
         "init_sha256": hashlib.sha256(
-            lab.render("guest-init.sh.j2", settle_s=lab.GUEST_SETTLE_S, timeout_s=lab.GUEST_TIMEOUT_S).encode()
+            render("lab", "guest-init.sh.j2", settle_s=GUEST_SETTLE_S, timeout_s=GUEST_TIMEOUT_S).encode()
         ).hexdigest(),
     }
     hit = meta.get("inputs") == inputs and initrd_path.is_file()
@@ -187,7 +183,7 @@ def provision(host: Host, settings: Settings, run_id: str, progress: Progress = 
                 local = Path(tmp) / Path(pcifront).name
                 host.get(pcifront, local)
                 ko = plain_module(local.name, local.read_bytes())
-        data = initramfs(ko, lab.GUEST_SETTLE_S, lab.GUEST_TIMEOUT_S)
+        data = initramfs(ko, GUEST_SETTLE_S, GUEST_TIMEOUT_S)
         cache.mkdir(parents=True, exist_ok=True)
         tmp_initrd = initrd_path.with_suffix(".tmp")
         tmp_initrd.write_bytes(data)

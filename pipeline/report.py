@@ -24,7 +24,6 @@ from typing import Any
 
 import jinja2
 
-from . import TEMPLATES
 from .results import (
     ApplyStatus,
     BuildStatus,
@@ -37,6 +36,7 @@ from .results import (
     TestResult,
     atomic_write_text,
 )
+from .util import templates
 from .verdict import STATE, control_not_applicable, rank, verdict
 from .xsobserve import describe as describe_creation
 
@@ -121,14 +121,7 @@ def _md_cell(value: Any) -> str:
 
 
 def _env() -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATES / "report")),
-        autoescape=lambda name: bool(name) and name.endswith((".html.j2", ".xml.j2")),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
+    env = templates("report", autoescape=lambda name: bool(name) and name.endswith((".html.j2", ".xml.j2")))
     env.filters["xmlsafe"] = _xmlsafe
     env.filters["md_cell"] = _md_cell
     env.filters["short"] = _short

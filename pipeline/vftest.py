@@ -18,20 +18,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import jinja2
-
-from . import TEMPLATES, sriov, xsobserve
+from . import sriov, xsobserve
 from .config import Settings
 from .dom0 import PCIBACK_BE, assignable_devices, destroy_domain, remove_stale_backends
 from .errors import HostError
 from .host import Host, killed_by_signal
 from .interrupt import deferred_sigint
 from .results import Outcome, TestResult, timed
+from .util import STATE_DIR, templates
+from .util import noprogress as _noprogress
 
 Progress = Callable[[str], None]
 
 CONSOLE_DIR = "/var/log/xen/console"
-WORK_DIR = "/run/pciback-verify"
+WORK_DIR = STATE_DIR
 MARKER_RE = re.compile(r"PVLAB_MARKER seq=(\d+) count=(\d+) bdfs=(\S*)")
 BACKEND_KEY_RE = re.compile(r"^(num_devs|state|root_num|(?:state|dev|vdev)-\d+)$")
 XENBUS_INITIALISED = 3
@@ -39,10 +39,6 @@ MARKER_TIMEOUT_S = 90.0  # the guest reports by 20 s after pcifront loads; TCG b
 # restoring sriov_numvfs: writes of the value found are idempotent, so a failed one is tried again
 # on a fresh connection (seen on the lab: `tee` failing with "Bad file descriptor" after the test)
 TEARDOWN_ATTEMPTS = 3
-
-
-def _noprogress(msg: str) -> None:
-    pass
 
 
 # ------------------------------------------------------------------ parsing (pure)
@@ -137,12 +133,7 @@ def _xlstr(value: Any) -> str:
     return f'"{s}"'
 
 
-_ENV = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(str(TEMPLATES)),
-    undefined=jinja2.StrictUndefined,
-    keep_trailing_newline=True,
-    autoescape=False,  # noqa: S701 - xl config, values go through the xlstr filter
-)
+_ENV = templates()  # values go through the xlstr filter
 _ENV.filters["xlstr"] = _xlstr
 
 
