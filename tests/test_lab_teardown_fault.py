@@ -16,11 +16,7 @@ import pytest
 from conftest import host_state
 from sample_runs import k_prefix
 
-pytestmark = [
-    pytest.mark.lab,
-    # written 2026-12-02, never run: the shared lab's QEMU lost its pid file (an orphan held the image)
-    pytest.mark.skip(reason="not yet run on the lab (issue 11 session note); remove this mark once it passed"),
-]
+pytestmark = pytest.mark.lab
 
 FAKE = "/usr/local/sbin/tee"
 COUNT = "/run/pv-fault-tee"
