@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 import sys
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -85,6 +88,64 @@ def lab_settings():
     return project_settings()
 
 
+class _LabBoot:
+    """The lab built and booted in a thread from the end of collection, beside the tests that come
+    before the first lab test (builds, CLI checks): CI's time is tight. `lab_host` waits for it."""
+
+    thread: threading.Thread | None = None
+    host = None
+    error: BaseException | None = None
+    was_running = True
+    used = False  # lab_host took it over (and powers it off at its teardown)
+
+    @classmethod
+    def start(cls) -> None:
+        from pipeline import lab
+        from pipeline.config import project_settings
+
+        settings = project_settings()
+        cls.was_running = lab.status(settings, probe=False).running
+
+        def boot() -> None:
+            try:
+                lab.build(settings, _lab_progress)
+                cls.host = lab.up(settings, _lab_progress)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the test that needs the lab
+                cls.error = e
+
+        cls.thread = threading.Thread(target=boot, name="lab-boot", daemon=True)
+        cls.thread.start()
+
+    @classmethod
+    def wait(cls):
+        cls.thread.join()
+        if cls.error is not None:
+            raise cls.error
+        return cls.host
+
+
+def _lab_progress(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def pytest_collection_finish(session):
+    if session.config.option.collectonly or not any(i.get_closest_marker("lab") for i in session.items):
+        return
+    _LabBoot.start()
+
+
+def pytest_sessionfinish(session):
+    # a session that ended before its first lab test still powers off the lab it booted
+    if _LabBoot.thread is None or _LabBoot.used:
+        return
+    _LabBoot.thread.join()
+    if not _LabBoot.was_running and _LabBoot.error is None:
+        from pipeline import lab
+        from pipeline.config import project_settings
+
+        lab.down(project_settings(), _lab_progress)
+
+
 @pytest.fixture(scope="session")
 def lab_host(lab_settings):
     """HostConfig of the running lab: built if its inputs changed, booted, powered off at session end.
@@ -93,15 +154,13 @@ def lab_host(lab_settings):
     """
     from pipeline import lab
 
-    def progress(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
-
-    was_running = lab.status(lab_settings, probe=False).running
-    lab.build(lab_settings, progress)
-    host = lab.up(lab_settings, progress)
+    if _LabBoot.thread is None:  # (a lab test selected in a way collection did not see)
+        _LabBoot.start()
+    _LabBoot.used = True
+    host = _LabBoot.wait()
     yield host
-    if not was_running:  # a lab someone started by hand stays up
-        lab.down(lab_settings, progress)
+    if not _LabBoot.was_running:  # a lab someone started by hand stays up
+        lab.down(lab_settings, _lab_progress)
 
 
 @pytest.fixture(scope="session")
@@ -118,6 +177,36 @@ def lab_modules(lab_host, lab_settings, tmp_path_factory):
         assert b.srcversion, f"{label} built without srcversion"
     assert mods["series"].srcversion != mods["control"].srcversion
     return mods
+
+
+@dataclass
+class VerifyRun:
+    proc: subprocess.CompletedProcess
+    results: dict | None  # results.json, None when the run wrote none
+    before: dict  # host_state of the lab before and after the run
+    after: dict
+
+
+@pytest.fixture(scope="session")
+def default_verify(lab_host, tmp_path_factory) -> VerifyRun:
+    """`invoke verify` of the default matrix on the lab (the README's main job), run once per session:
+    test_verify_e2e judges it, test_plain_host compares a plain-host run with it (CI's time is tight)."""
+    import json
+
+    from pipeline import PROJECT_ROOT
+    from pipeline.host import Host
+
+    with Host(lab_host) as h:
+        before = host_state(h)
+    root = tmp_path_factory.mktemp("default-verify")
+    env = {**os.environ, "INVOKE_PV_RESULTS_ROOT": str(root)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "invoke", "verify"], cwd=PROJECT_ROOT, capture_output=True, text=True, env=env
+    )
+    with Host(lab_host) as h:
+        after = host_state(h)
+    res = root / "latest" / "results.json"
+    return VerifyRun(proc, json.loads(res.read_text()) if res.exists() else None, before, after)
 
 
 def host_state(h, keys=None) -> dict:

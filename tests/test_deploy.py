@@ -98,63 +98,9 @@ def test_deploy_failure_restores_original(host, lab_modules, tmp_path):
     assert _host_state(host) == before
 
 
-@pytest.mark.lab
-def test_series_passes_and_host_restored(host, lab_settings, lab_modules):
-    from pipeline.deploy import deploy, loaded_srcversion, restore
-    from pipeline.vftest import run_vf_tests
-
-    series = lab_modules["series"]
-    before = _host_state(host)
-    d = deploy(host, Path(series.module), series.srcversion, print)
-    try:
-        assert d.status == "ok", d.detail
-        assert loaded_srcversion(host) == series.srcversion == d.srcversion
-        assert host.exists("/run/pciback-verify/modified.json")
-        results = run_vf_tests(host, lab_settings, "series", print)
-    finally:
-        restore(host, d, print)
-    assert _host_state(host) == before
-    assert d.restored
-
-    by_name = {r.name: r for r in results}
-    for n in lab_settings.vf_counts:
-        r = by_name[f"vf-boot-{n}"]
-        assert r.passed, r.reason
-        assert r.seen == n and len(r.seen_bdfs) == n
-        assert r.backend["num_devs"] == n
-        assert all(r.backend[f"state-{i}"] == 3 for i in range(n)), r.backend
-        assert all(f"vdev-{i}" in r.backend for i in range(n))
-        # observed in oxenstored's access log: libxl 4.17 commits num_devs once per device
-        assert (r.xs_creation.transactions, r.xs_creation.num_devs) == (n, list(range(1, n + 1))), r.xs_creation
-        assert r.toolstack.xen_version.startswith("4.17") and r.toolstack.dom0_kernel == host.out(["uname", "-r"])
-    hot = by_name["vf-hotplug"]
-    assert hot.passed, hot.reason
-    assert len(hot.metrics["num_devs"]) == len(hot.metrics["steps"]) == 3 + 2 * lab_settings.hotplug_cycles
-    assert [s["seen"] for s in hot.metrics["steps"]][:3] == [1, 2, 3]
-
-
-@pytest.mark.lab
-def test_control_fails_one_of_three(host, lab_modules, lab_settings):
-    from pipeline.deploy import deploy, restore
-    from pipeline.vftest import default_guest, vf_boot
-
-    control = lab_modules["control"]
-    before = _host_state(host)
-    d = deploy(host, Path(control.module), control.srcversion, print)
-    try:
-        assert d.status == "ok", d.detail
-        r = vf_boot(host, 3, "control", default_guest(host, lab_settings), print)
-    finally:
-        restore(host, d, print)
-    assert _host_state(host) == before
-    assert not r.passed
-    assert r.seen == 1, r.reason
-    assert r.backend["state-0"] == 3
-    assert r.backend["state-1"] == 1 and r.backend["state-2"] == 1, r.backend
-    assert "vdev-1" not in r.backend and "vdev-2" not in r.backend
-    # the race, observed live: three commits wrote num_devs 1, 2, 3 (Xen 4.17's libxl, one per device)
-    assert r.xs_creation.observed and r.xs_creation.num_devs == [1, 2, 3], r.xs_creation
-    assert r.toolstack.xen_version.startswith("4.17") and r.toolstack.xl_version.startswith("4.17"), r.toolstack
+# The series' and the control's VF tests on the lab are judged through the runner's own path in
+# tests/test_verify_e2e.py (the guest saw 3 of 3 with the fix, 1 of 3 without; the backend entries,
+# the xenstore transactions, the toolstack): no second copy of them here.
 
 
 def test_edit_ko_helper(tmp_path):

@@ -8,8 +8,9 @@ the test guest made by the run (the host's /boot kernel, its xen-pcifront, this 
 busybox) and removed afterwards. `invoke verify --kernel debian-6.1-prefix` must give the same
 verdict and VF counts as against `lab` and leave nothing on the host.
 
-To keep CI short the runs use vf_counts [3] without hot-plug (the full matrix runs in
-test_verify_e2e.py against `lab`).
+To keep CI short the plain run uses vf_counts [3] without hot-plug and is compared with the same
+kernel's row of the default run against `lab` (conftest's `default_verify`, judged in full by
+test_verify_e2e.py), which CI runs once.
 """
 
 from __future__ import annotations
@@ -149,7 +150,9 @@ def test_hosts_check_lab_and_plain_host(lab_host, plain, tmp_path):
 @pytest.mark.lab
 @pytest.mark.kernel
 @pytest.mark.build
-def test_verify_on_the_lab_as_a_plain_host_matches_the_lab(lab_host, plain, tmp_path):
+def test_verify_on_the_lab_as_a_plain_host_matches_the_lab(lab_host, plain, default_verify, tmp_path):
+    """The plain run against the lab's own row for the same kernel in the default run (conftest's
+    `default_verify`, which test_verify_e2e judges): same verdict, same tests passed, same VF counts."""
     if not (DEBIAN / "HEAD").exists():
         pytest.skip("Debian 6.1 source not imported: `invoke source.import`")
     from pipeline.host import Host
@@ -157,22 +160,22 @@ def test_verify_on_the_lab_as_a_plain_host_matches_the_lab(lab_host, plain, tmp_
     with Host(lab_host) as h:
         before = _nothing_left(h)
     assert before["guest_dirs"] == [] and not before["lock"]
-    results = {}
-    for name, entry in (("lab", {"lab": True, "pf_bdf": lab_host.pf_bdf, "max_vfs": 3}), ("plain", plain)):
-        d = tmp_path / name
-        d.mkdir()
-        cfg = _config(d, {name: entry}, [name])
-        t0 = time.monotonic()
-        proc = _invoke(cfg, d, "verify", "--kernel", KERNEL)
-        print(f"verify against {name}: {time.monotonic() - t0:.1f} s", file=sys.stderr)
-        assert proc.returncode == 0, proc.stderr[-4000:]
-        results[name] = json.loads((d / "runs" / "latest" / "results.json").read_text())
-        with Host(lab_host) as h:
-            assert _nothing_left(h) == before, name  # no staging, guest files, lock, VF, module left
+    cfg = _config(tmp_path, {"plain": plain}, ["plain"])
+    t0 = time.monotonic()
+    proc = _invoke(cfg, tmp_path, "verify", "--kernel", KERNEL)
+    print(f"verify against plain: {time.monotonic() - t0:.1f} s", file=sys.stderr)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = {"plain": json.loads((tmp_path / "runs" / "latest" / "results.json").read_text())}
+    with Host(lab_host) as h:
+        assert _nothing_left(h) == before  # no staging, guest files, lock, VF, module left
+    assert default_verify.proc.returncode == 0, default_verify.proc.stderr[-3000:]
+    results["lab"] = default_verify.results
 
     def summary(res: dict) -> tuple:
-        (k,) = res["kernels"]
-        return k["verdict"], sorted((t["name"], t["module"], t["passed"], t["seen"]) for t in k["tests"])
+        (k,) = [k for k in res["kernels"] if k["name"] == KERNEL]
+        # the plain run's tests (vf-boot-3 and its control, no hot-plug): the same ones of the lab's row
+        tests = [t for t in k["tests"] if t["name"] == "vf-boot-3"]
+        return k["verdict"], sorted((t["name"], t["module"], t["passed"], t["seen"]) for t in tests)
 
     assert summary(results["plain"]) == summary(results["lab"])
     verdict, tests = summary(results["lab"])
@@ -180,13 +183,14 @@ def test_verify_on_the_lab_as_a_plain_host_matches_the_lab(lab_host, plain, tmp_
     assert tests == [("vf-boot-3", "control", False, tests[0][3]), ("vf-boot-3", "series", True, 3)]
     assert tests[0][3] < 3  # the control misses VFs on both
     (k,) = results["plain"]["kernels"]
+    assert sorted(t["name"] for t in k["tests"]) == ["vf-boot-3", "vf-boot-3"]
     for t in k["tests"]:
         g = t["metrics"]["guest"]
         assert g["provisioned"] and g["host"] == "plain" and g["release"] == lab_host.kernel_release
         assert g["kernel"] == f"/boot/vmlinuz-{lab_host.kernel_release}"
         assert g["initrd"] == f"/run/pciback-verify/guest-{results['plain']['run_id']}/guest-initrd.gz"
         assert g["pcifront"].endswith(("xen-pcifront.ko", "xen-pcifront.ko.xz"))
-    (k_lab,) = results["lab"]["kernels"]
+    (k_lab,) = [k for k in results["lab"]["kernels"] if k["name"] == KERNEL]
     assert all("guest" not in t["metrics"] for t in k_lab["tests"])  # the lab's guest is in its image
 
 
