@@ -38,12 +38,12 @@ R = TypeVar("R")
 EXEC_ANSWER_S = 60.0  # how long sshd may take to answer an exec request, even on a loaded TCG host
 QUERY_TRIES = 3  # a read-only command killed by a signal is run again (xl crashes now and then in the lab)
 CONNECT_TRIES = 3  # a handshake broken in transit is tried again; a refused key or login never is
-# how a command killed by a signal ends: no exit status (-1) or, via a shell, 128 + SIGILL/ABRT/BUS/SEGV
 # paramiko's transport thread logs a traceback when a stream breaks ("Invalid packet blocking" under
 # load); the caller sees that as a retry or a HostError, so it never reaches the terminal (a run's
 # run.log keeps it: RunLog.capture)
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
+# how a command killed by a signal ends: no exit status (-1) or, via a shell, 128 + SIGILL/ABRT/BUS/SEGV
 _SIGNAL_DEATH = {-1, 132, 134, 135, 139}
 
 

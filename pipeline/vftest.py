@@ -582,22 +582,3 @@ def boot_counts(host: Host, settings: Settings, module_label: str) -> list[tuple
             )
         out.append((n, skip))
     return out
-
-
-def run_vf_tests(
-    host: Host,
-    settings: Settings,
-    module_label: str,
-    progress: Progress = _noprogress,
-    image: GuestImage | None = None,
-    hotplug: bool = True,
-) -> list[TestResult]:
-    """vf-boot-N for each N in settings.vf_counts, then vf-hotplug (with the largest N, if >= 2)."""
-    image = image or default_guest(host, settings)
-    results = []
-    for n, skip in boot_counts(host, settings, module_label):
-        results.append(skip or vf_boot(host, n, module_label, image, progress))
-    n_hot = min(max(settings.vf_counts, default=0), host.config.max_vfs)
-    if hotplug and settings.hotplug and n_hot >= 2:
-        results.append(vf_hotplug(host, n_hot, settings.hotplug_cycles, module_label, image, progress))
-    return results
