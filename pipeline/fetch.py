@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 
 import git
 
+from . import interrupt
 from .config import KernelConfig, Settings
 from .errors import FetchError, UnknownRef
 from .results import FetchResult
@@ -78,8 +79,15 @@ def _cache_lock(settings: Settings, timeout_s: float = LOCK_TIMEOUT_S):
     with open(lock, "w") as fh:
         deadline = time.monotonic() + timeout_s
         while True:
+            # after a Ctrl-C no new fetch starts: the row behind a running one would otherwise get
+            # the lock once stop_children ended the first, and fetch on with nobody to stop it
+            if interrupt.requested():
+                raise FetchError("interrupted before the fetch started")
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if interrupt.requested():
+                    fcntl.flock(fh, fcntl.LOCK_UN)
+                    continue
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
