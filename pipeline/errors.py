@@ -93,11 +93,5 @@ class InternalError(PipelineError):
     exit_code = 1
 
 
-class RunIncomplete(PipelineError):
-    """Some kernel did not reach a defined status."""
-
-    exit_code = 1
-
-
 class Interrupted(PipelineError):
     exit_code = 130

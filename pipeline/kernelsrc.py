@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import subprocess
-import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -153,15 +152,6 @@ def _upstream_version(makefile: str, what: object = TARBALL) -> str:
     if len(vals) != 3:
         raise FetchError(f"{what}: no VERSION/PATCHLEVEL/SUBLEVEL in the top Makefile")
     return f"{vals['VERSION']}.{vals['PATCHLEVEL']}.{vals['SUBLEVEL']}"
-
-
-def _tarball_version(tarball: Path) -> str:
-    with tarfile.open(tarball) as tf:
-        for member in tf:
-            if member.name.count("/") == 1 and member.name.endswith("/Makefile"):
-                fh = tf.extractfile(member)
-                return _upstream_version(fh.read().decode(), tarball)
-    raise FetchError(f"{tarball}: no top-level Makefile")
 
 
 def recorded(repo: Path, alias: str) -> tuple[str, str]:
