@@ -43,7 +43,6 @@ from typing import Any
 from . import TEMPLATES, util
 from .config import HostConfig, Settings
 from .errors import HostError, LabError
-from .provision import GUEST_SETTLE_S, GUEST_TIMEOUT_S
 from .results import atomic_write_text, now_iso, timed
 from .util import noprogress as _quiet
 
@@ -167,7 +166,13 @@ class LabPaths:
 
     @property
     def qmp(self) -> Path:
-        return self.dir / "qmp.sock"
+        """QMP's unix socket: in the lab folder, unless that path is too long for a socket (108 bytes
+        with the NUL, seen under gitlab-ci-local's build folders): then in a private folder of this
+        user under the runtime dir, named by the lab folder's hash."""
+        sock = self.dir / "qmp.sock"
+        if len(os.fsencode(sock)) < SOCKET_PATH_MAX:
+            return sock
+        return _private_runtime_dir() / f"lab-{hashlib.sha256(os.fsencode(self.dir.resolve())).hexdigest()[:16]}.qmp"
 
     @property
     def console(self) -> Path:
@@ -176,6 +181,23 @@ class LabPaths:
     @property
     def state(self) -> Path:
         return self.dir / "state.json"
+
+
+SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; some room for QEMU's own suffixes
+
+
+def _private_runtime_dir() -> Path:
+    """$XDG_RUNTIME_DIR (or the temp dir)/pciback-verify-<uid>: made 0700, refused if anyone else owns it
+    or can write into it (a socket there is trusted as the lab's)."""
+    import tempfile
+
+    d = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()) / f"pciback-verify-{os.getuid()}"
+    with contextlib.suppress(FileExistsError):
+        d.mkdir(mode=0o700)
+    st = d.lstat()
+    if not d.is_dir() or d.is_symlink() or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise LabError(f"{d} is not a private folder of this user (owner {st.st_uid}, mode {st.st_mode & 0o777:o})")
+    return d
 
 
 def paths(settings: Settings) -> LabPaths:
@@ -679,9 +701,7 @@ def _guest_initramfs(b: _Builder, root: Path, release: str, gdir: Path) -> bytes
     if not mods:
         raise LabError(f"no xen-pcifront.ko in the dom0 kernel {release}")
     try:
-        return provision.initramfs(
-            provision.plain_module(mods[0].name, mods[0].read_bytes()), GUEST_SETTLE_S, GUEST_TIMEOUT_S
-        )
+        return provision.initramfs(provision.plain_module(mods[0].name, mods[0].read_bytes()))
     except HostError as e:
         raise LabError(e.message) from None
 

@@ -48,6 +48,21 @@ def test_qemu_argv_has_the_working_recipe(tmp_path):
     assert _opt(argv, "-serial") == [f"file:{p.console}"]
 
 
+def test_qmp_socket_of_a_deep_lab_folder_is_short_and_private(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    (tmp_path / "run").mkdir()
+    assert lab.paths(_settings(tmp_path)).qmp == tmp_path / "lab" / "qmp.sock"  # short: beside the lab
+    deep = tmp_path / ".gitlab-ci-local" / "builds" / ("test-debian-6.1-prefix-" * 4) / ".cache"
+    p = lab.paths(Settings(lab=LabConfig(dir=str(deep / "lab"))))
+    assert len(str(p.qmp)) < 100 and p.qmp.parent == tmp_path / "run" / f"pciback-verify-{os.getuid()}"
+    assert p.qmp == lab.paths(Settings(lab=LabConfig(dir=str(deep / "lab")))).qmp  # the same lab, the same one
+    assert p.qmp != lab.paths(Settings(lab=LabConfig(dir=str(deep / "lab2")))).qmp
+    assert p.qmp.parent.stat().st_mode & 0o777 == 0o700
+    p.qmp.parent.chmod(0o777)  # anyone could plant a socket there: refused
+    with pytest.raises(LabError, match="not a private folder"):
+        _ = p.qmp
+
+
 def test_qemu_argv_scales_sriov_and_escapes_initrd_commas(tmp_path):
     argv = lab.qemu_argv(_settings(tmp_path, vfs=5), 2222)
     nvme = next(d for d in _opt(argv, "-device") if d.startswith("nvme,"))
@@ -111,10 +126,10 @@ def test_input_hash_follows_templates_and_versions():
 
 
 def test_guest_templates_follow_the_protocol(tmp_path):
-    init = lab.render("guest-init.sh.j2", settle_s=3, timeout_s=20)
+    init = lab.render("guest-init.sh.j2", poll_s="0.25")
     assert init.startswith("#!/bin/busybox sh\n")
     assert 'echo "PVLAB_BOOT"' in init and "PVLAB_MARKER seq=$seq count=$count bdfs=$bdfs" in init
-    assert "pvlab.expect=" in init and "insmod /xen-pcifront.ko" in init and "poweroff" not in init
+    assert "sleep 0.25" in init and "insmod /xen-pcifront.ko" in init and "poweroff" not in init
     s = _settings(tmp_path)
     p = lab.paths(s)
     p.dir.mkdir(parents=True)
@@ -253,14 +268,15 @@ def test_guest_with_one_vf_prints_its_marker(lab_host, lab_settings, three_vfs):
     try:
         markers, text = [], ""
         deadline = time.monotonic() + 120
-        while not markers and time.monotonic() < deadline:
-            time.sleep(2)
+        # the guest reports its first listing and every change: wait for the one with the VF
+        while not any(c == 1 for _, c, _ in markers) and time.monotonic() < deadline:
+            time.sleep(1)
             text = lab.run_ssh(lab_host, f"cat {log}").stdout
             markers = lab.parse_markers(text)
         assert "PVLAB_BOOT" in text
         assert markers, f"no marker in the guest console: {text[-500:]}"
-        seq, count, bdfs = markers[0]
-        assert (seq, count, len(bdfs)) == (1, 1, 1), text[-500:]
+        seq, count, bdfs = markers[-1]
+        assert (count, len(bdfs)) == (1, 1) and seq == len(markers), text[-500:]
     finally:
         lab.run_ssh(lab_host, f"xl destroy {name}", timeout=60)
 
