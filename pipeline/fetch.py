@@ -11,6 +11,7 @@ import fcntl
 import hashlib
 import os
 import re
+import shutil
 import subprocess
 import time
 from contextlib import contextmanager
@@ -233,3 +234,32 @@ def remove_worktree(settings: Settings, worktree: str | Path, branch: str = "", 
         Path(worktree).parent.rmdir()  # the run's folder, once its last worktree is gone
     except OSError:
         pass
+
+
+def sweep_run(settings: Settings, run_id: str, progress=print) -> list[str]:
+    """After Ctrl-C or kill -9: remove every worktree (`<cache>/worktrees/<run_id>/*`) and branch
+    (`pv/<run_id>/...`) of the run, also those a stage had half-created."""
+    from .apply import _refname_part
+
+    if not (cache_path(settings) / "HEAD").exists():
+        return []
+    removed = []
+    repo = cache_repo(settings)
+    listed = repo.git.worktree("list", "--porcelain").splitlines()
+    root = (worktree_root(settings) / run_id).resolve()
+    for wt in sorted(line.split(" ", 1)[1] for line in listed if line.startswith("worktree ")):
+        if Path(wt).resolve().parent == root:
+            remove_worktree(settings, wt, progress=progress)
+            removed.append(wt)
+    if root.is_dir():  # a worktree whose `git worktree add` was cut short
+        shutil.rmtree(root, ignore_errors=True)
+        repo.git.worktree("prune")
+        removed.append(str(root))
+    prefix = f"refs/heads/pv/{_refname_part(run_id)}/"
+    for ref in repo.git.for_each_ref("--format=%(refname)", prefix).split():
+        try:
+            repo.git.update_ref("-d", ref)
+            removed.append(ref)
+        except git.GitCommandError as e:
+            progress(f"cleanup: could not delete {ref}: {e.stderr.strip()[-200:]}")
+    return removed

@@ -3,22 +3,18 @@
 On SIGINT only the main thread sees KeyboardInterrupt; the rows' threads wait on
 child processes (git, make in its own session) that a signal sent to our pid alone
 never reaches. `stop_children` ends them so the rows return within seconds;
-`sweep_run` removes every worktree and branch of a run, also those a stage had
-half-created when it was interrupted (and those of a run killed with -9).
+`fetch.sweep_run` then removes every worktree and branch of the run.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-from .config import Settings
 
 
 def _children(pid: int) -> list[int]:
@@ -155,34 +151,3 @@ def deferred_sigint(notify: Callable[[str], None] | None = None) -> Iterator[Non
             if st.pending:
                 st.pending = False
                 raise KeyboardInterrupt
-
-
-def sweep_run(settings: Settings, run_id: str, progress=print) -> list[str]:
-    """Remove the run's worktrees (`<cache>/worktrees/<run_id>/*`) and branches (`pv/<run_id>/...`)."""
-    import git
-
-    from .apply import _refname_part
-    from .fetch import cache_path, cache_repo, remove_worktree, worktree_root
-
-    if not (cache_path(settings) / "HEAD").exists():
-        return []
-    removed = []
-    repo = cache_repo(settings)
-    listed = repo.git.worktree("list", "--porcelain").splitlines()
-    root = (worktree_root(settings) / run_id).resolve()
-    for wt in sorted(line.split(" ", 1)[1] for line in listed if line.startswith("worktree ")):
-        if Path(wt).resolve().parent == root:
-            remove_worktree(settings, wt, progress=progress)
-            removed.append(wt)
-    if root.is_dir():  # a worktree whose `git worktree add` was cut short
-        shutil.rmtree(root, ignore_errors=True)
-        repo.git.worktree("prune")
-        removed.append(str(root))
-    prefix = f"refs/heads/pv/{_refname_part(run_id)}/"
-    for ref in repo.git.for_each_ref("--format=%(refname)", prefix).split():
-        try:
-            repo.git.update_ref("-d", ref)
-            removed.append(ref)
-        except git.GitCommandError as e:
-            progress(f"cleanup: could not delete {ref}: {e.stderr.strip()[-200:]}")
-    return removed

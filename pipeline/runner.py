@@ -17,7 +17,8 @@ from pathlib import Path
 from . import interrupt, kernelsrc, provision
 from .config import HostConfig, KernelConfig, Settings
 from .errors import ConfigError, InternalError, Interrupted, PipelineError
-from .interrupt import stop_children, sweep_run
+from .fetch import sweep_run
+from .interrupt import stop_children
 from .results import (
     ApplyStatus,
     BuildResult,

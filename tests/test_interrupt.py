@@ -125,7 +125,7 @@ def test_kill9_mid_build_keeps_earlier_runs_and_marks_the_run_incomplete(tmp_pat
         assert "debian-6.1" in rep.stdout and (run / "summary.md").is_file()
     finally:
         from pipeline.config import project_settings
-        from pipeline.interrupt import sweep_run
+        from pipeline.fetch import sweep_run
 
         time.sleep(1)
         sweep_run(project_settings(), run.name, progress=lambda m: None)  # kill -9 cannot clean up: the test does
