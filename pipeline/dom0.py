@@ -24,15 +24,23 @@ def assignable_devices(host: Host) -> list[str]:
     return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
-def live_domids(host: Host) -> set[int]:
-    """Domain ids `xl list` shows (dom0 included)."""
-    out = host.out(["xl", "list"], timeout=60)
-    ids: set[int] = set()
+def domains(host: Host) -> dict[str, int]:
+    """Name -> domain id of every domain `xl list` shows (dom0 included). The list comes from the
+    hypervisor; a failed listing raises, it never reads as "no such domain"."""
+    rc, out, err = host.query(["xl", "list"], timeout=60)
+    if rc != 0:
+        raise host.failed(["xl", "list"], rc, out, err)
+    found: dict[str, int] = {}
     for line in out.splitlines()[1:]:
         fields = line.split()
         if len(fields) >= 2 and fields[1].isdigit():
-            ids.add(int(fields[1]))
-    return ids
+            found[fields[0]] = int(fields[1])
+    return found
+
+
+def live_domids(host: Host) -> set[int]:
+    """Domain ids `xl list` shows (dom0 included)."""
+    return set(domains(host).values())
 
 
 def pci_backend_domids(host: Host) -> list[int]:
@@ -66,12 +74,11 @@ def destroy_test_domains(host: Host, progress: Progress = _noprogress) -> None:
 
 
 def destroy_domain(host: Host, name: str, timeout: float = 60.0) -> None:
-    rc, _, _ = host.query(["xl", "domid", name], timeout=30)
-    if rc != 0:
-        return
+    """`xl destroy` until `xl list` no longer shows the domain. Not `xl domid`: on the lab it has
+    answered "no such domain" for a guest that went on running, and that guest kept its VFs."""
     deadline = time.monotonic() + timeout
     again = 0.0
-    while host.query(["xl", "domid", name], timeout=30)[0] == 0:
+    while name in domains(host):
         if time.monotonic() > deadline:
             raise HostError(f"{host.name}: domain {name} still exists {timeout:.0f} s after xl destroy")
         if time.monotonic() >= again:  # destroying again is harmless; an xl that crashed did nothing

@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import pytest
 
+from pipeline import vftest
+from pipeline.config import HostConfig
+from pipeline.host import Host
 from pipeline.vftest import (
+    Guest,
+    GuestImage,
     Marker,
     backend_summary,
     dev_entries,
+    devices_final,
     parse_markers,
     parse_xenstore_ls,
     render_guest_config,
@@ -90,6 +96,93 @@ def test_verdict_needs_both_guest_and_backend():
     assert not verdict(1, Marker(1, 2, []), {"state-0": 3})[0]  # more than given is wrong too
 
 
+BUG_END = {"num_devs": 3, "state": 4, "state-0": 3, "state-1": 1, "state-2": 1, "vdev-0": "0000:00:00.0"}
+
+
+def test_devices_final_all_seen_or_the_bugs_end_state():
+    assert devices_final(3, Marker(2, 3, []), {})  # all seen: nothing more to wait for
+    assert not devices_final(3, None, BUG_END)
+    assert devices_final(3, Marker(1, 1, ["a"]), BUG_END)  # pciback published 1, the guest sees 1
+    assert not devices_final(3, Marker(1, 0, []), BUG_END)  # pcifront has not found vdev-0 yet
+    assert not devices_final(3, Marker(1, 1, ["a"]), {**BUG_END, "num_devs": 2})  # libxl still writing
+    assert not devices_final(3, Marker(1, 1, ["a"]), {**BUG_END, "state": 7})  # reconfiguring
+    assert not devices_final(3, Marker(1, 1, ["a"]), {**BUG_END, "vdev-1": "0000:00:00.1"})  # more to find
+    assert not devices_final(3, Marker(1, 1, ["a"]), {})  # no backend read
+
+
+class ScriptedDom0(Host):
+    """A Host whose console and xenstore answers follow a script over (fake) time, no SSH."""
+
+    def __init__(self, script):
+        super().__init__(HostConfig(name="scripted", address="127.0.0.1"))
+        self.script = script  # [(from t, console text, backend `xenstore-ls -f` text)]
+        self.t = 0.0
+        self.reads = []
+
+    def now(self):
+        return self.t
+
+    def sleep(self, s):
+        self.t += s
+
+    def _at(self):
+        return [x for x in self.script if x[0] <= self.t][-1]
+
+    def run(self, argv, timeout=60.0, check=True, stdin=None):
+        self.reads.append((self.t, argv[0]))
+        _, console, xs = self._at()
+        return 0, console if argv[0] == "cat" else xs, ""
+
+
+def _xs(lines):
+    return "".join(f'/local/domain/0/backend/pci/7/0/{k} = "{v}"\n' for k, v in lines.items())
+
+
+def _waited(monkeypatch, script, expected):
+    host = ScriptedDom0(script)
+    monkeypatch.setattr(vftest.time, "monotonic", host.now)
+    monkeypatch.setattr(vftest.time, "sleep", host.sleep)
+    g = Guest(host, "pvtest-x", GuestImage("k", "r"), [], expected, "x")
+    g.domid = 7
+    return g.wait_devices(expected, timeout=90), host
+
+
+def test_wait_ends_when_all_are_seen(monkeypatch):
+    m1 = "PVLAB_MARKER seq=1 count=0 bdfs=\n"
+    m2 = m1 + "PVLAB_MARKER seq=2 count=1 bdfs=0000:00:00.0\n"
+    m3 = m2 + "PVLAB_MARKER seq=3 count=3 bdfs=0000:00:00.0,0000:00:00.1,0000:00:00.2\n"
+    fixed = _xs({"num_devs": 3, "state": 4, "vdev-0": "x", "vdev-1": "y", "vdev-2": "z"})
+    m, host = _waited(monkeypatch, [(0, "", ""), (5, m1, fixed), (6, m2, fixed), (6.5, m3, fixed)], 3)
+    assert (m.seq, m.count) == (3, 3)
+    assert host.t == 6.5  # the first poll that saw all three
+
+
+def test_wait_ends_soon_after_the_bugs_end_state_holds(monkeypatch):
+    m1 = "PVLAB_MARKER seq=1 count=0 bdfs=\n"
+    m2 = m1 + "PVLAB_MARKER seq=2 count=1 bdfs=0000:00:00.0\n"
+    bug = _xs({"num_devs": 3, "state": 4, "state-1": 1, "state-2": 1, "vdev-0": "0000:00:00.0"})
+    m, host = _waited(monkeypatch, [(0, "", ""), (5, m1, bug), (6, m2, bug)], 3)
+    assert (m.seq, m.count) == (2, 1)
+    # held for FINAL_HOLD_S from the first poll that saw it, then ended: no fixed wait
+    assert 6 + vftest.FINAL_HOLD_S <= host.t <= 6 + vftest.FINAL_HOLD_S + vftest.POLL_S
+
+
+def test_wait_goes_on_while_pciback_reconfigures(monkeypatch):
+    m1 = "PVLAB_MARKER seq=1 count=1 bdfs=0000:00:00.0\n"
+    m2 = m1 + "PVLAB_MARKER seq=2 count=3 bdfs=0000:00:00.0,0000:00:00.1,0000:00:00.2\n"
+    one = _xs({"num_devs": 3, "state": 4, "vdev-0": "x"})
+    reconf = _xs({"num_devs": 3, "state": 7, "vdev-0": "x"})
+    full = _xs({"num_devs": 3, "state": 4, "vdev-0": "x", "vdev-1": "y", "vdev-2": "z"})
+    # the bug's end state for 1.5 s (less than the hold), then a reconfiguration brings the rest
+    m, host = _waited(monkeypatch, [(0, m1, one), (1.5, m1, reconf), (3, m1, full), (4, m2, full)], 3)
+    assert m.count == 3 and host.t == 4
+
+
+def test_wait_without_a_marker_times_out_with_none(monkeypatch):
+    m, host = _waited(monkeypatch, [(0, "PVLAB_BOOT\n", "")], 2)
+    assert m is None and host.t >= 90
+
+
 def test_guest_config_template():
     text = render_guest_config(
         "pvtest-vf-boot-2",
@@ -124,3 +217,36 @@ def test_timed_adds_up_also_when_the_step_fails():
     with timed(steps, "y"):
         pass
     assert set(steps) == {"x", "y"} and all(v >= 0 for v in steps.values())
+
+
+class Dom0WithAStubbornGuest(ScriptedDom0):
+    """`xl list` shows the guest until the second `xl destroy`; `xl domid` would have said it was gone."""
+
+    def __init__(self):
+        super().__init__([(0, "", "")])
+        self.destroys = 0
+
+    def run(self, argv, timeout=60.0, check=True, stdin=None):
+        self.reads.append((self.t, " ".join(argv)))
+        if argv[:2] == ["xl", "destroy"]:
+            self.destroys += 1
+            return 0, "", ""
+        if argv[:2] == ["xl", "domid"]:
+            return 1, "", "maybe this domain does not exist"
+        if argv[:2] == ["xl", "list"]:
+            rows = ["Name ID Mem VCPUs State Time(s)", "Domain-0 0 1024 2 r----- 9.0"]
+            if self.destroys < 2:
+                rows.append("pvtest-x 8 256 1 -b---- 1.0")
+            return 0, "\n".join(rows) + "\n", ""
+        return 0, "", ""
+
+
+def test_destroy_goes_by_xl_list_and_destroys_again(monkeypatch):
+    from pipeline.dom0 import destroy_domain
+
+    host = Dom0WithAStubbornGuest()
+    monkeypatch.setattr("pipeline.dom0.time.monotonic", host.now)
+    monkeypatch.setattr("pipeline.dom0.time.sleep", host.sleep)
+    destroy_domain(host, "pvtest-x")
+    assert host.destroys == 2  # the first destroy did not take; 10 s later it was sent again
+    assert host.reads[-1][1] == "xl list" and not any("domid" in r for _, r in host.reads)
