@@ -38,8 +38,7 @@ if TYPE_CHECKING:  # the runner imports this module; paramiko loads with the fir
 Progress = Callable[[str], None]
 
 RUN_ROOT = STATE_DIR
-GUEST_SETTLE_S = 3  # guest protocol: min seconds after pcifront before the first marker
-GUEST_TIMEOUT_S = 20  # guest protocol: first marker after this long whatever the count
+GUEST_POLL_S = "0.25"  # guest protocol: how often the guest lists its PCI devices (busybox sleep)
 GUEST_PREFIX = "guest-"
 BUSYBOX = Path("/bin/busybox")
 
@@ -70,7 +69,7 @@ def guest_dir(run_id: str) -> str:
 # ------------------------------------------------------------------ the initramfs (also the lab's)
 
 
-def initramfs(pcifront_ko: bytes | None, settle_s: int, timeout_s: int, busybox: Path = BUSYBOX) -> bytes:
+def initramfs(pcifront_ko: bytes | None, poll_s: str = GUEST_POLL_S, busybox: Path = BUSYBOX) -> bytes:
     """gzip'd newc cpio: busybox-static, /init (guest protocol), xen-pcifront.ko unless it is built in."""
     if not busybox.exists():
         raise HostError(f"this machine has no {busybox}: install busybox-static (deps/apt.txt)")
@@ -83,7 +82,7 @@ def initramfs(pcifront_ko: bytes | None, settle_s: int, timeout_s: int, busybox:
         if pcifront_ko is not None:
             (gdir / "xen-pcifront.ko").write_bytes(pcifront_ko)
         init = gdir / "init"
-        init.write_text(render("lab", "guest-init.sh.j2", settle_s=settle_s, timeout_s=timeout_s), encoding="utf-8")
+        init.write_text(render("lab", "guest-init.sh.j2", poll_s=poll_s), encoding="utf-8")
         init.chmod(0o755)
         for x in [gdir, *gdir.rglob("*")]:
             os.utime(x, (0, 0))  # with gzip's mtime 0: the same inputs give the same bytes
@@ -167,9 +166,7 @@ def provision(host: Host, settings: Settings, run_id: str, progress: Progress = 
         "release": release,
         "pcifront_sha256": ko_sha,
         "busybox_sha256": busybox_sha,
-        "init_sha256": hashlib.sha256(
-            render("lab", "guest-init.sh.j2", settle_s=GUEST_SETTLE_S, timeout_s=GUEST_TIMEOUT_S).encode()
-        ).hexdigest(),
+        "init_sha256": hashlib.sha256(render("lab", "guest-init.sh.j2", poll_s=GUEST_POLL_S).encode()).hexdigest(),
     }
     hit = meta.get("inputs") == inputs and initrd_path.is_file()
     if hit:
@@ -183,7 +180,7 @@ def provision(host: Host, settings: Settings, run_id: str, progress: Progress = 
                 local = Path(tmp) / Path(pcifront).name
                 host.get(pcifront, local)
                 ko = plain_module(local.name, local.read_bytes())
-        data = initramfs(ko, GUEST_SETTLE_S, GUEST_TIMEOUT_S)
+        data = initramfs(ko)
         cache.mkdir(parents=True, exist_ok=True)
         tmp_initrd = initrd_path.with_suffix(".tmp")
         tmp_initrd.write_bytes(data)

@@ -35,7 +35,12 @@ WORK_DIR = STATE_DIR
 MARKER_RE = re.compile(r"PVLAB_MARKER seq=(\d+) count=(\d+) bdfs=(\S*)")
 BACKEND_KEY_RE = re.compile(r"^(num_devs|state|root_num|(?:state|dev|vdev)-\d+)$")
 XENBUS_INITIALISED = 3
-MARKER_TIMEOUT_S = 90.0  # the guest reports by 20 s after pcifront loads; TCG boots are slow
+XENBUS_CONNECTED = 4
+MARKER_TIMEOUT_S = 90.0  # TCG boots are slow; a wait normally ends far sooner (devices_final)
+POLL_S = 0.5  # how often the host reads the guest's console (and the backend while devices are missing)
+# how long "the rest will not come" must hold before the wait ends: libxl has written every device
+# before the domain runs, so a fixed module configures them within moments of num_devs changing
+FINAL_HOLD_S = 2.0
 # restoring sriov_numvfs: writes of the value found are idempotent, so a failed one is tried again
 # on a fresh connection (seen on the lab: `tee` failing with "Bad file descriptor" after the test)
 TEARDOWN_ATTEMPTS = 3
@@ -102,6 +107,18 @@ def _natural(key: str) -> tuple:
 
 def dev_entries(backend: dict[str, Any]) -> int:
     return sum(1 for k in backend if k.startswith("dev-"))
+
+
+def devices_final(expected: int, marker: Marker | None, backend: dict[str, Any]) -> bool:
+    """Will the guest's count change no more? Yes once it sees all `expected`; or, short of that, once
+    libxl has written all of them (num_devs), pciback is Connected, and the guest sees exactly the
+    devices pciback published (vdev-*): the bug's end state, in which pciback never looks again."""
+    if marker is None:
+        return False
+    if marker.count >= expected:
+        return True
+    vdevs = sum(1 for k in backend if k.startswith("vdev-"))
+    return backend.get("num_devs") == expected and backend.get("state") == XENBUS_CONNECTED and marker.count == vdevs
 
 
 def verdict(expected: int, marker: Marker | None, backend: dict[str, Any]) -> tuple[bool, str]:
@@ -380,7 +397,36 @@ class Guest:
                     return m
             if time.monotonic() > deadline:
                 return last if count is None else None
-            time.sleep(1.0)
+            time.sleep(POLL_S)
+
+    def wait_devices(self, expected: int, timeout: float = MARKER_TIMEOUT_S) -> Marker | None:
+        """The guest's last marker once its count is final (devices_final, held for FINAL_HOLD_S when
+        short of `expected`); the last one seen on timeout."""
+        with timed(self.steps, "marker_wait"):
+            return self._wait_devices(expected, timeout)
+
+    def _wait_devices(self, expected: int, timeout: float) -> Marker | None:
+        deadline = time.monotonic() + timeout
+        held: tuple | None = None  # (the marker and backend found final, since when)
+        last = None
+        while True:
+            ms = self.markers()
+            last = ms[-1] if ms else last
+            if last is not None and last.count >= expected:
+                return last
+            if last is not None:
+                be = self._backend()
+                if devices_final(expected, last, be):
+                    seen = (last.seq, tuple(sorted(be.items())))
+                    if held is None or held[0] != seen:
+                        held = (seen, time.monotonic())
+                    elif time.monotonic() - held[1] >= FINAL_HOLD_S:
+                        return last
+                else:
+                    held = None
+            if time.monotonic() > deadline:
+                return last
+            time.sleep(POLL_S)
 
     def backend(self) -> dict[str, Any]:
         with timed(self.steps, "backend_read"):
@@ -426,7 +472,7 @@ def vf_boot(
                 xslog = xsobserve.Cursor(host)  # the access log's end: only this creation's lines are read
                 domid = guest.create()
                 res.xl_config = guest.config_text
-                marker = guest.wait_marker(timeout=marker_timeout)
+                marker = guest.wait_devices(n, timeout=marker_timeout)
                 res.metrics["marker_s"] = round(time.monotonic() - t_create, 1)
                 res.backend = guest.backend()  # before teardown: late devices appear while dying
                 res.xs_creation = xslog.creation(domid)

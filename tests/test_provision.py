@@ -27,18 +27,18 @@ def _pcifront_from_a_deb(tmp_path: Path) -> bytes:
 
 def test_initramfs_holds_busybox_init_and_pcifront_and_is_reproducible(tmp_path):
     ko = _pcifront_from_a_deb(tmp_path)
-    data = provision.initramfs(ko, lab.GUEST_SETTLE_S, lab.GUEST_TIMEOUT_S)
-    assert data == provision.initramfs(ko, lab.GUEST_SETTLE_S, lab.GUEST_TIMEOUT_S)  # same inputs, same bytes
+    data = provision.initramfs(ko)
+    assert data == provision.initramfs(ko)  # same inputs, same bytes
     out = tmp_path / "unpacked"
     out.mkdir()
     subprocess.run(["cpio", "-id", "--quiet"], input=gzip.decompress(data), cwd=out, check=True)
     assert (out / "xen-pcifront.ko").read_bytes() == ko and ko[:4] == b"\x7fELF"
     assert (out / "bin/busybox").read_bytes() == Path("/bin/busybox").read_bytes()
     init = (out / "init").read_text()
-    assert init == lab.render("guest-init.sh.j2", settle_s=lab.GUEST_SETTLE_S, timeout_s=lab.GUEST_TIMEOUT_S)
+    assert init == lab.render("guest-init.sh.j2", poll_s=provision.GUEST_POLL_S)
     assert "insmod /xen-pcifront.ko" in init and "PVLAB_MARKER" in init
     # built in: no module file, the same /init
     (tmp_path / "b").mkdir()
-    raw = gzip.decompress(provision.initramfs(None, lab.GUEST_SETTLE_S, lab.GUEST_TIMEOUT_S))
+    raw = gzip.decompress(provision.initramfs(None))
     names = subprocess.run(["cpio", "-t", "--quiet"], input=raw, capture_output=True, check=True).stdout.split()
     assert b"xen-pcifront.ko" not in names and b"init" in names
