@@ -20,6 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline import lab  # noqa: E402
 from pipeline.config import project_settings  # noqa: E402
+from pipeline.guest import Guest, default_guest  # noqa: E402
+from pipeline.host import Host  # noqa: E402
 
 # ../shared/lab/README.md, "Timings" (2-core machine, TCG)
 REFERENCE = {
@@ -69,21 +71,17 @@ def main() -> int:
             f"echo 1 > {pf}/sriov_numvfs && sleep 2 && xl pci-assignable-add 01:00.1",
             check=True,
         )
-        name = "pvlabbench"
-        cfg_path = f"{lab.GUEST_DIR}/{name}.cfg"
-        log = f"/var/log/xen/console/guest-{name}.log"
-        lab.run_ssh(host, f"cat > {cfg_path}", input=lab.guest_config(settings, name, ["01:00.1"]), check=True)
-        t = time.monotonic()
-        lab.run_ssh(host, f"rm -f {log}; xl create {cfg_path}", check=True, timeout=180)
-        create_s = time.monotonic() - t
-        markers = []
-        while not markers and time.monotonic() - t < 120:
-            time.sleep(0.5)
-            markers = lab.parse_markers(lab.run_ssh(host, f"cat {log}").stdout)
+        # the pipeline's own guest path (guest.Guest), as the VF test cases start it
+        with Host(host) as h, Guest(h, "pvtest-labbench", default_guest(h, settings), ["01:00.1"], 1, "bench") as g:
+            t = time.monotonic()
+            g.create()
+            create_s = time.monotonic() - t
+            first = g.wait_marker(timeout=120)
+            marker_s = time.monotonic() - t
         fig["guest: xl create to marker (1 VF)"] = (
-            f"{time.monotonic() - t:.1f} s (xl create {create_s:.1f} s; count={markers[0][1] if markers else '?'})"
+            f"{marker_s:.1f} s (xl create {create_s:.1f} s; count={first.count if first else '?'})"
         )
-        lab.run_ssh(host, f"xl destroy {name}; xl pci-assignable-remove -r 01:00.1; echo 0 > {pf}/sriov_numvfs")
+        lab.run_ssh(host, f"xl pci-assignable-remove -r 01:00.1; echo 0 > {pf}/sriov_numvfs")
     finally:
         t = time.monotonic()
         lab.down(settings, progress)

@@ -24,10 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipeline import lab  # noqa: E402
 from pipeline.config import project_settings  # noqa: E402
 from pipeline.deploy import deploy, preflight, restore  # noqa: E402
+from pipeline.guest import default_guest  # noqa: E402
 from pipeline.host import Host  # noqa: E402
 from pipeline.hostlock import HostLock  # noqa: E402
 from pipeline.labmod import build_pair  # noqa: E402
-from pipeline.vftest import default_guest, vf_boot  # noqa: E402
+from pipeline.vftest import vf_boot  # noqa: E402
 
 
 def say(msg: str) -> None:

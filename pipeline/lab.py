@@ -269,30 +269,6 @@ def guest_files(settings: Settings) -> GuestFiles:
     return GuestFiles(kernel=m["guest"]["kernel"], initrd=m["guest"]["initrd"])
 
 
-def guest_config(
-    settings: Settings, name: str, pci: Sequence[str], expect: int | None = None, memory_mb: int = 256
-) -> str:
-    """xl config text for a test guest with these PCI devices (BDFs as `xl` takes them)."""
-    g = guest_files(settings)
-    return render(
-        "guest.cfg.j2",
-        name=name,
-        kernel=g.kernel,
-        initrd=g.initrd,
-        pci=list(pci),
-        expect=len(pci) if expect is None else expect,
-        memory_mb=memory_mb,
-    )
-
-
-MARKER_RE = re.compile(r"PVLAB_MARKER seq=(\d+) count=(\d+) bdfs=(\S*)")
-
-
-def parse_markers(console_text: str) -> list[tuple[int, int, list[str]]]:
-    """(seq, count, bdfs) of every PVLAB_MARKER line of a guest console log."""
-    return [(int(s), int(c), [b for b in bdfs.split(",") if b]) for s, c, bdfs in MARKER_RE.findall(console_text)]
-
-
 # ------------------------------------------------------------------ inputs
 
 

@@ -255,15 +255,17 @@ class _Run:
         except PipelineError as e:
             self.progress(f"{host.name}: could not remove the test guest ({e.message}); the next run does")
 
-    def guest_image(self, host, vftest):
+    def guest_image(self, host):
         """The lab's guest, or the one this run makes for the host (once, after the first preflight
         passed: a refused host gets nothing uploaded). HostError when it cannot be made."""
+        from .guest import GuestImage, default_guest
+
         if host.config.lab:
-            return vftest.default_guest(host, self.settings)
+            return default_guest(host, self.settings)
         g = self.guests.get(host.name)
         if g is None:
             g = self.guests[host.name] = provision.provision(host, self.settings, self.run.run_id, self.progress)
-        return vftest.GuestImage(kernel=g.kernel, ramdisk=g.initrd)
+        return GuestImage(kernel=g.kernel, ramdisk=g.initrd)
 
     def interrupted_on_host(self, host, kr: KernelResult) -> None:
         """Ctrl-C: the step in progress (its cleanup already ran on the way out) goes on record."""
@@ -346,7 +348,7 @@ class _Run:
         image = None
         if testing:
             try:
-                image = self.guest_image(host, vftest)
+                image = self.guest_image(host)
             except PipelineError as e:
                 self.refuse_host(host, [(kcfg, kr)], Refusal(f"cannot make the test guest: {e.message}", e.exit_code))
                 return

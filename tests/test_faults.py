@@ -208,8 +208,9 @@ def test_run_dead_with_guest_running_next_run_recovers(host, lab_host, lab_setti
     """A run killed while its test guest holds 2 VFs under our module: recovery destroys the guest,
     sets sriov_numvfs back, reloads the stock module."""
     from pipeline.deploy import deploy, loaded_srcversion, recover
+    from pipeline.guest import Guest, default_guest
     from pipeline.host import Host
-    from pipeline.vftest import Guest, VfPool, default_guest
+    from pipeline.vftest import VfPool
 
     series = lab_modules["series"]
     before = _clean(host)
@@ -231,7 +232,8 @@ def test_run_dead_with_guest_running_next_run_recovers(host, lab_host, lab_setti
 def test_guest_without_marker_fails_with_reason_and_tears_down(host, lab_settings, lab_modules):
     from pipeline import lab
     from pipeline.deploy import deploy, restore
-    from pipeline.vftest import GuestImage, vf_boot
+    from pipeline.guest import GuestImage
+    from pipeline.vftest import vf_boot
 
     series = lab_modules["series"]
     before = _clean(host)

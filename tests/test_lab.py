@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import lab
+from pipeline import dom0, guest, lab
 from pipeline.config import HostConfig, LabConfig, Settings
 from pipeline.errors import LabError
+from pipeline.host import Host
 
 # ------------------------------------------------------------------ unit (no QEMU)
 
@@ -117,7 +118,7 @@ def test_parse_apt_sources_deb822_and_one_line():
 
 def test_input_hash_follows_templates_and_versions():
     files = lab.recipe_files()
-    assert "guest-init.sh.j2" in files and "guest.cfg.j2" in files
+    assert "guest-init.sh.j2" in files and "guest.cfg.j2" not in files  # the xl config is guest.py's
     base = {"recipe_version": 1, "templates": {"a": "1"}, "candidates": {"linux-image-amd64": "6.1.192-2"}}
     h = lab.input_hash(base)
     assert h == lab.input_hash(json.loads(json.dumps(base)))
@@ -134,19 +135,10 @@ def test_guest_templates_follow_the_protocol(tmp_path):
     p = lab.paths(s)
     p.dir.mkdir(parents=True)
     p.manifest.write_text(json.dumps({"guest": {"kernel": "/boot/vmlinuz-6.1.0-56-amd64", "initrd": lab.GUEST_INITRD}}))
-    cfg = lab.guest_config(s, "t1", ["01:00.1", "01:00.2"])
-    assert "pci = [ '01:00.1', '01:00.2' ]" in cfg and "pvlab.expect=2" in cfg
-    assert 'kernel = "/boot/vmlinuz-6.1.0-56-amd64"' in cfg and f'ramdisk = "{lab.GUEST_INITRD}"' in cfg
     assert lab.guest_files(s) == lab.GuestFiles("/boot/vmlinuz-6.1.0-56-amd64", lab.GUEST_INITRD)
-
-
-def test_parse_markers():
-    log = (
-        "[2025-01-01 10:00:00] PVLAB_BOOT\n"
-        "[2025-01-01 10:00:04] PVLAB_MARKER seq=1 count=1 bdfs=0000:00:00.0\n"
-        "[2025-01-01 10:00:09] PVLAB_MARKER seq=2 count=0 bdfs=\n"
-    )
-    assert lab.parse_markers(log) == [(1, 1, ["0000:00:00.0"]), (2, 0, [])]
+    lab_host = lab.host_config(s)
+    image = guest.default_guest(Host(lab_host), s)  # what the runner gives the lab's test cases
+    assert image == guest.GuestImage("/boot/vmlinuz-6.1.0-56-amd64", lab.GUEST_INITRD)
 
 
 def test_host_config_and_kernel_release_from_state(tmp_path):
@@ -253,32 +245,21 @@ def test_three_vfs_become_assignable(lab_host, three_vfs):
 
 @pytest.mark.lab
 def test_guest_with_one_vf_prints_its_marker(lab_host, lab_settings, three_vfs):
-    name = "pvlabtest1"
-    log = f"/var/log/xen/console/guest-{name}.log"
-    cfg = f"{lab.GUEST_DIR}/{name}.cfg"
-    lab.run_ssh(lab_host, f"cat > {cfg}", input=lab.guest_config(lab_settings, name, three_vfs[:1]), check=True)
-    create = f"xl destroy {name} 2>/dev/null; rm -f {log}; xl create {cfg}"
-    try:
-        _sh(lab_host, create, timeout=180)
-    except LabError as e:
-        # libxl's monitoring child has crashed on the emulated host now and then: one more try
-        if "died due to fatal signal" not in e.message:
-            raise
-        _sh(lab_host, create, timeout=180)
-    try:
-        markers, text = [], ""
-        deadline = time.monotonic() + 120
-        # the guest reports its first listing and every change: wait for the one with the VF
-        while not any(c == 1 for _, c, _ in markers) and time.monotonic() < deadline:
-            time.sleep(1)
-            text = lab.run_ssh(lab_host, f"cat {log}").stdout
-            markers = lab.parse_markers(text)
-        assert "PVLAB_BOOT" in text
-        assert markers, f"no marker in the guest console: {text[-500:]}"
-        seq, count, bdfs = markers[-1]
-        assert (count, len(bdfs)) == (1, 1) and seq == len(markers), text[-500:]
-    finally:
-        lab.run_ssh(lab_host, f"xl destroy {name}", timeout=60)
+    """The pipeline's own guest path: guest.Guest with the runner's image for the lab (create with
+    its crash retry, the parser, the wait, the teardown)."""
+    with Host(lab_host) as h:
+        image = guest.default_guest(h, lab_settings)
+        with guest.Guest(h, "pvtest-labtest1", image, three_vfs[:1], 1, "labtest1") as g:
+            g.create()
+            # the guest reports its first listing and every change: wait for the one with the VF
+            m = g.wait_marker(count=1, timeout=120)
+            text = g.console_text()
+            markers = guest.parse_markers(text)
+            assert "PVLAB_BOOT" in text
+            assert m is not None and markers, f"no marker with the VF in the guest console: {text[-500:]}"
+            last = markers[-1]
+            assert (last.count, len(last.bdfs)) == (1, 1) and last.seq == len(markers), text[-500:]
+        assert "pvtest-labtest1" not in dom0.domains(h)  # destroyed on exit
 
 
 @pytest.mark.lab

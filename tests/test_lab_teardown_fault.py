@@ -41,6 +41,7 @@ exec /usr/bin/tee "$@"
 def test_teardown_fault_after_the_observation_keeps_the_pass(lab_host, lab_settings, lab_modules, tmp_path):
     from pipeline import vftest
     from pipeline.deploy import deploy, restore
+    from pipeline.guest import default_guest
     from pipeline.host import Host
     from pipeline.results import KernelResult, Outcome, RunResult
     from pipeline.runner import _Run
@@ -57,7 +58,7 @@ def test_teardown_fault_after_the_observation_keeps_the_pass(lab_host, lab_setti
             assert d.status == "ok", d.detail
             kr = KernelResult(name="debian-6.1-prefix")
             ctx = _Run(lab_settings, RunResult(run_id="fault", kernels=[kr]), tmp_path, None, "report", print)
-            image = vftest.default_guest(host, lab_settings)
+            image = default_guest(host, lab_settings)
             try:
                 for failures in (1, 2):
                     host.write_text(COUNT, f"{failures}\n")

@@ -201,8 +201,9 @@ def test_a_pf_whose_vf_a_non_test_domain_uses_is_refused_and_nothing_changes(lab
     if not (DEBIAN / "HEAD").exists():
         pytest.skip("Debian 6.1 source not imported: `invoke source.import`")
     from pipeline import lab
+    from pipeline.dom0 import destroy_domain
+    from pipeline.guest import render_guest_config
     from pipeline.host import Host
-    from pipeline.vftest import destroy_domain, render_guest_config
 
     pf = f"/sys/bus/pci/devices/{lab_host.pf_bdf}"
     files = lab.guest_files(lab_settings)
