@@ -31,10 +31,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline import PROJECT_ROOT  # noqa: E402
-from pipeline.build import MODULE_DIR, build_kernel, make_jobs  # noqa: E402
+from pipeline.build import build_kernel  # noqa: E402
+from pipeline.buildmodule import MODULE_DIR  # noqa: E402
 from pipeline.config import BuildConfig, KernelConfig, Settings  # noqa: E402
 from pipeline.kernelsrc import import_debian_source  # noqa: E402
 from pipeline.results import PatchInfo  # noqa: E402
+from pipeline.toolchain import make_jobs  # noqa: E402
 
 XENBUS = f"{MODULE_DIR}/xenbus.c"
 ENV = {

@@ -25,7 +25,7 @@ BUILD_MODES = ("headers", "full")
 class BuildConfig:
     mode: str = "headers"  # headers: against prepared headers; full: in the kernel tree
     # headers mode: a linux-headers directory or release, or "auto": the release of the lab's dom0
-    # kernel (the newest installed linux-headers-*-amd64 when no lab is built): build.resolve_headers
+    # kernel (the newest installed linux-headers-*-amd64 when no lab is built): buildheaders.resolve_headers
     headers: str = "auto"
     # full mode: a make target (tinyconfig, defconfig, ...) or a path to a .config
     base_config: str = "tinyconfig"

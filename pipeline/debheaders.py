@@ -8,7 +8,7 @@ under `<cache>/headers/<release>_<version>/`, so their relative links
 (scripts -> ../../lib/linux-kbuild-X/scripts) resolve there. The absolute
 paths Debian puts in them, the arch Makefile's `include /usr/src/...-common`
 (and KBUILD_OUTPUT since 6.x), are pointed at the extracted copy. The package dependencies outside the kernel
-(a compiler, libc) are the build's concern: see build.select_compiler.
+(a compiler, libc) are the build's concern: see toolchain.headers_cc and pipeline.buildroot.
 """
 
 from __future__ import annotations

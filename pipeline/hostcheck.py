@@ -165,7 +165,8 @@ def _xl_version(host) -> str:
 
 def rows_for(settings: Settings, host: str, release: str) -> list[RowCheck]:
     """Rows of the selected matrix that name this host, and whether they would run there."""
-    from . import build
+    from .buildheaders import resolve_headers
+    from .buildmodule import kernel_release_of
 
     out = []
     for k in settings.kernels:
@@ -173,7 +174,7 @@ def rows_for(settings: Settings, host: str, release: str) -> list[RowCheck]:
             continue
         if k.build.mode == "headers":
             try:
-                built_for = build.kernel_release_of(build.resolve_headers(settings, k))
+                built_for = kernel_release_of(resolve_headers(settings, k))
             except PipelineError as e:
                 out.append(RowCheck(kernel=k.name, runs=False, why=e.message))
                 continue

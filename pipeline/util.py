@@ -1,8 +1,9 @@
-"""Small helpers several modules share: the no-op progress callback, the Jinja2 environment for
+"""Small helpers several modules share: the progress callback type and its no-op, the Jinja2 environment for
 pipeline/templates, the host's state directory."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jinja2
@@ -11,6 +12,9 @@ from . import TEMPLATES
 
 # on a host: the deploy marker, staging, lock and test guests of this pipeline (tmpfs: a reboot clears it)
 STATE_DIR = "/run/pciback-verify"
+
+# a stage's progress messages: one line each, for the terminal
+Progress = Callable[[str], None]
 
 
 def noprogress(msg: str) -> None:

@@ -16,18 +16,11 @@ from pathlib import Path
 import pytest
 
 from pipeline import PROJECT_ROOT
-from pipeline.build import (
-    MODULE_DIR,
-    build_kernel,
-    check_toolchain,
-    modinfo,
-    new_warnings,
-    parse_diagnostics,
-    resolve_headers,
-)
+from pipeline.build import build_kernel
+from pipeline.buildheaders import resolve_headers
+from pipeline.buildmodule import MODULE_DIR, modinfo
 from pipeline.checkpatch import parse_output
 from pipeline.config import BuildConfig, KernelConfig, Settings
-from pipeline.errors import BuildSetupError
 from pipeline.kconfig import check_fragments
 from pipeline.results import PatchInfo
 
@@ -40,40 +33,6 @@ def _progress(msg: str) -> None:
 
 
 # ------------------------------------------------------------------ unit tests
-
-
-def test_diagnostics_are_relative_and_line_numbers_do_not_count():
-    mod = Path("/cache/work/series/drivers/xen/xen-pciback")
-    out = "\n".join(
-        [
-            "  CC [M]  /cache/work/series/drivers/xen/xen-pciback/xenbus.o",
-            "/cache/work/series/drivers/xen/xen-pciback/xenbus.c: In function 'f':",
-            "/cache/work/series/drivers/xen/xen-pciback/xenbus.c:70:13: warning: unused variable 'x' [-Wunused-variable]",
-            "/usr/src/h/include/linux/foo.h:3:1: warning: something [-Wfoo]",
-            "/usr/src/h/include/linux/foo.h:3:1: warning: something [-Wfoo]",
-            "/cache/work/series/drivers/xen/xen-pciback/vpci.c:9:2: error: expected ';' before '}' token",
-        ]
-    )
-    warnings, errors = parse_diagnostics(out, [(mod, MODULE_DIR), (Path("/usr/src/h"), "")])
-    assert warnings == [
-        f"{XENBUS}:70:13: warning: unused variable 'x' [-Wunused-variable]",
-        "include/linux/foo.h:3:1: warning: something [-Wfoo]",  # once, though two files include it
-    ]
-    assert errors == [f"{MODULE_DIR}/vpci.c:9:2: error: expected ';' before '}}' token"]
-    # ccache's base_dir makes paths relative to make's directory; gcc may quote in UTF-8
-    rel = "../../cache/work/series/drivers/xen/xen-pciback/xenbus.c:7:5: warning: unused variable \u2018z\u2019 [-Wunused-variable]"
-    assert parse_diagnostics(rel, [(mod, MODULE_DIR)], Path("/usr/src"))[0] == [
-        f"{XENBUS}:7:5: warning: unused variable 'z' [-Wunused-variable]"
-    ]
-    # the series moved the baseline's warning down 4 lines and added one
-    baseline = [f"{XENBUS}:66:13: warning: unused variable 'x' [-Wunused-variable]"]
-    series = [
-        f"{XENBUS}:70:13: warning: unused variable 'x' [-Wunused-variable]",
-        f"{XENBUS}:90:6: warning: unused variable 'y' [-Wunused-variable]",
-    ]
-    assert new_warnings(series, baseline) == [series[1]]
-    # the same text twice in the series but once in the baseline: one is new
-    assert new_warnings(series[:1] * 2, baseline) == series[:1]
 
 
 def test_fragment_symbols_unknown_and_not_taken(tmp_path):
@@ -95,21 +54,6 @@ def test_checkpatch_output_parsed():
     res = parse_output("subj", out)
     assert (res.errors, res.warnings, res.checks) == (1, 1, 0)
     assert res.messages[0].startswith("-:13: ERROR:TRAILING_WHITESPACE")
-
-
-def test_missing_headers_name_the_package():
-    kcfg = KernelConfig(name="k", remote="r", ref="x", build=BuildConfig(mode="headers", headers="6.1.0-99-amd64"))
-    with pytest.raises(BuildSetupError, match=r"apt-get install -y linux-headers-6\.1\.0-99-amd64"):
-        resolve_headers(Settings(), kcfg)
-
-
-def test_missing_tools_name_the_packages(tmp_path, monkeypatch):
-    monkeypatch.setenv("PATH", str(tmp_path))  # a machine without any build tool
-    with pytest.raises(BuildSetupError) as info:
-        check_toolchain("full")
-    msg = info.value.message
-    for pkg in ("make", "gcc", "flex", "bison", "bc", "kmod"):
-        assert re.search(rf"apt-get install -y .*\b{pkg}\b", msg), msg
 
 
 # ------------------------------------------------------------------ real builds

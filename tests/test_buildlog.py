@@ -1,5 +1,6 @@
-"""Build failure summaries name the real first error (pipeline/buildlog.py), against real kbuild output
-of each kind (marked `build`: external modules built against the installed linux-headers)."""
+"""What a build's output says (pipeline/buildlog.py): diagnostics relative to the tree, the warnings a series
+adds, and failure summaries that name the real first error, the last against real kbuild output of each
+kind (marked `build`: external modules built against the installed linux-headers)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,44 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.build import parse_diagnostics
-from pipeline.buildlog import first_errors
+from pipeline.buildlog import first_errors, new_warnings, parse_diagnostics
+from pipeline.buildmodule import MODULE_DIR
+
+XENBUS = f"{MODULE_DIR}/xenbus.c"
+
+
+def test_diagnostics_are_relative_and_line_numbers_do_not_count():
+    mod = Path("/cache/work/series/drivers/xen/xen-pciback")
+    out = "\n".join(
+        [
+            "  CC [M]  /cache/work/series/drivers/xen/xen-pciback/xenbus.o",
+            "/cache/work/series/drivers/xen/xen-pciback/xenbus.c: In function 'f':",
+            "/cache/work/series/drivers/xen/xen-pciback/xenbus.c:70:13: warning: unused variable 'x' [-Wunused-variable]",
+            "/usr/src/h/include/linux/foo.h:3:1: warning: something [-Wfoo]",
+            "/usr/src/h/include/linux/foo.h:3:1: warning: something [-Wfoo]",
+            "/cache/work/series/drivers/xen/xen-pciback/vpci.c:9:2: error: expected ';' before '}' token",
+        ]
+    )
+    warnings, errors = parse_diagnostics(out, [(mod, MODULE_DIR), (Path("/usr/src/h"), "")])
+    assert warnings == [
+        f"{XENBUS}:70:13: warning: unused variable 'x' [-Wunused-variable]",
+        "include/linux/foo.h:3:1: warning: something [-Wfoo]",  # once, though two files include it
+    ]
+    assert errors == [f"{MODULE_DIR}/vpci.c:9:2: error: expected ';' before '}}' token"]
+    # ccache's base_dir makes paths relative to make's directory; gcc may quote in UTF-8
+    rel = "../../cache/work/series/drivers/xen/xen-pciback/xenbus.c:7:5: warning: unused variable \u2018z\u2019 [-Wunused-variable]"
+    assert parse_diagnostics(rel, [(mod, MODULE_DIR)], Path("/usr/src"))[0] == [
+        f"{XENBUS}:7:5: warning: unused variable 'z' [-Wunused-variable]"
+    ]
+    # the series moved the baseline's warning down 4 lines and added one
+    baseline = [f"{XENBUS}:66:13: warning: unused variable 'x' [-Wunused-variable]"]
+    series = [
+        f"{XENBUS}:70:13: warning: unused variable 'x' [-Wunused-variable]",
+        f"{XENBUS}:90:6: warning: unused variable 'y' [-Wunused-variable]",
+    ]
+    assert new_warnings(series, baseline) == [series[1]]
+    # the same text twice in the series but once in the baseline: one is new
+    assert new_warnings(series[:1] * 2, baseline) == series[:1]
 
 
 def test_make_trailer_is_never_the_summary():
