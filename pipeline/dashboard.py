@@ -13,9 +13,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .report import _env, _verdict_of
+from .report import _env
 from .results import RunResult, atomic_write_text, load_results
-from .verdict import STATE, rank
+from .verdict import STATE, rank, verdict_of
 
 
 @dataclass
@@ -64,7 +64,7 @@ def grids(runs: list[tuple[Path, RunResult]], out_dir: Path) -> list[SeriesGrid]
         for k in run.kernels:
             if k.name not in g.kernels:
                 g.kernels.append(k.name)
-            v, detail = _verdict_of(k)
+            v, detail = verdict_of(k)
             g.cells[(k.name, rev)] = Cell(v, detail, STATE.get(v, "fail"), run.run_id, f"{rel}#kernel-{k.name}")
     for g in by_series.values():
         g.revisions.sort()

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import jinja2
 
-from .report import _verdict_of, stable_version
+from .report import stable_version
 from .reproduce import recipes
 from .results import KernelResult, PatchInfo, RunResult
 from .util import templates
+from .verdict import verdict_of
 
 # verdicts a maintainer has to act on, and the mail each gets
 KIND = {
@@ -90,7 +91,7 @@ def subject_line(kind: str, patch: PatchInfo, k: KernelResult) -> str:
 def build_mail(
     run: RunResult, k: KernelResult, git_dirs: list[Path], sender: str = DEFAULT_FROM, run_dir: Path | None = None
 ) -> EmailMessage | None:
-    v, detail = _verdict_of(k)
+    v, detail = verdict_of(k)
     kind = KIND.get(v)
     if not kind or not run.series.patches:
         return None

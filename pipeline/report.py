@@ -2,8 +2,7 @@
 
 `write_reports(run, run_dir)` writes, atomically, next to results.json:
   junit.xml     one test case per kernel x stage/test (GitLab's `artifacts:reports:junit`)
-  kcidb.json    KernelCI KCIDB v5 (checkouts with patchset_hash, builds, tests; ids `pciback_verify:...`),
-                validated with `kcidb-io` when that package is installed
+  kcidb.json    KernelCI KCIDB v5 (checkouts with patchset_hash, builds, tests): pipeline/kcidb.py
   summary.md    stable-backport readiness, with a Greg-KH-style section per branch the series does not apply to
   summary.html  colour-coded matrix kernels x stages, with links to the logs in the run directory
 `format_table(run)` is the terminal summary `invoke verify` prints; `compare(a, b)` says what changed
@@ -16,7 +15,6 @@ a file inside the run directory, and written to logs/<kernel>/build.log when it 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -24,47 +22,30 @@ from typing import Any
 
 import jinja2
 
+from .kcidb import patchset_hash, render_kcidb, validate_kcidb
 from .results import (
     ApplyStatus,
     BuildStatus,
     KernelResult,
-    Kind,
     Outcome,
     PatchStatus,
     RunResult,
-    SeriesInfo,
     TestResult,
     atomic_write_text,
 )
-from .util import templates
-from .verdict import STATE, control_not_applicable, rank, verdict
+from .statuses import Kind
+from .util import templates, xmlsafe
+from .verdict import STATE, control_not_applicable, rank, verdict_of
 from .xsobserve import describe as describe_creation
 
-KCIDB_ORIGIN = "pciback_verify"
-KCIDB_VERSION = {"major": 5, "minor": 0}
 STAGES = ("fetch", "apply", "build", "checkpatch", "deploy", "tests", "control")
 
-_CTRL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
-
-# every report maps a status from its Kind (results.py), the same way for every stage
+# every report maps a status from its Kind (statuses.py), the same way for every stage (KCIDB: kcidb.py)
 CELL_CLASS = {Kind.OK: "ok", Kind.FAIL: "fail", Kind.ERROR: "fail", Kind.SKIP: "skip", Kind.INTERRUPTED: "skip"}
 JUNIT = {Kind.OK: "pass", Kind.FAIL: "failure", Kind.ERROR: "error", Kind.SKIP: "skipped", Kind.INTERRUPTED: "skipped"}
-KCIDB = {Kind.OK: "PASS", Kind.FAIL: "FAIL", Kind.ERROR: "ERROR", Kind.SKIP: "SKIP", Kind.INTERRUPTED: "MISS"}
 
 
 # ----------------------------------------------------------------- helpers
-
-
-def patchset_hash(series: SeriesInfo) -> str:
-    """KCIDB patchset_hash: sha256 over the newline-terminated sha256 hex digests of the patches, in order.
-
-    Uses the stored value when the patch texts are gone (a run re-rendered from results.json).
-    """
-    texts = [p.text for p in series.patches]
-    if texts and all(texts):
-        lines = "".join(hashlib.sha256(t.encode()).hexdigest() + "\n" for t in texts)
-        return hashlib.sha256(lines.encode()).hexdigest()
-    return series.patchset_hash
 
 
 def stable_version(k: KernelResult) -> str:
@@ -78,13 +59,6 @@ def stable_version(k: KernelResult) -> str:
 
 def _short(commit: str) -> str:
     return commit[:12] if commit else ""
-
-
-def _verdict_of(k: KernelResult) -> tuple[str, str]:
-    """The recorded verdict, or a fresh roll-up when the row was never given one."""
-    if k.verdict_detail or k.verdict not in ("", "untested"):
-        return k.verdict, k.verdict_detail
-    return verdict(k)
 
 
 _NOT_RUN = (Outcome.INTERRUPTED, Outcome.SKIPPED)
@@ -112,17 +86,13 @@ def _test_id(t: TestResult) -> str:
     return f"{t.name}[{t.module}]@{t.host}" if t.host else f"{t.name}[{t.module}]"
 
 
-def _xmlsafe(value: Any) -> str:
-    return _CTRL.sub("", str(value))
-
-
 def _md_cell(value: Any) -> str:
     return " ".join(str(value).split()).replace("|", "\\|")
 
 
 def _env() -> jinja2.Environment:
     env = templates("report", autoescape=lambda name: bool(name) and name.endswith((".html.j2", ".xml.j2")))
-    env.filters["xmlsafe"] = _xmlsafe
+    env.filters["xmlsafe"] = xmlsafe
     env.filters["md_cell"] = _md_cell
     env.filters["short"] = _short
     return env
@@ -230,7 +200,7 @@ def stage_cells(k: KernelResult, run_dir: Path | None = None) -> dict[str, dict[
 
 
 def _row(k: KernelResult, run: RunResult, run_dir: Path | None) -> dict[str, Any]:
-    v, d = _verdict_of(k)
+    v, d = verdict_of(k)
     st = _series_tests(k)
     return {
         "k": k,
@@ -280,8 +250,8 @@ def format_table(run: RunResult) -> str:
 
 def compare(run_a: RunResult, run_b: RunResult) -> str:
     """What changed from run A to run B (e.g. series v1 -> v2): per kernel better / worse / same / new / gone."""
-    a = {k.name: _verdict_of(k) for k in run_a.kernels}
-    b = {k.name: _verdict_of(k) for k in run_b.kernels}
+    a = {k.name: verdict_of(k) for k in run_a.kernels}
+    b = {k.name: verdict_of(k) for k in run_b.kernels}
     lines = [
         f"{run_a.series.name} v{run_a.series.revision} ({run_a.run_id}) -> "
         f"{run_b.series.name} v{run_b.series.revision} ({run_b.run_id})"
@@ -327,7 +297,7 @@ def junit_cases(run: RunResult) -> list[dict[str, Any]]:
         for p in a.patches:
             if p.status is PatchStatus.CONFLICT:
                 lines.append(f"  conflicts in {', '.join(p.files)} {' '.join(p.hunks)}".rstrip())
-        msg = _verdict_of(k)[1] if ao == "failure" else (a.detail or a.status)
+        msg = verdict_of(k)[1] if ao == "failure" else (a.detail or a.status)
         add(k, "apply", ao, msg, "\n".join(lines), a.duration_s)
         b = k.build
         bo = JUNIT[b.status.kind]
@@ -418,119 +388,6 @@ def render_junit(run: RunResult) -> str:
             }
         )
     return _env().get_template("junit.xml.j2").render(run=run, suites=suites)
-
-
-# ----------------------------------------------------------------- kcidb
-
-
-def render_kcidb(run: RunResult) -> dict[str, Any]:
-    """KCIDB v5 I/O data for the run: a checkout per kernel (base + series), its build and tests."""
-    o = KCIDB_ORIGIN
-    phash = patchset_hash(run.series)
-    first = run.series.patches[0] if run.series.patches else None
-    data: dict[str, Any] = {"version": dict(KCIDB_VERSION), "checkouts": [], "builds": [], "tests": []}
-    for k in run.kernels:
-        v, d = _verdict_of(k)
-        cid = f"{o}:{run.run_id}:{k.name}"
-        checkout: dict[str, Any] = {
-            "id": cid,
-            "origin": o,
-            "tree_name": k.name,
-            "git_repository_branch": k.ref,
-            "patchset_hash": phash,
-            "comment": f"{run.series.name} v{run.series.revision}",
-            "misc": {"remote": k.remote, "apply_status": k.apply.status, "verdict": v, "verdict_detail": d},
-        }
-        if k.remote.startswith("https://"):
-            checkout["git_repository_url"] = k.remote
-        if re.fullmatch(r"[0-9a-f]{40}", k.fetch.commit or ""):
-            checkout["git_commit_hash"] = k.fetch.commit
-        if first and first.message_id:
-            checkout["message_id"] = first.message_id.strip("<>")
-        if run.started:
-            checkout["start_time"] = run.started
-        if k.apply.status.kind in (Kind.OK, Kind.FAIL):
-            checkout["valid"] = k.apply.status.kind is Kind.OK
-        data["checkouts"].append(checkout)
-
-        b = k.build
-        if b.status.kind not in (Kind.OK, Kind.FAIL, Kind.ERROR):
-            continue  # no build was attempted
-        bid = f"{cid}:build"
-        build: dict[str, Any] = {
-            "id": bid,
-            "checkout_id": cid,
-            "origin": o,
-            "architecture": "x86_64",
-            "config_name": b.mode or "headers",
-            "duration": float(b.duration_s),
-            "status": KCIDB[b.status.kind],
-            "misc": {
-                "module": "xen-pciback.ko",
-                "vermagic": b.vermagic,
-                "srcversion": b.srcversion,
-                "new_warnings": list(b.new_warnings),
-            },
-        }
-        if b.errors:
-            build["log_excerpt"] = _xmlsafe("\n".join(b.errors))[:16384]
-        data["builds"].append(build)
-        for i, t in enumerate(k.tests):
-            part = "negative-control." if t.module == "control" else ""
-            test = {
-                "id": f"{bid}:{t.module}:{t.name}:{t.host}:{i}",
-                "build_id": bid,
-                "origin": o,
-                "path": f"xen-pciback.{part}{t.name}",
-                "status": KCIDB[t.outcome.kind],
-                "duration": float(t.duration_s),
-                "number": {"value": float(t.seen), "unit": "devices"},
-                "environment": {"comment": f"Xen host {t.host}", "misc": {"host": t.host}},
-                "misc": {
-                    "module": t.module,
-                    "outcome": str(t.outcome),
-                    "expected": t.expected,
-                    "seen": t.seen,
-                    "backend": t.backend,
-                },
-            }
-            if t.teardown_error:
-                test["misc"]["teardown_error"] = t.teardown_error
-            if t.reason:
-                test["log_excerpt"] = _xmlsafe(t.reason)
-            data["tests"].append(test)
-    return data
-
-
-def _minimal_kcidb_check(data: dict[str, Any]) -> None:
-    """Without kcidb-io: the structural rules of the KCIDB v5 schema this module relies on."""
-    idre = re.compile(r"^[a-z0-9_]+:[^\0]*$")
-    if data.get("version", {}).get("major") != KCIDB_VERSION["major"]:
-        raise ValueError(f"kcidb: version {data.get('version')!r}")
-    need = {
-        "checkouts": ["id", "origin"],
-        "builds": ["checkout_id", "id", "origin"],
-        "tests": ["build_id", "id", "origin"],
-    }
-    for kind, keys in need.items():
-        for obj in data.get(kind, []):
-            for key in keys:
-                if key not in obj:
-                    raise ValueError(f"kcidb {kind}: missing {key}")
-                if key.endswith("id") and not idre.match(obj[key]):
-                    raise ValueError(f"kcidb {kind}: bad {key} {obj[key]!r}")
-
-
-def validate_kcidb(data: dict[str, Any]) -> str:
-    """Validate with kcidb-io's schema when installed; returns what validated it. Raises on invalid data."""
-    try:
-        import kcidb_io
-    except ImportError:
-        _minimal_kcidb_check(data)
-        return "minimal built-in check (kcidb-io not installed)"
-    schema = kcidb_io.schema.V5_0
-    schema.validate(data)
-    return f"kcidb-io schema v{schema.major}.{schema.minor}"
 
 
 # ----------------------------------------------------------------- markdown / html

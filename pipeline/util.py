@@ -1,8 +1,9 @@
-"""Small helpers several modules share: the progress callback type and its no-op, the Jinja2 environment for
-pipeline/templates, the host's state directory."""
+"""Small helpers several modules share: the progress callback type and its no-op, the Jinja2
+environment for pipeline/templates, the host's state directory, XML-safe text."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -35,3 +36,11 @@ def templates(folder: str = "", autoescape: Any = False) -> jinja2.Environment:
 
 def render(folder: str, template: str, **ctx: Any) -> str:
     return templates(folder).get_template(template).render(**ctx)
+
+
+_CTRL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+
+
+def xmlsafe(value: Any) -> str:
+    """The text without the control characters XML 1.0 cannot carry (junit.xml, KCIDB log excerpts)."""
+    return _CTRL.sub("", str(value))

@@ -273,6 +273,13 @@ def verdict(k: KernelResult) -> tuple[str, str]:
     return worst, "; ".join(details)
 
 
+def verdict_of(k: KernelResult) -> tuple[str, str]:
+    """The recorded verdict, or a fresh roll-up when the row was never given one."""
+    if k.verdict_detail or k.verdict not in ("", "untested"):
+        return k.verdict, k.verdict_detail
+    return verdict(k)
+
+
 def parse_fail_on(value: str, option: str = "--fail-on") -> list[str]:
     """'test-fails,build-fails' -> the verdict names; an unknown one is a ConfigError naming the choices."""
     from .errors import ConfigError

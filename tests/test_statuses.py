@@ -1,5 +1,5 @@
 """Every status of every stage, and every outcome of a test case, through every report format
-(parametrised over the enums of pipeline/results.py), and the verdict roll-up over every combination
+(parametrised over the enums of pipeline/statuses.py), and the verdict roll-up over every combination
 of case outcomes (as kernel-patches-daemon tests its roll-up over all inputs)."""
 
 from __future__ import annotations
@@ -11,22 +11,9 @@ import xml.etree.ElementTree as ET
 import pytest
 from sample_runs import k_prefix, sample_run
 
-from pipeline import report
-from pipeline.results import (
-    STAGE_STATUSES,
-    ApplyStatus,
-    BuildStatus,
-    DeployResult,
-    KernelResult,
-    Kind,
-    Outcome,
-    PatchApply,
-    RunStatus,
-    Stage,
-    TestResult,
-    load_results,
-    write_results,
-)
+from pipeline import kcidb, report
+from pipeline.results import DeployResult, KernelResult, PatchApply, TestResult, load_results, write_results
+from pipeline.statuses import STAGE_STATUSES, ApplyStatus, BuildStatus, Kind, Outcome, RunStatus, Stage
 from pipeline.verdict import SEVERITY, STATE, apply_verdicts, verdict
 
 ALL = [(stage, member) for stage, enum in STAGE_STATUSES.items() for member in enum]
@@ -102,13 +89,13 @@ def test_every_status_through_every_report(stage, status, tmp_path):
         assert "skipped" not in {c["outcome"] for c in cases if c["name"] == name}
 
     # KCIDB: valid, and the build/test status from the kind
-    data = report.render_kcidb(run)
-    report.validate_kcidb(data)
+    data = kcidb.render_kcidb(run)
+    kcidb.validate_kcidb(data)
     if stage == "build" and kind is not Kind.SKIP and kind is not Kind.INTERRUPTED:
-        assert data["builds"][0]["status"] == report.KCIDB[kind]
+        assert data["builds"][0]["status"] == kcidb.KCIDB[kind]
     if stage == "test" and data["builds"]:
         series = [t for t in data["tests"] if t["misc"]["module"] == "series"]
-        assert {t["status"] for t in series} == {report.KCIDB[kind]}
+        assert {t["status"] for t in series} == {kcidb.KCIDB[kind]}
 
     # HTML/Markdown/table: the status is shown; the HTML cell class follows the kind
     cells = report.stage_cells(k)
@@ -135,12 +122,12 @@ def test_setup_error_build_is_a_failure_everywhere():
     assert k.verdict == "build-fails" and "missing gcc" not in k.verdict_detail.split(";")[1:]
     assert _case(report.junit_cases(run), "build")["outcome"] == "failure"
     assert report.stage_cells(k)["build"]["cls"] == "fail"
-    assert report.render_kcidb(run)["builds"][0]["status"] == "FAIL"
+    assert kcidb.render_kcidb(run)["builds"][0]["status"] == "FAIL"
     assert STATE[k.verdict] == "fail"
 
 
 def test_every_kind_is_mapped_by_every_report():
-    for mapping in (report.JUNIT, report.KCIDB, report.CELL_CLASS):
+    for mapping in (report.JUNIT, kcidb.KCIDB, report.CELL_CLASS):
         assert set(mapping) == set(Kind)
     for enum in [*STAGE_STATUSES.values(), RunStatus, Stage]:
         for member in enum:
