@@ -70,7 +70,7 @@ MATRIX = "load"
 REFS = {"debian-6.1": "already-upstream", "debian-6.1-prefix": "ready"}
 VF_COUNTS = [1, 2, 3]
 
-# lab.py's own messages share the host's `lab: ` prefix; they are not host-stage work
+# pipeline.lab's own messages share the host's `lab: ` prefix; they are not host-stage work
 _LAB_MGMT = re.compile(
     r"(already running|waiting for another lab command|QEMU pid|removing the stale|starting QEMU|ready after"
     r"|booting,|not running|powering dom0 off|no clean poweroff|killing QEMU|down after)"

@@ -1,4 +1,4 @@
-"""lab._is_our_qemu on a real process: the same image reached through a symlinked cache is still ours."""
+"""lab.qemu.is_our_qemu on a real process: the same image reached through a symlinked cache is still ours."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from pipeline import lab
+from pipeline.lab import qemu
 
 
 def test_a_qemu_started_through_a_symlinked_cache_is_ours_from_both_paths(tmp_path):
@@ -39,9 +40,9 @@ def test_a_qemu_started_through_a_symlinked_cache_is_ours_from_both_paths(tmp_pa
         class Other:
             image = tmp_path / "other.img"
 
-        assert lab._is_our_qemu(proc.pid, Paths)
-        assert lab._is_our_qemu(proc.pid, LinkPaths)
-        assert not lab._is_our_qemu(proc.pid, Other)
+        assert qemu.is_our_qemu(proc.pid, Paths)
+        assert qemu.is_our_qemu(proc.pid, LinkPaths)
+        assert not qemu.is_our_qemu(proc.pid, Other)
     finally:
         proc.kill()
         proc.wait()

@@ -1,0 +1,81 @@
+"""The built-in Xen lab host: Xen 4.17 + a Debian 12 dom0 under QEMU (TCG), reached over SSH.
+
+`build()` makes the dom0 disk image, the boot files for QEMU's multiboot loader and the test
+guest's initramfs; it is a no-op while the recipe and the resolved package versions are
+unchanged. `up()` boots it with an emulated Intel IOMMU and an SR-IOV NVMe PF, `down()` powers it
+off. `host_config()` turns the lab into the inventory host `lab`. By concern:
+
+    layout      the lab's folder (LabPaths, the QMP socket path), manifest and state, the lock
+    recipe      what the image is made of: suite, packages, apt sources, templates, input hash
+    image       the image build
+    guestfiles  the test guest's files in dom0
+    qemu        the QEMU process: command line, identity, stopping it, ports, QMP
+    ssh         the OpenSSH client to dom0
+    lifecycle   up, down, status, ensure_up, host_config
+
+Callers use the names below (`from pipeline import lab; lab.up(...)`).
+"""
+
+from .guestfiles import GUEST_DIR, GUEST_INITRD, GuestFiles, guest_files
+from .image import BuildInfo, build
+from .layout import LabPaths, is_built, kernel_release, paths, read_manifest
+from .lifecycle import (
+    LabStatus,
+    console_tail,
+    disk_usage,
+    down,
+    ensure_up,
+    host_config,
+    status,
+    up,
+    write_known_hosts,
+)
+from .qemu import QEMU, free_port, port_in_use, qemu_argv
+from .recipe import (
+    AptEntry,
+    chroot_apt_entries,
+    host_apt_entries,
+    input_hash,
+    parse_apt_sources,
+    recipe_files,
+    render,
+    resolve_mirror,
+)
+from .ssh import run_ssh, ssh_argv
+
+__all__ = [
+    "GUEST_DIR",
+    "GUEST_INITRD",
+    "QEMU",
+    "AptEntry",
+    "BuildInfo",
+    "GuestFiles",
+    "LabPaths",
+    "LabStatus",
+    "build",
+    "chroot_apt_entries",
+    "console_tail",
+    "disk_usage",
+    "down",
+    "ensure_up",
+    "free_port",
+    "guest_files",
+    "host_apt_entries",
+    "host_config",
+    "input_hash",
+    "is_built",
+    "kernel_release",
+    "parse_apt_sources",
+    "paths",
+    "port_in_use",
+    "qemu_argv",
+    "read_manifest",
+    "recipe_files",
+    "render",
+    "resolve_mirror",
+    "run_ssh",
+    "ssh_argv",
+    "status",
+    "up",
+    "write_known_hosts",
+]

@@ -1,0 +1,240 @@
+"""Running the lab: up (boot and wait for SSH + `xl info`), down, status, ensure_up (build if
+needed, then up), and the inventory host `lab` it stands for."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import HostConfig, Settings
+from ..errors import LabError
+from ..results import atomic_write_text, now_iso, timed
+from ..util import noprogress as _quiet
+from .image import build
+from .layout import Progress, du, is_built, kernel_release, locked, paths, read_state, tail
+from .qemu import cleanup_stale, free_port, is_our_qemu, kill, last_port, our_pid, qemu_argv, qmp_command, wait_gone
+from .ssh import run_ssh
+
+
+@dataclass
+class LabStatus:
+    running: bool
+    pid: int = 0
+    port: int = 0
+    uptime_s: float = 0.0
+    kernel_release: str = ""  # from dom0 when it answers, else the manifest's
+    ssh_ok: bool = False
+    built: bool = False
+    detail: str = ""
+
+
+def write_known_hosts(settings: Settings, port: int) -> Path:
+    p = paths(settings)
+    parts = p.host_key_pub.read_text(encoding="utf-8").split()
+    atomic_write_text(p.known_hosts, f"[127.0.0.1]:{port} {parts[0]} {parts[1]}\n")
+    return p.known_hosts
+
+
+def host_config(settings: Settings, name: str = "lab") -> HostConfig:
+    """The inventory host `lab` filled in from the lab's state (port of the running lab, if any)."""
+    p = paths(settings)
+    base = settings.hosts.get(name) or HostConfig(name=name, lab=True)
+    port = int(read_state(p).get("port") or 0)
+    return dataclasses.replace(
+        base,
+        name=name,
+        address="127.0.0.1",
+        port=port,
+        user="root",
+        key=str(p.key),
+        known_hosts=str(p.known_hosts),
+        ssh_config="none",  # the lab is on 127.0.0.1 whatever ~/.ssh/config says about hosts
+        proxy_jump="none",
+        pf_bdf=base.pf_bdf or "0000:01:00.0",
+        max_vfs=settings.lab.vfs,
+        kernel_release=kernel_release(settings) or "",
+        lab=True,
+    )
+
+
+def _ready(host: HostConfig) -> str | None:
+    """`uname -r` when dom0 answers over SSH and `xl info` works, else None."""
+    try:
+        r = run_ssh(host, "xl info >/dev/null && uname -r", timeout=20)
+    except LabError:
+        return None
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
+def up(settings: Settings, progress: Progress = _quiet) -> HostConfig:
+    """Boot the lab (or return the running one) and wait until SSH answers and `xl info` works."""
+    with locked(settings, progress):
+        return _up(settings, progress)
+
+
+def _up(settings: Settings, progress: Progress = _quiet) -> HostConfig:
+    p = paths(settings)
+    if not is_built(settings):
+        raise LabError("the lab is not built: run `invoke lab.build`")
+    pid = our_pid(p)
+    state = read_state(p)
+    if pid and state.get("port"):
+        host = host_config(settings)
+        write_known_hosts(settings, host.port)
+        if _ready(host):
+            progress(f"lab: already running (pid {pid}, port {host.port})")
+            return host
+        progress(f"lab: QEMU pid {pid} runs but dom0 is not ready yet; waiting")
+        return _wait_ready(settings, pid, float(state.get("started_epoch", time.time())), progress)
+    if pid:  # ours but without state: cannot know its port
+        kill(pid, p)
+    if p.pidfile.exists() or p.qmp.exists() or p.state.exists():
+        progress("lab: removing the stale pid file / QMP socket of a QEMU that is gone")
+    cleanup_stale(p)
+
+    last_err = ""
+    for _attempt in range(3):  # the port may be taken between probing and QEMU's bind
+        # the previous port when free: known_hosts and HostConfigs held elsewhere stay valid
+        port = free_port(int(state.get("port") or last_port(p)))
+        write_known_hosts(settings, port)
+        if p.console.exists():
+            os.replace(p.console, p.dir / "console.log.1")
+        argv = qemu_argv(settings, port)
+        t0 = time.time()
+        progress(f"lab: starting QEMU (TCG, {settings.lab.memory}, SSH on 127.0.0.1:{port})")
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if proc.returncode == 0:
+            pid = our_pid(p)
+            if not pid:
+                raise LabError(f"QEMU started but left no live pid in {p.pidfile}; console: {tail(p.console, 5)}")
+            atomic_write_text(p.dir / "last_port", f"{port}\n")
+            atomic_write_text(
+                p.state,
+                json.dumps(
+                    {"pid": pid, "port": port, "started": now_iso(), "started_epoch": t0, "argv": argv}, indent=1
+                )
+                + "\n",
+            )
+            return _wait_ready(settings, pid, t0, progress)
+        last_err = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"
+        cleanup_stale(p)
+        if "hostfwd" not in last_err and "Could not set up host forwarding" not in last_err:
+            break
+    raise LabError(f"QEMU did not start: {last_err}")
+
+
+def _wait_ready(settings: Settings, pid: int, t0: float, progress: Progress) -> HostConfig:
+    p = paths(settings)
+    host = host_config(settings)
+    deadline = t0 + settings.lab.boot_timeout_s
+    next_report = time.time() + 10
+    try:
+        while time.time() < deadline:
+            if not is_our_qemu(pid, p):
+                raise LabError(f"QEMU exited while booting; console: {tail(p.console, 8)}")
+            release = _ready(host)
+            if release:
+                progress(f"lab: ready after {time.time() - t0:.0f}s: dom0 {release}, ssh root@127.0.0.1 -p {host.port}")
+                return host
+            if time.time() >= next_report:
+                progress(f"lab: booting, {time.time() - t0:.0f}s: {tail(p.console, 1)[:100]}")
+                next_report = time.time() + 10
+            time.sleep(2)
+        raise LabError(
+            f"the lab did not answer SSH + `xl info` within {settings.lab.boot_timeout_s}s; console: {tail(p.console, 8)}"
+        )
+    except BaseException:
+        # never leave an orphan QEMU behind a failed or interrupted up
+        with contextlib.suppress(LabError):
+            kill(pid, p)
+        cleanup_stale(p)
+        raise
+
+
+def down(settings: Settings, progress: Progress = _quiet, timeout: float = 90) -> bool:
+    """Power the lab off (ssh poweroff, then QMP, then signals); False when it was not running."""
+    with locked(settings, progress):
+        return _down(settings, progress, timeout)
+
+
+def _down(settings: Settings, progress: Progress = _quiet, timeout: float = 90) -> bool:
+    p = paths(settings)
+    pid = our_pid(p)
+    if not pid:
+        cleanup_stale(p)
+        progress("lab: not running")
+        return False
+    host = host_config(settings)
+    t0 = time.time()
+    progress("lab: powering dom0 off")
+    if host.port:
+        with contextlib.suppress(LabError):
+            # --force skips the orderly stop of every unit (a minute under TCG) but still kills
+            # processes and unmounts cleanly; the ssh connection drops when that happens
+            run_ssh(host, "sync; systemctl poweroff --force", timeout=20)
+    if not wait_gone(pid, p, timeout * 2 / 3):
+        progress("lab: no clean poweroff; QMP system_powerdown")
+        with contextlib.suppress(OSError, ValueError):
+            qmp_command(p, "system_powerdown")
+        if not wait_gone(pid, p, timeout / 3):
+            progress(f"lab: killing QEMU pid {pid}")
+            kill(pid, p)
+    cleanup_stale(p)
+    progress(f"lab: down after {time.time() - t0:.0f}s")
+    return True
+
+
+def status(settings: Settings, probe: bool = True) -> LabStatus:
+    p = paths(settings)
+    built = is_built(settings)
+    pid = our_pid(p)
+    release = kernel_release(settings) or ""
+    if not pid:
+        stale = p.pidfile.exists()
+        return LabStatus(
+            False, built=built, kernel_release=release, detail="stale pid file (QEMU gone)" if stale else ""
+        )
+    st = read_state(p)
+    uptime = time.time() - float(st.get("started_epoch", time.time()))
+    s = LabStatus(True, pid=pid, port=int(st.get("port") or 0), uptime_s=uptime, kernel_release=release, built=built)
+    if probe and s.port:
+        got = _ready(host_config(settings))
+        s.ssh_ok = bool(got)
+        s.kernel_release = got or release
+        s.detail = "" if got else "not answering SSH + xl info (booting?)"
+    return s
+
+
+def ensure_up(settings: Settings, progress: Progress = _quiet, steps: dict[str, float] | None = None) -> HostConfig:
+    """Build the lab if its inputs changed and boot it if it is not running: the host for `invoke verify`.
+
+    `steps` gets the seconds of lab_build and lab_boot (lab_boot: a few when it was running)."""
+    steps = {} if steps is None else steps
+    if not our_pid(paths(settings)):
+        with timed(steps, "lab_build"):
+            build(settings, progress)
+    with timed(steps, "lab_boot"):
+        return up(settings, progress)
+
+
+def console_tail(settings: Settings, lines: int = 40) -> str:
+    try:
+        text = paths(settings).console.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def disk_usage(settings: Settings) -> dict[str, int]:
+    """Allocated bytes of the lab directory and of the image (it is sparse)."""
+    p = paths(settings)
+    return {
+        "lab_dir": du(p.dir) if p.dir.exists() else 0,
+        "image": p.image.stat().st_blocks * 512 if p.image.exists() else 0,
+    }

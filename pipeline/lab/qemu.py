@@ -1,0 +1,175 @@
+"""The lab's QEMU process: its command line, whether a pid is our QEMU, stopping it, the SSH port
+it forwards and its QMP socket."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from ..config import Settings
+from ..errors import LabError
+from .layout import LabPaths, paths
+
+# Xen: smap=0 avoids the dom0 #PF crash loop under TCG's -cpu max (lab README, traps).
+XEN_ARGS = (
+    "console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M dom0_max_vcpus={smp} "
+    "loglvl=all guest_loglvl=all iommu=1,verbose,debug smap=0"
+)
+DOM0_ARGS = "root=/dev/vda rw console=hvc0 earlyprintk=xen net.ifnames=0"
+QEMU = "qemu-system-x86_64"
+
+
+def qemu_argv(settings: Settings, port: int) -> list[str]:
+    """QEMU's command line for the lab (reference: ../shared/lab/reference/run-xen.sh)."""
+    p = paths(settings)
+    vfs = settings.lab.vfs
+    # inside -initrd a comma separates modules: a comma within an argument is written ",,"
+    dom0 = f"{p.vmlinuz} {DOM0_ARGS}".replace(",", ",,")
+    nvme = (
+        f"nvme,id=nvme0,bus=rp1,serial=pvlab01,subsys=nvmesubsys0,sriov_max_vfs={vfs},"
+        # QEMU's constraints: vq >= 2*VFs, ioqpairs >= vq+2, vi >= VFs, msix >= vi+2
+        f"sriov_vq_flexible={2 * vfs},sriov_vi_flexible={vfs},max_ioqpairs={2 * vfs + 4},msix_qsize={vfs + 5}"
+    )
+    return [
+        QEMU,
+        "-name", "pciback-verify-lab",
+        "-accel", "tcg,thread=multi",
+        "-cpu", "max",
+        "-machine", "q35",
+        "-smp", str(settings.lab.smp),
+        "-m", settings.lab.memory,
+        "-device", "intel-iommu,intremap=on",
+        "-display", "none",
+        "-serial", f"file:{p.console}",
+        "-qmp", f"unix:{p.qmp},server=on,wait=off",
+        "-pidfile", str(p.pidfile),
+        "-daemonize",
+        "-kernel", str(p.xen),
+        "-append", XEN_ARGS.format(smp=settings.lab.smp),
+        "-initrd", f"{dom0},{p.initrd}",
+        "-drive", f"file={p.image},if=virtio,format=raw,cache=unsafe",
+        "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22",
+        "-device", "virtio-net-pci,netdev=n0",
+        "-device", "pcie-root-port,id=rp1,bus=pcie.0,chassis=1,slot=1",
+        "-device", "nvme-subsys,id=nvmesubsys0,nqn=pvlab",
+        "-device", nvme,
+    ]  # fmt: skip
+
+
+def our_pid(p: LabPaths) -> int:
+    """The pid in our pid file if that process is alive and really is our QEMU (pids get reused)."""
+    try:
+        pid = int(p.pidfile.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return 0
+    return pid if is_our_qemu(pid, p) else 0
+
+
+def is_our_qemu(pid: int, p: LabPaths) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError, PermissionError):
+        return False
+    if state in ("Z", "X"):
+        # the leader thread is a zombie at once, but its files (port, image lock) are released
+        # only when the last of QEMU's threads has exited
+        with contextlib.suppress(OSError):
+            return len(os.listdir(f"/proc/{pid}/task")) > 1
+        return False
+    if cmdline == [b""]:
+        # an exiting process has dropped its memory (and cmdline) before closing its files:
+        # still ours until the port and the image lock are free
+        return comm.startswith("qemu-system")
+    if not any(QEMU.encode() in a for a in cmdline[:1]):
+        return False
+    # compare real paths: the same lab reached through a symlinked cache dir is still ours (an
+    # unresolved compare called it gone and its pid/state files were removed under a running QEMU)
+    ours = os.path.realpath(p.image)
+    for arg in cmdline:
+        for opt in arg.decode(errors="replace").split(","):
+            if opt.startswith("file=") and os.path.realpath(opt[5:]) == ours:
+                return True
+    return False
+
+
+def wait_gone(pid: int, p: LabPaths, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if not is_our_qemu(pid, p):
+            return True
+        time.sleep(0.5)
+    return not is_our_qemu(pid, p)
+
+
+def kill(pid: int, p: LabPaths) -> None:
+    """Terminate our own QEMU (checked by pid file and command line), SIGKILL if it lingers."""
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        if not is_our_qemu(pid, p):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        if wait_gone(pid, p, wait):
+            return
+    raise LabError(f"QEMU pid {pid} does not die")
+
+
+def last_port(p: LabPaths) -> int:
+    try:
+        return int((p.dir / "last_port").read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
+def cleanup_stale(p: LabPaths) -> None:
+    for f in (p.pidfile, p.qmp, p.state):
+        f.unlink(missing_ok=True)
+
+
+def free_port(preferred: int = 0) -> int:
+    """A TCP port on 127.0.0.1 nobody listens on; the preferred one when it is free."""
+    for candidate in ([preferred] if preferred else []) + [0]:
+        if not port_in_use(candidate):
+            if candidate:
+                return candidate
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(("127.0.0.1", 0))
+                return s.getsockname()[1]
+    raise LabError("no free TCP port on 127.0.0.1")
+
+
+def port_in_use(port: int) -> bool:
+    """Whether something listens on 127.0.0.1:port. SO_REUSEADDR as QEMU's hostfwd uses it: closed
+    connections in TIME_WAIT (after a kill -9) do not count."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def qmp_command(p: LabPaths, command: str, timeout: float = 5) -> dict[str, Any]:
+    """One QMP command over the lab's unix socket."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(p.qmp))
+        f = s.makefile("rwb")
+        json.loads(f.readline())  # greeting
+        for cmd in ("qmp_capabilities", command):
+            f.write(json.dumps({"execute": cmd}).encode() + b"\n")
+            f.flush()
+            while True:
+                reply = json.loads(f.readline())
+                if "return" in reply or "error" in reply:
+                    break
+        return reply
