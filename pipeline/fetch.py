@@ -73,20 +73,21 @@ LOCK_TIMEOUT_S = 3600  # longer than any fetch plus checkout another run may be 
 
 
 @contextmanager
-def _cache_lock(settings: Settings, timeout_s: float = LOCK_TIMEOUT_S):
+def _cache_lock(settings: Settings, timeout_s: float = LOCK_TIMEOUT_S, starts_work: bool = False):
     """Fetches into the shared cache one at a time (shallow-file updates are not concurrent-safe)."""
     lock = cache_path(settings).parent / "fetch.lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "w") as fh:
         deadline = time.monotonic() + timeout_s
         while True:
-            # after a Ctrl-C no new fetch starts: the row behind a running one would otherwise get
-            # the lock once stop_children ended the first, and fetch on with nobody to stop it
-            if interrupt.requested():
+            # after a Ctrl-C no new fetch or checkout starts (`starts_work`): the row behind a running
+            # one would otherwise get the lock once stop_children ended the first, and fetch on with
+            # nobody to stop it. Cleanup (worktree removal, the sweep) still takes the lock.
+            if starts_work and interrupt.requested():
                 raise FetchError("interrupted before the fetch started")
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                if interrupt.requested():
+                if starts_work and interrupt.requested():
                     fcntl.flock(fh, fcntl.LOCK_UN)
                     continue
                 break
@@ -171,7 +172,7 @@ def fetch_kernel(
     result = FetchResult(remote=kcfg.remote, ref=kcfg.ref)
     url = remote_url(settings, kcfg.remote)
     fullref, sha = resolve_ref(url, kcfg.ref, kcfg.remote)
-    with _cache_lock(settings):
+    with _cache_lock(settings, starts_work=True):
         repo = cache_repo(settings)
         before = _object_count(repo)
         if not _has_commit(repo, sha):
@@ -198,7 +199,7 @@ def fetch_kernel(
     wt.parent.mkdir(parents=True, exist_ok=True)
     progress(f"fetch {kcfg.name}: checking out {sha[:12]} into {wt}")
     t_checkout = time.monotonic()
-    with _cache_lock(settings):
+    with _cache_lock(settings, starts_work=True):
         if sparse:
             t = {"kill_after_timeout": GIT_TIMEOUT_S}
             repo.git.worktree("add", "--detach", "--force", "--no-checkout", str(wt), sha, **t)

@@ -26,14 +26,14 @@ def test_no_fetch_starts_after_ctrl_c_while_another_holds_the_lock(tmp_path, ctr
     with open(lock, "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)  # the row ahead, fetching
         with pytest.raises(FetchError, match="interrupted before the fetch started"):
-            with fetch._cache_lock(s, timeout_s=3600):
+            with fetch._cache_lock(s, timeout_s=3600, starts_work=True):
                 pytest.fail("the lock was taken after Ctrl-C")
 
 
 def test_no_fetch_starts_after_ctrl_c_once_the_lock_is_free(tmp_path, ctrl_c):
     s = Settings(cache_dir=str(tmp_path))
     with pytest.raises(FetchError):
-        with fetch._cache_lock(s):
+        with fetch._cache_lock(s, starts_work=True):
             pytest.fail("the lock was taken after Ctrl-C")
     # and the lock was not left held: another thread, with no Ctrl-C on record, takes it
     interrupt._requested.clear()
@@ -47,3 +47,11 @@ def test_no_fetch_starts_after_ctrl_c_once_the_lock_is_free(tmp_path, ctrl_c):
     t.start()
     t.join(10)
     assert got == ["taken"]
+
+
+def test_cleanup_still_takes_the_lock_after_ctrl_c(tmp_path, ctrl_c):
+    # the sweep of an interrupted run removes its worktrees under the lock (a CI run caught the
+    # first version refusing it too: exit 5 "interrupted before the fetch started" instead of 130)
+    s = Settings(cache_dir=str(tmp_path))
+    with fetch._cache_lock(s, timeout_s=5):
+        pass
