@@ -12,7 +12,7 @@ import sys
 from invoke import Collection, Exit, task
 
 from pipeline import clihook
-from pipeline.config import load_settings
+from pipeline.config import int_option, load_settings
 from pipeline.errors import PipelineError
 
 # invoke reads `-f FILE` and the project's invoke.yaml after importing this file: a file that
@@ -61,18 +61,6 @@ def _save_traceback() -> str:
     with os.fdopen(fd, "w") as fh:
         fh.write(traceback.format_exc())
     return path
-
-
-def _int_option(option: str, value, minimum: int = 1) -> int | None:
-    """Invoke hands untyped options over as strings: `--jobs two` is one line, not a TypeError later."""
-    from pipeline.errors import ConfigError
-
-    if value is None:
-        return None
-    text = str(value).strip()
-    if not text.isdigit() or int(text) < minimum:
-        raise ConfigError(f"{option} {value!r}: expected an integer >= {minimum}")
-    return int(text)
 
 
 def _fail_on(settings, value: str | None) -> list[str]:
@@ -128,17 +116,16 @@ def verify(
     no_sandbox=False,
 ):
     """Fetch, apply, build, deploy and test the series on every kernel of the matrix; print a summary."""
-    from pipeline.errors import ConfigError
+    from pipeline.runner import exit_status
     from pipeline.runner import verify as run_verify
+    from pipeline.verdict import gate_status
 
     settings = _settings(c, matrix)
-    jobs = _int_option("--jobs", jobs)
+    jobs = int_option("--jobs", jobs)
     gate = _fail_on(settings, fail_on)
-    if kernel and any(not str(k).strip() for k in kernel):
-        raise ConfigError(f"--kernel: empty kernel name; have {', '.join(k.name for k in settings.kernels)}")
     if no_sandbox:
         settings.sandbox.enabled = False
-    run = run_verify(
+    done = run_verify(
         settings,
         kernels=kernel or None,
         series_path=series,
@@ -148,16 +135,14 @@ def verify(
         lab_down=lab_down,
         progress=_progress,
         builds=builds,
-        out=_progress if json else print,
     )
+    (_progress if json else print)(done.closing())  # stdout carries only the JSON with --json
+    done.raise_if_stopped()
     if json:
-        _print_json(run.to_dict())
-    from pipeline.runner import exit_status
-    from pipeline.verdict import gate_status
-
-    code, reason = exit_status(run)
+        _print_json(done.run.to_dict())
+    code, reason = exit_status(done.run)
     if not code:
-        code, reason = gate_status(run.kernels, gate)
+        code, reason = gate_status(done.run.kernels, gate)
     if code:
         raise Exit(reason, code=code)
 
@@ -173,9 +158,7 @@ def config_show(c, matrix=None, json=False):
 
     settings = _settings(c, matrix)
     if json:
-        import dataclasses
-
-        _print_json({**dataclasses.asdict(settings), "kernels": [k.name for k in settings.kernels]})
+        _print_json(settings.to_dict())
         return
     print(format_config(settings))
 
@@ -196,14 +179,9 @@ def hosts_check(c, host=None, json=False, matrix=None):
     driver, VFs, lock, test guest, and which matrix rows would run there. Reads only; exit 7 if one is not ready."""
     import json as json_mod
 
-    from pipeline.errors import ConfigError
-    from pipeline.hostcheck import check_host, format_check
+    from pipeline.hostcheck import check_hosts, format_check
 
-    settings = _settings(c, matrix)
-    names = [host] if host else sorted(settings.hosts)
-    if host and host not in settings.hosts:
-        raise ConfigError(f"unknown host {host!r}; inventory has {', '.join(sorted(settings.hosts)) or 'none'}")
-    checks = [check_host(settings, n) for n in names]
+    checks = check_hosts(_settings(c, matrix), host)
     if json:
         print(json_mod.dumps([ck.to_dict() for ck in checks], indent=2))
     else:
@@ -245,19 +223,12 @@ def source_import(c, line=None, all=False, refresh=False, force=False):
 @cli
 def series_show(c, path=None, json=False):
     """Parse a series and print its patches (subject, author, revision, patch-id)."""
-    from pipeline.series import load_series
+    from pipeline.series import load_series, series_dict
 
     settings = _settings(c)
     s = load_series(settings.path(path or settings.series))
     if json:
-        import dataclasses
-
-        from pipeline.report import patchset_hash
-
-        data = dataclasses.asdict(s)
-        for p in data["patches"]:
-            p.pop("text", None)
-        _print_json({**data, "patchset_hash": s.patchset_hash or patchset_hash(s)})
+        _print_json(series_dict(s))
         return
     print(f"{s.name} v{s.revision} ({len(s.patches)} patches) from {s.source}")
     for p in s.patches:
@@ -298,7 +269,7 @@ def test(c, quick=False, k=None, m=None, download=False):
         raise Exit(code=rc)
 
 
-# ---- lab ----
+# ------------------------------------------------------------------ lab
 
 
 @task(help={"force": "rebuild even if the recipe and package versions are unchanged"})
@@ -373,53 +344,17 @@ def lab_ssh(c, c_=None):
 @cli
 def lab_console(c, lines=None, follow=False):  # untyped: Invoke would cast `--lines x` with a traceback
     """Print the end of the lab's serial console log (Xen and dom0 boot messages)."""
-    import time
-
     from pipeline import lab
+    from pipeline.util import follow as follow_file
 
     settings = _settings(c)
-    print(lab.console_tail(settings, _int_option("--lines", lines) or 40))
-    path = lab.paths(settings).console
-    if follow and path.exists():
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            fh.seek(0, 2)
-            while True:
-                line = fh.readline()
-                if line:
-                    print(line, end="", flush=True)
-                else:
-                    time.sleep(0.5)
+    print(lab.console_tail(settings, int_option("--lines", lines) or 40))
+    if follow:
+        for line in follow_file(lab.paths(settings).console):
+            print(line, end="", flush=True)
 
 
-# ---- end lab ----
-
-
-# ---- report ----
-
-
-def _run_path(settings, run: str | None):
-    """A run directory: a path, a run id under the results root, or (default) the results root's `latest`."""
-    from pathlib import Path
-
-    from pipeline.errors import ResultsError
-
-    root = settings.path(settings.results_root)
-    if run is not None and not str(run).strip():
-        raise ResultsError("--run: empty; give a run directory or a run id")
-    candidates = [root / "latest"] if not run else [Path(run), root / run]
-    candidates = list(dict.fromkeys(candidates))  # an absolute --run is both
-    for p in candidates:
-        if (p / "results.json").exists():
-            return p.resolve()  # load_results says what is wrong with it, if anything
-    raise ResultsError(f"not a run: no results.json in {' or '.join(str(p) for p in candidates)}")
-
-
-def _load_run(settings, run: str | None):
-    """(run directory, its RunResult) for --run/--compare: see `_run_path`."""
-    from pipeline.results import load_results
-
-    run_dir = _run_path(settings, run)
-    return run_dir, load_results(run_dir)
+# ------------------------------------------------------------------ report
 
 
 @task(
@@ -439,29 +374,17 @@ def report(c, run=None, compare=None, fail_on=None, merge=None, tested_only=Fals
     """Re-render the reports of an earlier run (--run), compare two (`--compare RUN_A --run RUN_B`),
     or merge per-kernel runs into one (`--merge RUN --merge RUN`)."""
     from pipeline.report import compare as compare_runs
-    from pipeline.report import format_table, write_reports
+    from pipeline.report import format_table
+    from pipeline.runs import load_run, merged_or_loaded, rerender
     from pipeline.verdict import gate_status
 
     settings = _settings(c)
     gate = _fail_on(settings, fail_on)
-    if merge:
-        from pipeline.merge import merge_runs, run_dirs
-
-        root = settings.path(settings.results_root)
-        run_dir, result = merge_runs(run_dirs([settings.path(m) for m in merge], tested_only), root, _progress)
-        _progress(f"merged run {result.run_id}: {run_dir}")
-    else:
-        run_dir, result = _load_run(settings, run)
+    run_dir, result = merged_or_loaded(settings, run, merge, tested_only, _progress)
     if compare:
-        print(compare_runs(_load_run(settings, compare)[1], result), end="")
+        print(compare_runs(load_run(settings, compare)[1], result), end="")
         return
-    if not merge:
-        for p in write_reports(result, run_dir):
-            _progress(f"wrote {p}")
-    from pipeline.mails import git_dirs, write_mails
-
-    for p in write_mails(result, run_dir, git_dirs(settings, result)):
-        _progress(f"wrote {p}")
+    rerender(settings, run_dir, result, _progress, reports=not merge)
     if json:
         _print_json(result.to_dict())
     else:
@@ -514,44 +437,15 @@ def post(
     pending=False,
 ):
     """Post the run's per-kernel verdicts as patchwork checks and/or GitLab commit statuses."""
-    import os
+    from pipeline.post import post_checks, post_statuses, targets
+    from pipeline.runs import load_run
 
-    from pipeline.intake import patchwork_series
-    from pipeline.post import PostError, post_gitlab, post_patchwork
-
-    _, result = _load_run(_settings(c), run)
-    env = os.environ.get
-    target = target_url or env("CI_JOB_URL", "")
-    pw_url = patchwork or env("PATCHWORK_URL")
-    gl_url = gitlab or env("CI_API_V4_URL")
-    if not pw_url and not gl_url:
-        raise PostError("nothing to post to: give --patchwork/--gitlab or set PATCHWORK_URL / CI_API_V4_URL")
-    if pw_url:
-        ids = [_int_option("--patch", p) for p in patch or []]
-        sid = _int_option("--series-id", series_id or env("PATCHWORK_SERIES") or None)  # an empty CI variable is unset
-        if sid and not ids:
-            ids = [int(p["id"]) for p in patchwork_series(pw_url, sid).get("patches", [])]
-        if not ids:
-            # PATCHWORK_URL is a project setting; a pipeline for a series not from patchwork has no patch to post on
-            print("patchwork: skipped: no patch to post on (give --patch or --series-id, or set PATCHWORK_SERIES)")
-        else:
-            sent = post_patchwork(result, pw_url, ids, target_url=target, pending=pending, progress=_progress)
-            print(f"patchwork: {sum(p.sent for p in sent)} check(s) sent, {sum(not p.sent for p in sent)} unchanged")
-    if gl_url:
-        proj = project or env("CI_PROJECT_ID")
-        if not proj:
-            raise PostError("gitlab: no project; give --project or set CI_PROJECT_ID")
-        sent = post_gitlab(
-            result,
-            gl_url,
-            proj,
-            sha or env("CI_COMMIT_SHA", ""),
-            target_url=target,
-            ref=env("CI_COMMIT_REF_NAME", ""),
-            pending=pending,
-            progress=_progress,
-        )
-        print(f"gitlab: {sum(p.sent for p in sent)} status(es) sent, {sum(not p.sent for p in sent)} unchanged")
+    _, result = load_run(_settings(c), run)
+    to = targets(patchwork, patch or [], series_id, gitlab, project, sha, target_url)
+    if to.patchwork:
+        print(post_checks(result, to, pending, _progress))
+    if to.gitlab:
+        print(post_statuses(result, to, pending, _progress))
 
 
 @task(
@@ -566,20 +460,10 @@ def post(
 @cli
 def intake_fetch(c, msgid=None, patchwork=None, series_id=None, out=None, midmask=None):
     """Fetch a series from lore (b4) or patchwork into an mbox; print its path for `invoke verify --series`."""
-    from pipeline.errors import SeriesError
-    from pipeline.intake import from_lore, from_patchwork
+    from pipeline.intake import fetch_series
 
-    settings = _settings(c)
-    if msgid:
-        dest = settings.path(out or f"{settings.cache_dir}/intake/{msgid.strip('<>').replace('/', '_')}")
-        got = from_lore(msgid, dest, midmask=midmask)
-    elif patchwork and series_id:
-        sid = _int_option("--series-id", series_id)
-        got = from_patchwork(patchwork, sid, settings.path(out or f"{settings.cache_dir}/intake/pw-{sid}"))
-    else:
-        raise SeriesError("give --msgid, or --patchwork with --series-id")
-    others = [f"v{r}" for r in got.revisions if r != got.revision]
-    _progress(f"{got.name}: v{got.revision}" + (f" (also in the thread: {', '.join(others)})" if others else ""))
+    got = fetch_series(_settings(c), msgid, patchwork, series_id, out, midmask)
+    _progress(got.summary())
     print(got.mbox)
 
 
@@ -597,36 +481,11 @@ def ci_poll(c, patchwork=None, project=None, state=None, trigger=False):
 
     A revision counts as polled once a patch of it has a pciback-verify check on patchwork (poll posts
     `pending: queued` when it starts one): losing the local state file triggers nothing again."""
-    import os
+    from pipeline.poll import poll_ci
 
-    from pipeline.errors import ConfigError
-    from pipeline.poll import poll
-    from pipeline.post import trigger_pipeline
-
-    settings = _settings(c)
-    url = patchwork or os.environ.get("PATCHWORK_URL")
-    proj = project or os.environ.get("PATCHWORK_PROJECT")
-    if not url or not proj:
-        raise ConfigError("ci.poll: give --patchwork and --project (or PATCHWORK_URL, PATCHWORK_PROJECT)")
-
-    def start(item):
-        pid = trigger_pipeline(
-            os.environ.get("CI_API_V4_URL", ""),
-            os.environ.get("CI_PROJECT_ID", ""),
-            os.environ.get("CI_DEFAULT_BRANCH", "main"),
-            {"PATCHWORK_SERIES": str(item["id"]), "PATCHWORK_URL": url},
-        )
-        _progress(f"series {item['id']}:v{item.get('version') or 1}: pipeline {pid}")
-        return pid
-
-    state_path = settings.path(state or f"{settings.cache_dir}/ci-poll.json")
-    kernels = [k.name for k in settings.kernels]
-    for p in poll(url, proj, state_path, kernels, trigger=start if trigger else None, progress=_progress):
-        if p.action != "already-polled":
-            print(f"{p.series_id} v{p.version} {p.name}")
-
-
-# ---- end report ----
+    for p in poll_ci(_settings(c), patchwork, project, state, trigger, progress=_progress):
+        if p.new:
+            print(p.line())
 
 
 ns = Collection(verify, test)
@@ -637,10 +496,8 @@ ns.add_collection(Collection("series", show=series_show))
 ns.add_collection(
     Collection("lab", build=lab_build, up=lab_up, down=lab_down, status=lab_status, ssh=lab_ssh, console=lab_console)
 )
-# ---- report ----
 ns.add_task(report)
 ns.add_task(post)
 ns.add_task(dashboard)
 ns.add_collection(Collection("intake", fetch=intake_fetch))
 ns.add_collection(Collection("ci", poll=ci_poll))
-# ---- end report ----

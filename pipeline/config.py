@@ -108,6 +108,10 @@ class Settings:
     def kernels(self) -> list[KernelConfig]:
         return self.matrices[self.matrix]
 
+    def to_dict(self) -> dict[str, Any]:
+        """`invoke config.show --json`: every setting, and the names of the selected matrix's kernels."""
+        return {**dataclasses.asdict(self), "kernels": [k.name for k in self.kernels]}
+
     def path(self, value: str) -> Path:
         """Config paths are relative to the project root."""
         p = Path(os.path.expanduser(value))
@@ -120,6 +124,18 @@ class Settings:
         raise ConfigError(
             f"unknown kernel {name!r} in matrix {self.matrix!r}: have {', '.join(k.name for k in self.kernels)}"
         )
+
+
+def int_option(option: str, value: Any, minimum: int = 1) -> int | None:
+    """A command-line option or environment value that must be an integer >= `minimum` (None stays None).
+
+    Invoke hands untyped options over as strings: `--jobs two` is one line, not a TypeError later."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    if not text.isdigit() or int(text) < minimum:
+        raise ConfigError(f"{option} {value!r}: expected an integer >= {minimum}")
+    return int(text)
 
 
 # ---------------------------------------------------------------- validation

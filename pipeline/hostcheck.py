@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .config import HostConfig, Settings
-from .errors import PipelineError
+from .errors import ConfigError, PipelineError
 
 
 @dataclass
@@ -62,6 +62,13 @@ def _host_config(settings: Settings, name: str) -> HostConfig | None:
     if not lab.status(settings, probe=False).running:
         return None
     return lab.host_config(settings, name)
+
+
+def check_hosts(settings: Settings, host: str | None = None) -> list[HostCheck]:
+    """`invoke hosts.check`: the inventory host `host`, or every host in name order."""
+    if host and host not in settings.hosts:
+        raise ConfigError(f"unknown host {host!r}; inventory has {', '.join(sorted(settings.hosts)) or 'none'}")
+    return [check_host(settings, n) for n in ([host] if host else sorted(settings.hosts))]
 
 
 def check_host(settings: Settings, name: str) -> HostCheck:

@@ -28,7 +28,9 @@ from pathlib import Path
 
 import requests
 
+from .config import Settings, int_option
 from .errors import SeriesError
+from .util import BACKOFF_S, RETRIES, origin, retry_after
 
 _REV_RE = re.compile(r"\[[^\]]*?\bv(\d+)\b[^\]]*\]", re.I)
 _PATCH_RE = re.compile(r"\[[^\]]*\bPATCH\b[^\]]*\]", re.I)
@@ -46,6 +48,11 @@ class Intake:
     patchwork_patch_ids: list[int] = field(default_factory=list)
     thread: Path | None = None  # the whole thread (lore)
     log: str = ""  # what b4 said
+
+    def summary(self) -> str:
+        """One line: the series, the revision taken and the others the thread has."""
+        others = [f"v{r}" for r in self.revisions if r != self.revision]
+        return f"{self.name}: v{self.revision}" + (f" (also in the thread: {', '.join(others)})" if others else "")
 
 
 def _b4() -> str:
@@ -141,8 +148,6 @@ def from_lore(
 def _pw_get(session: requests.Session, url: str, timeout: float, base: str = "") -> requests.Response:
     """GET with a timeout, retried with backoff on 429/5xx and connection errors; with `base`, only
     on its scheme://host:port (an mbox link from the API answer) and without following redirects."""
-    from .post import BACKOFF_S, RETRIES, _retry_after, origin
-
     if base and origin(url) != origin(base):
         raise SeriesError(f"patchwork: {url} is not on {base}: not fetched")
     wait = BACKOFF_S
@@ -158,7 +163,7 @@ def _pw_get(session: requests.Session, url: str, timeout: float, base: str = "")
         except requests.RequestException as e:
             raise SeriesError(f"patchwork: GET {url}: {type(e).__name__}: {e}") from None
         if (resp.status_code == 429 or resp.status_code >= 500) and attempt < RETRIES:
-            time.sleep(_retry_after(resp, wait))
+            time.sleep(retry_after(resp, wait))
             wait *= 2
             continue
         if resp.status_code != 200:
@@ -226,3 +231,22 @@ def patchwork_new_series(url: str, project: str, seen: set[str], timeout: float 
             continue
         new.append(item)
     return new
+
+
+def fetch_series(
+    settings: Settings,
+    msgid: str | None = None,
+    patchwork: str | None = None,
+    series_id: str | int | None = None,
+    out: str | None = None,
+    midmask: str | None = None,
+) -> Intake:
+    """`invoke intake.fetch`: from lore by message-id, or from patchwork by series id, into `out`
+    (default: the cache's `intake/<message-id>` or `intake/pw-<series id>`)."""
+    if msgid:
+        dest = settings.path(out or f"{settings.cache_dir}/intake/{msgid.strip('<>').replace('/', '_')}")
+        return from_lore(msgid, dest, midmask=midmask)
+    if patchwork and series_id:
+        sid = int_option("--series-id", series_id) or 0
+        return from_patchwork(patchwork, sid, settings.path(out or f"{settings.cache_dir}/intake/pw-{sid}"))
+    raise SeriesError("give --msgid, or --patchwork with --series-id")

@@ -11,14 +11,17 @@ nothing can be posted, and the local file is all there is (said so on stderr).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import requests
 
+from .config import Settings
+from .errors import ConfigError
 from .intake import _pw_get, patchwork_new_series
-from .post import CONTEXT_PREFIX, Check, Patchwork
+from .post import CONTEXT_PREFIX, Check, Patchwork, trigger_pipeline
 from .results import atomic_write_text
 
 
@@ -29,6 +32,14 @@ class Polled:
     name: str
     action: str  # triggered | listed | already-polled
     pipeline: int = 0
+
+    @property
+    def new(self) -> bool:
+        """Not polled before: `invoke ci.poll` prints it (`line`)."""
+        return self.action != "already-polled"
+
+    def line(self) -> str:
+        return f"{self.series_id} v{self.version} {self.name}"
 
 
 def key(item: dict) -> str:
@@ -101,3 +112,35 @@ def poll(
         out.append(Polled(int(item["id"]), version, name, "triggered" if trigger else "listed", pid))
         remember(k)
     return out
+
+
+def poll_ci(
+    settings: Settings,
+    patchwork: str | None = None,
+    project: str | None = None,
+    state: str | None = None,
+    trigger: bool = False,
+    env: Mapping[str, str] = os.environ,
+    progress: Callable[[str], None] = print,
+) -> list[Polled]:
+    """`invoke ci.poll`: the options completed from the environment (PATCHWORK_URL, PATCHWORK_PROJECT;
+    for --trigger CI_API_V4_URL, CI_PROJECT_ID, CI_DEFAULT_BRANCH), the state file under the cache
+    (`ci-poll.json`), one GitLab pipeline per new revision when `trigger`."""
+    url = patchwork or env.get("PATCHWORK_URL")
+    proj = project or env.get("PATCHWORK_PROJECT")
+    if not url or not proj:
+        raise ConfigError("ci.poll: give --patchwork and --project (or PATCHWORK_URL, PATCHWORK_PROJECT)")
+
+    def start(item: dict) -> int:
+        pid = trigger_pipeline(
+            env.get("CI_API_V4_URL", ""),
+            env.get("CI_PROJECT_ID", ""),
+            env.get("CI_DEFAULT_BRANCH", "main"),
+            {"PATCHWORK_SERIES": str(item["id"]), "PATCHWORK_URL": url},
+        )
+        progress(f"series {key(item)}: pipeline {pid}")
+        return pid
+
+    state_path = settings.path(state or f"{settings.cache_dir}/ci-poll.json")
+    kernels = [k.name for k in settings.kernels]
+    return poll(url, proj, state_path, kernels, trigger=start if trigger else None, progress=progress)

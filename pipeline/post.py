@@ -18,14 +18,17 @@ import json
 import os
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 
 import requests
 
+from .config import int_option
 from .errors import PipelineError
+from .intake import patchwork_series
 from .redact import redact as redact_all
 from .results import RunResult
+from .util import BACKOFF_S, RETRIES, origin, retry_after
 from .verdict import STATE
 
 CONTEXT_PREFIX = "pciback-verify"
@@ -93,16 +96,6 @@ def _token(explicit: str | None, names: list[str], what: str) -> tuple[str, str]
 
 
 MAX_PAGES = 50  # of one listing; GitLab's 100 per page: 5000 statuses of one context is not a real commit
-RETRIES = 4  # attempts on 429 / 5xx / connection errors, with backoff
-BACKOFF_S = 1.0  # first wait; doubles; a Retry-After up to RETRY_AFTER_MAX_S is honoured instead
-RETRY_AFTER_MAX_S = 30.0
-
-
-def origin(url: str) -> tuple[str, str, int]:
-    """scheme, host, port of a URL (the default port made explicit)."""
-    u = urllib.parse.urlsplit(url)
-    port = u.port or {"http": 80, "https": 443}.get(u.scheme, 0)
-    return u.scheme.lower(), (u.hostname or "").lower(), port
 
 
 class _Api:
@@ -147,7 +140,7 @@ class _Api:
             if resp.status_code == 429 or resp.status_code >= 500:
                 if attempt == RETRIES:
                     raise self._fail(method, url, f"HTTP {resp.status_code} after {attempt} attempts")
-                self.sleep(_retry_after(resp, wait))
+                self.sleep(retry_after(resp, wait))
                 wait *= 2
                 continue
             if 300 <= resp.status_code < 400:
@@ -180,13 +173,6 @@ class _Api:
             if next_url in seen:
                 raise self._fail("GET", next_url, "Link rel=next points at a page already read: pagination loops")
         raise self._fail("GET", url, f"pagination did not end after {MAX_PAGES} pages")
-
-
-def _retry_after(resp: requests.Response, default: float) -> float:
-    try:
-        return min(float(resp.headers.get("Retry-After", "")), RETRY_AFTER_MAX_S)
-    except ValueError:
-        return default
 
 
 # ------------------------------------------------------------------- patchwork
@@ -337,3 +323,78 @@ def trigger_pipeline(
     form = {"token": tok, "ref": ref, **{f"variables[{k}]": v for k, v in variables.items()}}
     resp = api.request("POST", f"{base}/api/v4/projects/{GitLab._project(project)}/trigger/pipeline", data=form)
     return int(resp.json().get("id") or 0)
+
+
+# ------------------------------------------------------------------- invoke post
+
+
+@dataclass
+class Targets:
+    """Where `invoke post` sends a run: each option, else its CI variable (an empty variable is unset)."""
+
+    patchwork: str = ""  # --patchwork, $PATCHWORK_URL
+    patch_ids: list[int] = field(default_factory=list)  # --patch
+    series_id: int | None = None  # --series-id, $PATCHWORK_SERIES: its patches when no --patch
+    gitlab: str = ""  # --gitlab, $CI_API_V4_URL
+    project: str = ""  # --project, $CI_PROJECT_ID
+    sha: str = ""  # --sha, $CI_COMMIT_SHA
+    ref: str = ""  # $CI_COMMIT_REF_NAME
+    target_url: str = ""  # --target-url, $CI_JOB_URL
+
+
+def targets(
+    patchwork: str | None = None,
+    patch: Iterable[str | int] = (),
+    series_id: str | int | None = None,
+    gitlab: str | None = None,
+    project: str | None = None,
+    sha: str | None = None,
+    target_url: str | None = None,
+    env: Mapping[str, str] = os.environ,
+) -> Targets:
+    """The options of `invoke post` completed from the environment and checked; nothing is sent yet."""
+    t = Targets(
+        patchwork=patchwork or env.get("PATCHWORK_URL", ""),
+        gitlab=gitlab or env.get("CI_API_V4_URL", ""),
+        target_url=target_url or env.get("CI_JOB_URL", ""),
+    )
+    if not t.patchwork and not t.gitlab:
+        raise PostError("nothing to post to: give --patchwork/--gitlab or set PATCHWORK_URL / CI_API_V4_URL")
+    if t.patchwork:
+        t.patch_ids = [int_option("--patch", p) or 0 for p in patch]
+        if series_id:
+            t.series_id = int_option("--series-id", series_id)
+        elif env.get("PATCHWORK_SERIES", "").strip():
+            t.series_id = int_option("PATCHWORK_SERIES", env["PATCHWORK_SERIES"])
+    if t.gitlab:
+        t.project = project or env.get("CI_PROJECT_ID", "")
+        if not t.project:
+            raise PostError("gitlab: no project; give --project or set CI_PROJECT_ID")
+        t.sha = sha or env.get("CI_COMMIT_SHA", "")
+        t.ref = env.get("CI_COMMIT_REF_NAME", "")
+    return t
+
+
+def post_checks(
+    run: RunResult, t: Targets, pending: bool = False, progress: Callable[[str], None] | None = None
+) -> str:
+    """Patchwork's part of `invoke post`: the checks on the given patches (or the series' patches); one line
+    saying what was done. Without a patch to post on (PATCHWORK_URL is a project setting; a pipeline
+    for a series not from patchwork has none) nothing is sent and the line says so."""
+    ids = list(t.patch_ids)
+    if t.series_id and not ids:
+        ids = [int(p["id"]) for p in patchwork_series(t.patchwork, t.series_id).get("patches", [])]
+    if not ids:
+        return "patchwork: skipped: no patch to post on (give --patch or --series-id, or set PATCHWORK_SERIES)"
+    sent = post_patchwork(run, t.patchwork, ids, target_url=t.target_url, pending=pending, progress=progress)
+    return f"patchwork: {sum(p.sent for p in sent)} check(s) sent, {sum(not p.sent for p in sent)} unchanged"
+
+
+def post_statuses(
+    run: RunResult, t: Targets, pending: bool = False, progress: Callable[[str], None] | None = None
+) -> str:
+    """GitLab's part of `invoke post`: a commit status per kernel; one line saying what was done."""
+    sent = post_gitlab(
+        run, t.gitlab, t.project, t.sha, target_url=t.target_url, ref=t.ref, pending=pending, progress=progress
+    )
+    return f"gitlab: {sum(p.sent for p in sent)} status(es) sent, {sum(not p.sent for p in sent)} unchanged"

@@ -14,10 +14,10 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from . import interrupt, kernelsrc, provision
+from . import interrupt, kernelsrc, provision, report, verdict
 from .config import HostConfig, KernelConfig, Settings
 from .errors import ConfigError, InternalError, Interrupted, PipelineError
-from .fetch import sweep_run
+from .fetch import remove_worktree, sweep_run
 from .interrupt import stop_children
 from .results import (
     ApplyStatus,
@@ -458,10 +458,9 @@ def verify(
     lab_down: bool = False,
     progress=print,
     builds: str | None = None,
-    out=print,
-) -> RunResult:
-    """`builds`: a run (or results root) whose modules to deploy instead of building (reuse.py);
-    `out`: where the closing table and paths go (stderr when stdout carries --json)."""
+) -> Verified:
+    """`builds`: a run (or results root) whose modules to deploy instead of building (reuse.py). Once the run
+    has a directory, what cuts it short (Ctrl-C: `Interrupted`, an error) is kept in the `Verified`, not raised."""
     from .report import patchset_hash
     from .runlog import RunLog
     from .series import load_series
@@ -469,6 +468,8 @@ def verify(
     progress = RunLog(progress)
 
     until = until or "report"
+    if kernels and any(not str(k).strip() for k in kernels):
+        raise ConfigError(f"--kernel: empty kernel name; have {', '.join(k.name for k in settings.kernels)}")
     if jobs is not None and (not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1):
         raise ConfigError(f"--jobs {jobs!r}: expected an integer >= 1")
     if until not in STAGES:
@@ -496,6 +497,7 @@ def verify(
     ctx.save()
     rd.point_latest()
     progress(f"run {rd.run_id}: {rd.path}")
+    stopped: BaseException | None = None
     # remembers a Ctrl-C that a failing cleanup turned into another exception
     with progress.capture("paramiko"), interrupt.watch_sigint():
         lab_used = False
@@ -526,23 +528,43 @@ def verify(
             run.status = RunStatus.COMPLETE
         except KeyboardInterrupt:
             run.status = RunStatus.INTERRUPTED
-            raise Interrupted("interrupted; partial results in " + str(rd.path)) from None
+            stopped = Interrupted("interrupted; partial results in " + str(rd.path))
+        except BaseException as e:  # Verified.raise_if_stopped raises it, after the table is printed
+            stopped = e
         finally:
             run.finished = now_iso()
-            _finish(settings, run, rd.path, progress, out)
+            _finish(settings, run, rd.path, progress)
             if run.status is RunStatus.INTERRUPTED:
                 sweep_run(settings, run.run_id, progress)  # what a cut-short stage had half-created
             if lab_used and lab_down:
                 from . import lab
 
                 lab.down(settings, progress)
-    return run
+    return Verified(run, rd.path, stopped)
 
 
-def _finish(settings: Settings, run: RunResult, run_dir: Path, progress, out=print) -> None:
-    from . import report, verdict
-    from .fetch import remove_worktree
+@dataclasses.dataclass
+class Verified:
+    """How `verify` ended: the run, its directory and, when something cut it short, what did."""
 
+    run: RunResult
+    run_dir: Path
+    stopped: BaseException | None = None  # Interrupted (Ctrl-C), or the error that ended the run
+
+    def closing(self) -> str:
+        """The run's last words on the terminal: the table, where the summary and results are."""
+        lines = [report.format_table(self.run)]
+        if (self.run_dir / "summary.html").is_file():
+            lines.append(f"summary: {self.run_dir / 'summary.html'}")
+        lines.append(f"results: {self.run_dir / 'results.json'}")
+        return "\n".join(lines)
+
+    def raise_if_stopped(self) -> None:
+        if self.stopped is not None:
+            raise self.stopped
+
+
+def _finish(settings: Settings, run: RunResult, run_dir: Path, progress) -> None:
     verdict.apply_verdicts(run.kernels)
     try:
         report.write_reports(run, run_dir)  # before results.json: it fills series.patchset_hash
@@ -560,10 +582,6 @@ def _finish(settings: Settings, run: RunResult, run_dir: Path, progress, out=pri
     for k in run.kernels:
         if k.fetch.worktree:
             remove_worktree(settings, k.fetch.worktree, k.apply.branch, progress)
-    out(report.format_table(run))
-    if (run_dir / "summary.html").is_file():
-        out(f"summary: {run_dir / 'summary.html'}")
-    out(f"results: {run_dir / 'results.json'}")
 
 
 def exit_status(run: RunResult) -> tuple[int, str]:

@@ -6,6 +6,7 @@ and every path it names must stay inside the kernel tree.
 
 from __future__ import annotations
 
+import dataclasses
 import email
 import email.header
 import email.utils
@@ -17,6 +18,7 @@ from email.message import Message
 from pathlib import Path, PurePosixPath
 
 from .errors import PatchTooLarge, SeriesError, UnsafePatchPath
+from .report import patchset_hash
 from .results import PatchInfo, SeriesInfo
 
 MAX_PATCH_BYTES = 5 * 1024 * 1024  # far beyond any sane pciback series
@@ -298,3 +300,11 @@ def load_series(path: Path | str, name: str | None = None) -> SeriesInfo:
         raise SeriesError(f"{path}: no such series folder, mbox or patch file")
     revision = max(p.revision for p in patches)
     return SeriesInfo(name=series_name, revision=revision, source=str(path), patches=patches)
+
+
+def series_dict(s: SeriesInfo) -> dict:
+    """`invoke series.show --json`: the series without the patches' text, with its patchset hash."""
+    data = dataclasses.asdict(s)
+    for p in data["patches"]:
+        p.pop("text", None)
+    return {**data, "patchset_hash": s.patchset_hash or patchset_hash(s)}

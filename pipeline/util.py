@@ -1,13 +1,18 @@
 """Small helpers several modules share: the progress callback type and its no-op, the Jinja2
-environment for pipeline/templates, the host's state directory, XML-safe text."""
+environment for pipeline/templates, the host's state directory, XML-safe text, following a growing
+file, the HTTP retry policy."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import jinja2
+import requests
 
 from . import TEMPLATES
 
@@ -44,3 +49,39 @@ _CTRL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 def xmlsafe(value: Any) -> str:
     """The text without the control characters XML 1.0 cannot carry (junit.xml, KCIDB log excerpts)."""
     return _CTRL.sub("", str(value))
+
+
+def follow(path: Path, sleep: Callable[[float], None] = time.sleep, every_s: float = 0.5) -> Iterator[str]:
+    """The lines appended to `path` from now on, as they come (`tail -f`; ends only when the caller
+    stops, e.g. Ctrl-C). Nothing when the file does not exist."""
+    if not path.exists():
+        return
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        fh.seek(0, 2)
+        while True:
+            line = fh.readline()
+            if line:
+                yield line
+            else:
+                sleep(every_s)
+
+
+# HTTP to patchwork and GitLab (intake.py, post.py)
+RETRIES = 4  # attempts on 429 / 5xx / connection errors, with backoff
+BACKOFF_S = 1.0  # first wait; doubles; a Retry-After up to RETRY_AFTER_MAX_S is honoured instead
+RETRY_AFTER_MAX_S = 30.0
+
+
+def origin(url: str) -> tuple[str, str, int]:
+    """scheme, host, port of a URL (the default port made explicit)."""
+    u = urllib.parse.urlsplit(url)
+    port = u.port or {"http": 80, "https": 443}.get(u.scheme, 0)
+    return u.scheme.lower(), (u.hostname or "").lower(), port
+
+
+def retry_after(resp: requests.Response, default: float) -> float:
+    """The wait a 429/5xx answer asks for (Retry-After, at most RETRY_AFTER_MAX_S), else `default`."""
+    try:
+        return min(float(resp.headers.get("Retry-After", "")), RETRY_AFTER_MAX_S)
+    except ValueError:
+        return default

@@ -99,3 +99,25 @@ def test_a_key_with_a_line_break_stays_a_one_line_error():
     with pytest.raises(UnknownConfigKey) as e:
         load_settings(data={"\n": 1})
     assert "\n" not in e.value.message and "pv.'\\n': unknown key" in e.value.message
+
+
+@pytest.mark.parametrize("value, expected", [(None, None), ("3", 3), (" 12 ", 12), (7, 7)])
+def test_int_option_reads_integers(value, expected):
+    from pipeline.config import int_option
+
+    assert int_option("--jobs", value) == expected
+
+
+@pytest.mark.parametrize("value", ["two", "0", "-3", "1e3", "", " "])
+def test_int_option_refuses_the_rest_naming_the_option(value):
+    from pipeline.config import int_option
+
+    with pytest.raises(ConfigError, match=rf"^--lines {value!r}: expected an integer >= 1$"):
+        int_option("--lines", value)
+
+
+def test_settings_to_dict_names_the_matrix_kernels():
+    s = load_settings(_project_config())
+    data = s.to_dict()
+    assert data["kernels"] == ["debian-6.1", "debian-6.1-prefix"]
+    assert data["matrix"] == "default" and data["hosts"]["lab"]["lab"] is True

@@ -36,7 +36,9 @@ def settings(tmp_path_factory):
 
 def test_7_2_prefix_needs_a_backport_named_by_file_and_hunk(settings):
     said: list[str] = []
-    run = verify(settings, kernels=["debian-7.2-prefix"], until="build", progress=said.append, out=lambda *_: None)
+    done = verify(settings, kernels=["debian-7.2-prefix"], until="build", progress=said.append)
+    done.raise_if_stopped()
+    run = done.run
     (k,) = run.kernels
     print("\n".join(said), file=sys.stderr)
     assert k.apply.status == "conflict"

@@ -150,3 +150,37 @@ def test_patchwork_poll_returns_each_revision_once(httpserver):
     assert [(s["id"], s["version"]) for s in new] == [(4711, 2)]
     assert patchwork_new_series(base, "xen-devel", seen={"4600:v1", "4711:v2"}) == []
     json.dumps(new)  # serialisable for the CI state file
+
+
+def test_fetch_series_puts_a_patchwork_series_under_the_cache(httpserver, tmp_path):
+    from pipeline.config import Settings
+    from pipeline.intake import fetch_series
+
+    base = httpserver.url_for("").rstrip("/")
+    httpserver.expect_request("/api/1.2/series/4711/").respond_with_json(
+        _series_json(base, 4711, 2, [(12345, "pciback-reconfigure-v2@suse.com")])
+    )
+    httpserver.expect_request("/series/4711/mbox/").respond_with_data(THREAD.read_text(), content_type="text/plain")
+    settings = Settings(cache_dir=str(tmp_path / "cache"))
+    got = fetch_series(settings, patchwork=base, series_id=" 4711")
+    assert got.mbox == tmp_path / "cache/intake/pw-4711/patchwork-4711-v2.mbox"
+    got = fetch_series(settings, patchwork=base, series_id="4711", out=str(tmp_path / "here"))
+    assert got.mbox.parent == tmp_path / "here"
+
+
+def test_fetch_series_needs_a_msgid_or_a_patchwork_series(tmp_path):
+    from pipeline.config import Settings
+    from pipeline.errors import ConfigError
+    from pipeline.intake import fetch_series
+
+    with pytest.raises(SeriesError, match=r"^give --msgid, or --patchwork with --series-id$"):
+        fetch_series(Settings(), patchwork="http://127.0.0.1:9")
+    with pytest.raises(ConfigError, match=r"^--series-id '1e3': expected an integer >= 1$"):
+        fetch_series(Settings(), patchwork="http://127.0.0.1:9", series_id="1e3")
+
+
+def test_intake_summary_names_the_other_revisions():
+    from pipeline.intake import Intake
+
+    assert Intake(Path("x"), "lore:x", 2, [1, 2], name="s").summary() == "s: v2 (also in the thread: v1)"
+    assert Intake(Path("x"), "lore:x", 1, [1], name="s").summary() == "s: v1"

@@ -220,3 +220,86 @@ def test_gitlab_missing_token(monkeypatch):
     monkeypatch.delenv("CI_JOB_TOKEN", raising=False)
     with pytest.raises(PostError, match="GITLAB_TOKEN or CI_JOB_TOKEN"):
         post_gitlab(sample_run(), "http://127.0.0.1:9", "1", "a" * 40)
+
+
+# ------------------------------------------------------------------- invoke post: targets
+
+
+def test_targets_come_from_the_ci_environment_when_not_given():
+    from pipeline.post import targets
+
+    env = {
+        "PATCHWORK_URL": "https://pw.example.org",
+        "PATCHWORK_SERIES": "4711",
+        "CI_API_V4_URL": "https://gitlab.example.org/api/v4",
+        "CI_PROJECT_ID": "12",
+        "CI_COMMIT_SHA": "a" * 40,
+        "CI_COMMIT_REF_NAME": "main",
+        "CI_JOB_URL": "https://gitlab.example.org/jobs/9",
+    }
+    t = targets(env=env)
+    assert (t.patchwork, t.patch_ids, t.series_id) == ("https://pw.example.org", [], 4711)
+    assert (t.gitlab, t.project, t.sha, t.ref) == ("https://gitlab.example.org/api/v4", "12", "a" * 40, "main")
+    assert t.target_url == "https://gitlab.example.org/jobs/9"
+    # options win over the environment
+    t = targets(patchwork="http://127.0.0.1:9", patch=["5", " 6"], series_id="7", project="p", sha="b" * 40, env=env)
+    assert (t.patchwork, t.patch_ids, t.series_id, t.project, t.sha) == ("http://127.0.0.1:9", [5, 6], 7, "p", "b" * 40)
+
+
+def test_targets_without_a_series_leave_patchwork_nothing_to_post_on():
+    """PATCHWORK_URL is a project setting: set, with no series (an empty CI variable is unset), it is no error."""
+    from pipeline.post import targets
+
+    for series in ("", "  "):
+        t = targets(env={"PATCHWORK_URL": "https://pw.example.org", "PATCHWORK_SERIES": series})
+        assert (t.patchwork, t.patch_ids, t.series_id, t.gitlab) == ("https://pw.example.org", [], None, "")
+
+
+@pytest.mark.parametrize(
+    "kwargs, env, message",
+    [
+        ({}, {}, "nothing to post to: give --patchwork/--gitlab or set PATCHWORK_URL / CI_API_V4_URL"),
+        ({"patchwork": "http://x", "patch": ["12a"]}, {}, "--patch '12a': expected an integer >= 1"),
+        ({"patchwork": "http://x", "series_id": "x"}, {}, "--series-id 'x': expected an integer >= 1"),
+        ({}, {"PATCHWORK_URL": "http://x", "PATCHWORK_SERIES": "v2"}, "PATCHWORK_SERIES 'v2': expected an integer"),
+        ({"gitlab": "http://x"}, {}, "gitlab: no project; give --project or set CI_PROJECT_ID"),
+    ],
+)
+def test_targets_refuse_with_one_line(kwargs, env, message):
+    from pipeline.errors import PipelineError
+    from pipeline.post import targets
+
+    with pytest.raises(PipelineError) as e:
+        targets(**kwargs, env=env)
+    assert e.value.message.startswith(message)
+
+
+def test_post_checks_without_a_patch_asks_nothing(httpserver):
+    from pipeline.post import Targets, post_checks
+
+    line = post_checks(sample_run(), Targets(patchwork=httpserver.url_for("/")))
+    assert line == "patchwork: skipped: no patch to post on (give --patch or --series-id, or set PATCHWORK_SERIES)"
+    assert httpserver.log == []
+
+
+def test_post_checks_on_the_series_patches(pw, httpserver):
+    from pipeline.post import Targets, post_checks
+
+    httpserver.expect_request("/api/1.2/series/4711/").respond_with_json({"id": 4711, "patches": [{"id": 1001}]})
+    run = sample_run()
+    assert post_checks(run, Targets(patchwork=pw.base, series_id=4711)) == "patchwork: 4 check(s) sent, 0 unchanged"
+    assert {pid for pid, _, _ in pw.posts} == {1001}
+    # --patch wins over the series; a repeat sends nothing
+    assert post_checks(run, Targets(patchwork=pw.base, patch_ids=[1001], series_id=4711)) == (
+        "patchwork: 0 check(s) sent, 4 unchanged"
+    )
+
+
+def test_post_statuses_says_what_was_sent(httpserver, monkeypatch):
+    from pipeline.post import Targets, post_statuses
+
+    monkeypatch.setenv("GITLAB_TOKEN", GL_TOKEN)
+    gl = FakeGitLab(httpserver)
+    t = Targets(gitlab=gl.base + "/api/v4", project="xen/pciback-verify", sha="a" * 40, ref="main")
+    assert post_statuses(sample_run(), t) == "gitlab: 4 status(es) sent, 0 unchanged"
+    assert post_statuses(sample_run(), t, pending=True) == "gitlab: 0 status(es) sent, 4 unchanged"

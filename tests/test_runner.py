@@ -66,3 +66,41 @@ def test_host_refused_in_preflight_has_its_own_code(reason, code, tmp_path):
 
 def test_interrupted_run_is_not_success():
     assert exit_status(_run(KernelResult(name="a"), status="interrupted"))[0] == 1
+
+
+def test_verified_closing_is_the_table_then_where_the_results_are(tmp_path):
+    from sample_runs import sample_run
+
+    from pipeline.report import format_table
+    from pipeline.runner import Verified
+
+    run = sample_run()
+    done = Verified(run, tmp_path)
+    assert done.closing() == format_table(run) + f"\nresults: {tmp_path / 'results.json'}"
+    (tmp_path / "summary.html").write_text("<html></html>")
+    assert done.closing().splitlines()[-2:] == [
+        f"summary: {tmp_path / 'summary.html'}",
+        f"results: {tmp_path / 'results.json'}",
+    ]
+    done.raise_if_stopped()  # a run that ended by itself
+
+
+def test_verified_raises_what_stopped_the_run_as_it_came(tmp_path):
+    from pipeline.errors import Interrupted
+    from pipeline.runner import Verified
+
+    stopped = Interrupted(f"interrupted; partial results in {tmp_path}")
+    with pytest.raises(Interrupted) as e:
+        Verified(RunResult(run_id="r", status="interrupted"), tmp_path, stopped).raise_if_stopped()
+    assert e.value is stopped
+
+
+def test_verify_refuses_an_empty_kernel_name_before_a_run_directory(tmp_path):
+    from pipeline.config import KernelConfig, Settings
+    from pipeline.errors import ConfigError
+    from pipeline.runner import verify
+
+    settings = Settings(results_root=str(tmp_path / "runs"), matrices={"default": [KernelConfig("a", "r", "a")]})
+    with pytest.raises(ConfigError, match=r"^--kernel: empty kernel name; have a$"):
+        verify(settings, kernels=[" "])
+    assert not (tmp_path / "runs").exists()

@@ -115,3 +115,14 @@ def test_nul_bytes_and_missing_paths(tmp_path):
     (d / "series").write_text("../../etc/passwd\n")
     with pytest.raises(SeriesError, match="outside the series folder"):
         load_series(d)
+
+
+def test_series_dict_leaves_the_patch_text_out_and_names_the_patchset():
+    from pipeline.report import patchset_hash
+    from pipeline.series import series_dict
+
+    s = load_series(PROJECT_ROOT / "patches/xen-pciback-reconfigure")
+    data = series_dict(s)
+    assert data["name"] == s.name and len(data["patches"]) == len(s.patches)
+    assert all("text" not in p for p in data["patches"])
+    assert data["patchset_hash"] == patchset_hash(s)
