@@ -211,3 +211,23 @@ def sample_run(revision: int = 1, run_id: str = "20250101T000000-1") -> RunResul
     )
     apply_verdicts(run.kernels)
     return run
+
+
+def build_only_run(run_id: str = "20250101T010000-2") -> RunResult:
+    """The debian pair run `--until build` (CI's build job): built, no host, no test."""
+    from pipeline.verdict import apply_verdicts
+
+    kernels = [k_upstream(), k_prefix()]
+    for k in kernels:
+        k.deploy, k.tests = [], []
+    run = RunResult(
+        run_id=run_id,
+        status="complete",
+        started="2025-01-01T01:00:00+00:00",
+        finished="2025-01-01T01:02:00+00:00",
+        until="build",
+        series=series(2),
+        kernels=kernels,
+    )
+    apply_verdicts(run.kernels)
+    return run
