@@ -313,7 +313,7 @@ def lab_status(c, probe=True):
     s = lab.status(_settings(c), probe=probe)
     if s.running:
         print(
-            f"running: pid {s.pid}, port {s.port}, up {s.uptime_s:.0f}s, kernel {s.kernel_release}, ssh {'ok' if s.ssh_ok else 'no'} {s.detail}".rstrip()
+            f"running: pid {s.pid} (QEMU {s.qemu}), port {s.port}, up {s.uptime_s:.0f}s, kernel {s.kernel_release}, ssh {'ok' if s.ssh_ok else 'no'} {s.detail}".rstrip()
         )
     else:
         print(

@@ -42,16 +42,17 @@ class Dist:
 DISTS = {
     "bullseye": Dist("bullseye", ("bullseye",), ("bullseye-security",)),
     "bookworm": Dist("bookworm", ("bookworm", "bookworm-updates"), ("bookworm-security",)),
+    "bookworm-backports": Dist("bookworm-backports", ("bookworm-backports",)),  # the lab's QEMU 10
     "sid": Dist("sid", ("sid",)),
 }
 
 
 def mirrors(settings: Settings) -> tuple[str, str, str]:
     """(main archive, security archive, keyring) from the host's apt configuration, as the lab picks them."""
-    from . import lab
+    from .lab.recipe import host_apt_entries, resolve_mirror  # not the package: its QEMU part uses this module
 
-    entries = lab.host_apt_entries()
-    main = lab.resolve_mirror(settings, entries).rstrip("/")
+    entries = host_apt_entries()
+    main = resolve_mirror(settings, entries).rstrip("/")
     security = next((e.uri for e in entries if any(s.endswith("-security") for s in e.suites)), DEFAULT_SECURITY)
     keyring = next((e.signed_by for e in entries if e.signed_by.startswith("/")), KEYRING)
     return main, security.rstrip("/"), keyring

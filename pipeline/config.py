@@ -19,6 +19,8 @@ from . import PROJECT_ROOT
 from .errors import ConfigError, UnknownConfigKey
 
 BUILD_MODES = ("headers", "full")
+# the names of pipeline/lab/emulator.py's EMULATORS (that module needs config: named here, checked by a test)
+LAB_QEMU_BUILDS = ("system", "10.0")
 
 
 @dataclass
@@ -71,6 +73,7 @@ class LabConfig:
     smp: int = 2
     boot_timeout_s: int = 300
     mirror: str = "auto"  # Debian mirror for debootstrap; auto: the host's apt configuration
+    qemu: str = "system"  # the QEMU build that runs the lab: pipeline/lab/emulator.py EMULATORS
 
 
 @dataclass
@@ -278,6 +281,8 @@ def load_settings(config: Any = None, data: dict | None = None, matrix: str | No
     from .redact import register
 
     register(settings.secret_env)
+    if settings.lab.qemu not in LAB_QEMU_BUILDS:
+        validator.fail("pv.lab.qemu", f"expected one of {', '.join(LAB_QEMU_BUILDS)}, got {settings.lab.qemu!r}")
     if settings.jobs < 1:
         validator.fail("pv.jobs", f"expected an integer >= 1, got {settings.jobs}")
     from .verdict import SEVERITY

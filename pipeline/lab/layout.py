@@ -7,6 +7,7 @@
     manifest.json        what was built from which inputs (see image.build())
     build.log            every command of the last build and its output
     qemu.pid, qmp.sock, console.log, state.json   the running lab
+    qemu.log             QEMU's own warnings and errors (stderr) and its guest-error/NVMe-error traces
     last_port            SSH port of the last boot, taken again when free
     lock                 flock: one lab command (build/up/down) at a time across processes
     debs/                debootstrap's download cache
@@ -99,6 +100,10 @@ class LabPaths:
     @property
     def console(self) -> Path:
         return self.dir / "console.log"
+
+    @property
+    def qemu_log(self) -> Path:
+        return self.dir / "qemu.log"
 
     @property
     def state(self) -> Path:

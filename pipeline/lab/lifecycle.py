@@ -16,6 +16,7 @@ from ..config import HostConfig, Settings
 from ..errors import LabError
 from ..results import atomic_write_text, now_iso, timed
 from ..util import noprogress as _quiet
+from .emulator import ensure as ensure_qemu
 from .image import build
 from .layout import Progress, du, is_built, kernel_release, locked, paths, read_state, tail
 from .qemu import cleanup_stale, free_port, is_our_qemu, kill, last_port, our_pid, qemu_argv, qmp_command, wait_gone
@@ -32,6 +33,7 @@ class LabStatus:
     ssh_ok: bool = False
     built: bool = False
     detail: str = ""
+    qemu: str = ""  # the running QEMU's build and version ("system 7.2.19 (Debian ...)")
 
 
 def write_known_hosts(settings: Settings, port: int) -> Path:
@@ -84,6 +86,12 @@ def _up(settings: Settings, progress: Progress = _quiet) -> HostConfig:
         raise LabError("the lab is not built: run `invoke lab.build`")
     pid = our_pid(p)
     state = read_state(p)
+    if pid and state.get("port") and state.get("qemu", "system") != settings.lab.qemu:
+        progress(
+            f"lab: running on QEMU {state.get('qemu', 'system')!r}, pv.lab.qemu asks {settings.lab.qemu!r}: restarting"
+        )
+        _down(settings, progress)
+        pid, state = 0, read_state(p)
     if pid and state.get("port"):
         host = host_config(settings)
         write_known_hosts(settings, host.port)
@@ -98,17 +106,21 @@ def _up(settings: Settings, progress: Progress = _quiet) -> HostConfig:
         progress("lab: removing the stale pid file / QMP socket of a QEMU that is gone")
     cleanup_stale(p)
 
+    qemu = ensure_qemu(settings, progress)
     last_err = ""
     for _attempt in range(3):  # the port may be taken between probing and QEMU's bind
         # the previous port when free: known_hosts and HostConfigs held elsewhere stay valid
         port = free_port(int(state.get("port") or last_port(p)))
         write_known_hosts(settings, port)
-        if p.console.exists():
-            os.replace(p.console, p.dir / "console.log.1")
-        argv = qemu_argv(settings, port)
+        for log in (p.console, p.qemu_log):
+            if log.exists():
+                os.replace(log, log.with_name(log.name + ".1"))
+        argv = qemu_argv(settings, port, qemu)
         t0 = time.time()
-        progress(f"lab: starting QEMU (TCG, {settings.lab.memory}, SSH on 127.0.0.1:{port})")
-        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+        progress(f"lab: starting QEMU {qemu.version.split()[0]} (TCG, {settings.lab.memory}, SSH on 127.0.0.1:{port})")
+        # stderr appends to qemu.log (which -D also writes): it outlives -daemonize's parent
+        with open(p.qemu_log, "ab") as err:
+            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err, check=False)
         if proc.returncode == 0:
             pid = our_pid(p)
             if not pid:
@@ -117,12 +129,21 @@ def _up(settings: Settings, progress: Progress = _quiet) -> HostConfig:
             atomic_write_text(
                 p.state,
                 json.dumps(
-                    {"pid": pid, "port": port, "started": now_iso(), "started_epoch": t0, "argv": argv}, indent=1
+                    {
+                        "pid": pid,
+                        "port": port,
+                        "started": now_iso(),
+                        "started_epoch": t0,
+                        "argv": argv,
+                        "qemu": qemu.name,
+                        "qemu_version": qemu.version,
+                    },
+                    indent=1,
                 )
                 + "\n",
             )
             return _wait_ready(settings, pid, t0, progress)
-        last_err = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"
+        last_err = tail(p.qemu_log, 1) or f"exit {proc.returncode}"
         cleanup_stale(p)
         if "hostfwd" not in last_err and "Could not set up host forwarding" not in last_err:
             break
@@ -203,6 +224,7 @@ def status(settings: Settings, probe: bool = True) -> LabStatus:
     st = read_state(p)
     uptime = time.time() - float(st.get("started_epoch", time.time()))
     s = LabStatus(True, pid=pid, port=int(st.get("port") or 0), uptime_s=uptime, kernel_release=release, built=built)
+    s.qemu = f"{st.get('qemu', 'system')} {st.get('qemu_version', '')}".strip()
     if probe and s.port:
         got = _ready(host_config(settings))
         s.ssh_ok = bool(got)

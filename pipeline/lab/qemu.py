@@ -14,6 +14,7 @@ from typing import Any
 
 from ..config import Settings
 from ..errors import LabError
+from .emulator import QemuBin
 from .layout import LabPaths, paths
 
 # Xen: smap=0 avoids the dom0 #PF crash loop under TCG's -cpu max (lab README, traps).
@@ -25,8 +26,9 @@ DOM0_ARGS = "root=/dev/vda rw console=hvc0 earlyprintk=xen net.ifnames=0"
 QEMU = "qemu-system-x86_64"
 
 
-def qemu_argv(settings: Settings, port: int) -> list[str]:
-    """QEMU's command line for the lab (reference: ../shared/lab/reference/run-xen.sh)."""
+def qemu_argv(settings: Settings, port: int, qemu: QemuBin | None = None) -> list[str]:
+    """QEMU's command line for the lab (reference: ../shared/lab/reference/run-xen.sh); `qemu`: the
+    build to run (emulator.ensure), else the system's binary found on PATH."""
     p = paths(settings)
     vfs = settings.lab.vfs
     # inside -initrd a comma separates modules: a comma within an argument is written ",,"
@@ -37,7 +39,7 @@ def qemu_argv(settings: Settings, port: int) -> list[str]:
         f"sriov_vq_flexible={2 * vfs},sriov_vi_flexible={vfs},max_ioqpairs={2 * vfs + 4},msix_qsize={vfs + 5}"
     )
     return [
-        QEMU,
+        *(qemu.argv() if qemu else [QEMU]),
         "-name", "pciback-verify-lab",
         "-accel", "tcg,thread=multi",
         "-cpu", "max",
@@ -47,6 +49,11 @@ def qemu_argv(settings: Settings, port: int) -> list[str]:
         "-device", "intel-iommu,intremap=on",
         "-display", "none",
         "-serial", f"file:{p.console}",
+        # QEMU's complaints about the guest (bad DMA, NVMe protocol errors) in qemu.log; with -D
+        # given, -daemonize keeps stderr (the same file, lifecycle.up) for QEMU's own warnings
+        "-D", str(p.qemu_log),
+        "-d", "guest_errors",
+        "-trace", "enable=pci_nvme_err*",
         "-qmp", f"unix:{p.qmp},server=on,wait=off",
         "-pidfile", str(p.pidfile),
         "-daemonize",

@@ -1,0 +1,138 @@
+"""The QEMU builds the lab can run, selected by `pv.lab.qemu`.
+
+`system`: the qemu-system-x86 apt installed (7.2 on Debian 12). `10.0`: bookworm-backports'
+10.0.x, downloaded with the project-private apt (aptfetch) into `<cache>/qemu-<version>/` and
+extracted, never installed: the system keeps its own QEMU, so both can be measured in one run
+(bench/lab_health.py). A new build is one more entry in EMULATORS.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+from ..config import Settings
+from ..errors import ConfigError, LabError
+from ..results import atomic_write_text
+from .layout import Progress
+
+BINARY = "qemu-system-x86_64"
+
+
+@dataclass(frozen=True)
+class QemuBin:
+    """One runnable QEMU: its binary, the firmware directories it needs (-L) and its version line."""
+
+    name: str
+    binary: str
+    data_dirs: tuple[str, ...] = ()
+    version: str = ""  # "10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)"
+
+    def argv(self) -> list[str]:
+        out = [self.binary]
+        for d in self.data_dirs:
+            out += ["-L", d]
+        return out
+
+
+def _version(binary: str) -> str:
+    try:
+        proc = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise LabError(f"{binary} --version: {e}") from e
+    first = proc.stdout.strip().splitlines()[0] if proc.stdout.strip() else ""
+    if proc.returncode or not first.startswith("QEMU emulator version "):
+        raise LabError(f"{binary} --version: exit {proc.returncode}: {(proc.stderr or proc.stdout).strip()[-200:]}")
+    return first.removeprefix("QEMU emulator version ")
+
+
+class Emulator:
+    name = ""
+    summary = ""
+
+    def ensure(self, settings: Settings, progress: Progress) -> QemuBin:
+        raise NotImplementedError
+
+
+class SystemQemu(Emulator):
+    name = "system"
+    summary = "the system's qemu-system-x86 (apt; 7.2 on Debian 12)"
+
+    def ensure(self, settings: Settings, progress: Progress) -> QemuBin:
+        binary = shutil.which(BINARY)
+        if not binary:
+            raise LabError(f"{BINARY} not found: install qemu-system-x86 (./pv does)")
+        return QemuBin(self.name, binary, (), _version(binary))
+
+
+@dataclass(frozen=True)
+class Pinned:
+    package: str
+    prefix: str = ""  # newest version starting with this; "" for the newest in the suite
+
+
+class BackportQemu(Emulator):
+    """A QEMU of another suite, downloaded and extracted under the cache."""
+
+    def __init__(self, name: str, dist: str, packages: tuple[Pinned, ...], summary: str):
+        self.name = name
+        self.dist = dist
+        self.packages = packages
+        self.summary = summary
+
+    def _pick(self, apt, pin: Pinned):
+        hits = [p for p in apt.versions(pin.package) if p.version.startswith(pin.prefix)]
+        if not hits:
+            raise LabError(f"{pin.package} {pin.prefix or ''}*: not in {self.dist} (it left the archive?)")
+        return hits[0]
+
+    def ensure(self, settings: Settings, progress: Progress) -> QemuBin:
+        from ..aptfetch import AptDir, extract
+
+        apt = AptDir(settings, self.dist)
+        apt.ensure_lists(progress=progress)
+        pkgs = [self._pick(apt, pin) for pin in self.packages]
+        root = settings.path(settings.cache_dir) / f"qemu-{pkgs[0].version.split(':')[-1]}"
+        stamp = root / ".extracted"
+        want = "".join(f"{p.name} {p.version}\n" for p in pkgs)
+        if not (stamp.exists() and stamp.read_text() == want):
+            progress(f"lab: fetching QEMU {pkgs[0].version} from {self.dist} into {root}")
+            tmp = root.with_name(root.name + ".partial")
+            shutil.rmtree(tmp, ignore_errors=True)
+            for p in pkgs:
+                extract(apt.download(p.name, p.version, progress), tmp)
+            atomic_write_text(tmp / ".extracted", want)
+            shutil.rmtree(root, ignore_errors=True)
+            os.replace(tmp, root)
+        binary = root / "usr/bin" / BINARY
+        # its own firmware first (the packages' symlinks point at the system's ipxe ROMs,
+        # found through QEMU's default firmware path)
+        dirs = tuple(str(d) for d in (root / "usr/share/qemu", root / "usr/share/seabios") if d.is_dir())
+        return QemuBin(self.name, str(binary), dirs, _version(str(binary)))
+
+
+EMULATORS: dict[str, Emulator] = {
+    e.name: e
+    for e in (
+        SystemQemu(),
+        BackportQemu(
+            "10.0",
+            "bookworm-backports",
+            (Pinned("qemu-system-x86", "1:10.0."), Pinned("qemu-system-data", "1:10.0."), Pinned("seabios")),
+            "QEMU 10.0 from bookworm-backports, extracted under the cache",
+        ),
+    )
+}
+
+
+def emulator(settings: Settings) -> Emulator:
+    try:
+        return EMULATORS[settings.lab.qemu]
+    except KeyError:
+        raise ConfigError(f"pv.lab.qemu {settings.lab.qemu!r}: expected one of {', '.join(EMULATORS)}") from None
+
+
+def ensure(settings: Settings, progress: Progress) -> QemuBin:
+    return emulator(settings).ensure(settings, progress)
