@@ -156,6 +156,11 @@ def pf_numvfs(host: Host) -> int | None:
     return int(text.strip() or 0) if text is not None else None
 
 
+def pf_autoprobe(host: Host) -> str | None:
+    text = host.read_text(f"/sys/bus/pci/devices/{host.config.pf_bdf}/sriov_drivers_autoprobe")
+    return text.strip() if text is not None else None
+
+
 def recover(host: Host, progress: Progress = _noprogress) -> str | None:
     """Put a host back that an earlier run left modified (its marker file exists); None when clean.
 
@@ -181,6 +186,11 @@ def _recover(host: Host, progress: Progress) -> str | None:
         f"since {marker.get('since', '?')}); restoring it first"
     )
     destroy_test_domains(host, progress)
+    # the VF pool turns autoprobe off while its VFs exist; restored first, so VFs made again bind as before
+    probe = marker.get("autoprobe")
+    if probe in ("0", "1") and pf_autoprobe(host) not in (None, probe):
+        host.write_sysfs(f"/sys/bus/pci/devices/{host.config.pf_bdf}/sriov_drivers_autoprobe", probe)
+        progress(f"{host.name}: sriov_drivers_autoprobe of {host.config.pf_bdf} back to {probe}")
     want = marker.get("numvfs")
     now = pf_numvfs(host)
     if isinstance(want, int) and now is not None and now != want:
@@ -364,6 +374,7 @@ def deploy(host: Host, module_path: Path, srcversion: str, progress: Progress = 
                         "module": staged,
                         "since": now_iso(),
                         "numvfs": pf_numvfs(host),
+                        "autoprobe": pf_autoprobe(host),
                         "assignable": assignable_devices(host),
                     }
                 )

@@ -80,6 +80,7 @@ class VfPool:
         self.added: list[str] = []
         self.changed_numvfs = False
         self.changed_autoprobe = False
+        self.overrides: dict[str, str] = {}  # VF -> driver_override before we set it ("(null)": none)
         self.teardown_failures: list[str] = []  # every failed teardown attempt, also when a later one worked
         self.teardown_ok = True
         self.teardown_raised = ""  # the HostError message teardown raised, if it did
@@ -126,10 +127,12 @@ class VfPool:
                 f"PF {h.config.pf_bdf} has {start.numvfs} VF(s) already, the test needs {self.n}; "
                 "existing VFs are never recreated"
             )
-        if start.autoprobe != "1":
-            self.changed_autoprobe = True
-            h.write_sysfs(f"{self.pf}/sriov_drivers_autoprobe", "1")  # else pciback binding fails (ENODEV)
         if not start.numvfs:
+            # VFs are born unbound (no autoprobe) and go to pciback alone (driver_override):
+            # no dom0 driver (nvme) sets a VF up and fails on it before the guest gets it
+            if start.autoprobe != "0":
+                self.changed_autoprobe = True
+                h.write_sysfs(f"{self.pf}/sriov_drivers_autoprobe", "0")
             self.changed_numvfs = True
             self.progress(f"{h.name}: creating {self.n} VF(s) on {h.config.pf_bdf} ({start.driver})")
             h.write_sysfs(f"{self.pf}/sriov_numvfs", str(self.n))
@@ -141,6 +144,11 @@ class VfPool:
         for bdf in self.bdfs:
             if bdf in held or sriov.short(bdf) in held:
                 continue
+            override = f"{sriov.pf_path(bdf)}/driver_override"
+            before = (h.read_text(override) or "(null)").strip()
+            if before != sriov.PCIBACK_DRIVER:
+                self.overrides[bdf] = before  # first: a Ctrl-C right after the write must still undo it
+                h.write_sysfs(override, sriov.PCIBACK_DRIVER)  # probing allowed without autoprobe
             self.added.append(bdf)  # first: a Ctrl-C right after the add must still undo it
             h.run(["xl", "pci-assignable-add", bdf], timeout=120)
 
@@ -148,11 +156,25 @@ class VfPool:
         """Undo setup. Every failure is kept in `teardown_failures`; raises when the VFs are not back."""
         h = self.host
         errors = []
+        held = self._held_by_a_domain()
+        if held:
+            # removing a VF a domain still uses leaves its DMA pointed at a device that is gone
+            # (pciback: "removing device ... while still in-use"): left as is for recovery
+            self.teardown_ok = False
+            self.teardown_raised = f"{h.name}: VF teardown: {held}; VFs left in place for the next run's recovery"
+            self.teardown_failures.append(self.teardown_raised)
+            raise HostError(self.teardown_raised)
         for bdf in reversed(self.added):
             rc, _, err = h.run(["xl", "pci-assignable-remove", bdf], check=False, timeout=120)
             if rc:
                 errors.append(f"pci-assignable-remove {bdf}: {err.strip()}")
         self.added = []
+        for bdf, before in list(self.overrides.items()):
+            try:
+                h.write_sysfs(f"{sriov.pf_path(bdf)}/driver_override", "" if before == "(null)" else before)
+            except HostError as e:
+                errors.append(f"driver_override of {bdf}: {e.message}")
+            del self.overrides[bdf]
         self.teardown_failures += errors
         for attempt in range(1, TEARDOWN_ATTEMPTS + 1):
             try:
@@ -178,6 +200,21 @@ class VfPool:
         if errors:
             self.teardown_raised = f"{h.name}: VF teardown: {'; '.join(errors)}"
             raise HostError(self.teardown_raised)
+
+    def _held_by_a_domain(self, wait_s: float = 60.0) -> str:
+        """'' when no live domain holds one of our VFs, waiting up to `wait_s` for a dying one."""
+        ours = {sriov.long(b) for b in self.bdfs}
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                used = {b: d for b, d in sriov.domain_devices(self.host).items() if sriov.long(b) in ours}
+            except HostError:
+                return ""  # cannot tell: the teardown itself will report what fails
+            if not used:
+                return ""
+            if time.monotonic() >= deadline:
+                return "still used by " + ", ".join(f"{d} ({b})" for b, d in sorted(used.items()))
+            time.sleep(2)
 
     def _restore_numvfs(self) -> None:
         h = self.host
