@@ -184,6 +184,7 @@ class Toolstack:
     xen_version: str = ""  # hypervisor, `xl info` xen_version (4.17.6-pre)
     xl_version: str = ""  # the xl/libxl build: Debian package version of xen-utils-X.Y, else the hypervisor's X.Y
     dom0_kernel: str = ""  # `xl info` release
+    machine: str = ""  # DMI vendor, product, version: "QEMU Standard PC (Q35 + ICH9, 2009) pc-q35-10.0" in the lab
     detail: str = ""  # why a field is empty
 
 

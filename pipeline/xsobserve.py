@@ -176,6 +176,9 @@ def toolstack(host: Host) -> Toolstack:
         else:
             ts.xl_version = f"{major}.{minor}" if major else ""
             ts.detail = "xl/libxl version from the hypervisor's (no xen-utils package found)"
+    # the machine as its firmware names it; under the lab, QEMU's machine type carries QEMU's version
+    dmi = [host.read_text(f"/sys/class/dmi/id/{f}") for f in ("sys_vendor", "product_name", "product_version")]
+    ts.machine = " ".join(v.strip() for v in dmi if v and v.strip())
     _TOOLSTACKS[host] = ts
     return ts
 
