@@ -62,9 +62,37 @@ def pytest_runtest_makereport(item, call):
         item.pv_failed = True
 
 
+def _revive_the_lab(request, when: str) -> None:
+    """A lab whose QEMU died (issue 13: QEMU 7.2 segfaults now and then) is booted again, said
+    loudly, so one crash fails the test it happened in and not every lab test after it."""
+    if "lab_host" not in request.fixturenames or _LabBoot.host is None:
+        return
+    import dataclasses
+
+    from pipeline import lab
+    from pipeline.config import project_settings
+
+    settings = project_settings()
+    if lab.status(settings, probe=False).running:
+        return
+    qemu_log = lab.paths(settings).qemu_log
+    last = qemu_log.read_text(errors="replace").strip().splitlines()[-3:] if qemu_log.exists() else []
+    print(
+        f"\nLAB FAULT {when} {request.node.nodeid}: QEMU is gone (qemu.log: {' | '.join(last) or '-'}; "
+        f"console: {lab.console_tail(settings, 2)!r}); booting it again",
+        file=sys.stderr,
+        flush=True,
+    )
+    host = lab.up(settings, _lab_progress)
+    for f in dataclasses.fields(host):
+        setattr(_LabBoot.host, f.name, getattr(host, f.name))
+
+
 @pytest.fixture(autouse=True)
 def _put_the_lab_back_after_a_failure(request):
+    _revive_the_lab(request, "before")
     yield
+    _revive_the_lab(request, "after")
     if "lab_host" not in request.fixturenames or not getattr(request.node, "pv_failed", False):
         return
     from pipeline import deploy as D

@@ -1,0 +1,204 @@
+#!/usr/bin/env python3
+"""Lab health: N cycles of create 3 VFs -> guest with 3 VFs -> marker -> destroy -> VFs removed,
+per QEMU build, side by side in one run, counting every fault per 100 cycles.
+
+    .venv/bin/python bench/lab_health.py [-n 100] [--qemu system,10.0] [--vfs 3]
+
+Each cycle is the pipeline's own vf-boot case (VfPool + Guest) with the fixed module. Counted:
+dom0 process crashes (new `segfault at` / `traps:` / `general protection` lines in dom0's dmesg),
+wrong VF counts (the guest saw fewer than N), cycles that ended in an error (SSH, xl, libxl),
+QEMU deaths (the lab restarted) and new lines in QEMU's own log (qemu.log: warnings, guest errors,
+NVMe error traces). glibc's heap checks are on for every dom0 command of the run
+(MALLOC_PERTURB_, malloc.check through /etc/environment, restored afterwards) so corruption
+shows early. Exit 0 only when every build ran clean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline import lab  # noqa: E402
+from pipeline.config import project_settings  # noqa: E402
+from pipeline.deploy import deploy, preflight, restore  # noqa: E402
+from pipeline.errors import HostError, LabError  # noqa: E402
+from pipeline.guest import default_guest  # noqa: E402
+from pipeline.host import Host  # noqa: E402
+from pipeline.hostlock import HostLock  # noqa: E402
+from pipeline.labmod import build_pair  # noqa: E402
+from pipeline.vftest import vf_boot  # noqa: E402
+
+CRASH = re.compile(r"segfault at|traps:|general protection|malloc\(\)|free\(\)|corrupted")
+ENVIRONMENT = "/etc/environment"
+HEAP_CHECKS = "MALLOC_PERTURB_=165\nGLIBC_TUNABLES=glibc.malloc.check=3\n"
+DEBUG_MALLOC = "/usr/lib/x86_64-linux-gnu/libc_malloc_debug.so.0"  # malloc.check needs it (glibc >= 2.34)
+
+
+def say(msg: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {msg}", file=sys.stderr, flush=True)
+
+
+@dataclasses.dataclass
+class Tally:
+    qemu: str
+    version: str = ""
+    cycles: int = 0
+    passed: int = 0
+    wrong_count: int = 0
+    errors: int = 0
+    dom0_crashes: int = 0
+    qemu_deaths: int = 0
+    qemu_log_lines: int = 0
+    seconds: list[float] = dataclasses.field(default_factory=list)
+    what: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+
+    def per100(self, n: int) -> str:
+        return f"{100 * n / self.cycles:.0f}" if self.cycles else "-"
+
+    def clean(self) -> bool:
+        return self.cycles > 0 and self.passed == self.cycles and not (self.dom0_crashes or self.qemu_deaths)
+
+
+def _dmesg_crashes(host: Host) -> list[str]:
+    rc, out, _ = host.query(["dmesg"], timeout=60)
+    return [ln for ln in out.splitlines() if CRASH.search(ln)] if rc == 0 else []
+
+
+def _qemu_log_lines(settings) -> int:
+    try:
+        return len(lab.paths(settings).qemu_log.read_text(errors="replace").splitlines())
+    except FileNotFoundError:
+        return 0
+
+
+class HeapChecks:
+    """glibc heap checks for every command the bench's SSH sessions start (pam_env reads
+    /etc/environment at login); the file is put back exactly as found."""
+
+    def __init__(self, host: Host):
+        self.host = host
+        self.before: str | None = None
+
+    def __enter__(self) -> HeapChecks:
+        self.before = self.host.read_text(ENVIRONMENT)
+        extra = HEAP_CHECKS + (f"LD_PRELOAD={DEBUG_MALLOC}\n" if self.host.exists(DEBUG_MALLOC) else "")
+        self.host.write_text(ENVIRONMENT, (self.before or "") + extra)
+        self.host.close()  # the next command logs in again and gets the environment
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.before is None:
+            self.host.run(["rm", "-f", ENVIRONMENT], check=False)
+        else:
+            self.host.write_text(ENVIRONMENT, self.before)
+
+
+def run_build(settings, name: str, n: int, vfs: int, tmp: Path) -> Tally:
+    settings.lab.qemu = name
+    hc = lab.ensure_up(settings, say)
+    st = lab.status(settings, probe=False)
+    t = Tally(name, st.qemu)
+    release = hc.kernel_release or lab.kernel_release(settings) or ""
+    mods = build_pair(release, tmp, say)
+    b = mods["series"]
+    started = st.pid
+    with Host(hc) as host, HostLock(host, f"lab-health-{os.getpid()}", say).acquire():
+        why = preflight(host, b, vfs)
+        if why:
+            raise SystemExit(f"preflight refused the module: {why}")
+        image = default_guest(host, settings)
+        d = deploy(host, Path(b.module), b.srcversion, say)
+        if d.status != "ok":
+            raise SystemExit(f"deploy failed: {d.detail}")
+        try:
+            with HeapChecks(host):
+                crashes = _dmesg_crashes(host)
+                for i in range(1, n + 1):
+                    log0 = _qemu_log_lines(settings)
+                    try:
+                        r = vf_boot(host, vfs, "series", image, lambda m: None)
+                    except (HostError, LabError) as e:
+                        t.cycles += 1
+                        t.errors += 1
+                        t.what[type(e).__name__ + ": " + e.message[:80]] += 1
+                        say(f"[{name} {i}/{n}] raised: {e.message[:160]}")
+                        r = None
+                    else:
+                        t.cycles += 1
+                        t.seconds.append(r.duration_s)
+                        t.passed += r.passed
+                        if r.outcome == "error":
+                            t.errors += 1
+                            t.what[r.reason[:80]] += 1
+                        elif not r.passed:
+                            t.wrong_count += 1
+                            t.what[f"saw {r.seen} of {vfs}"] += 1
+                    pid = lab.status(settings, probe=False).pid
+                    if pid != started:
+                        t.qemu_deaths += 1
+                        t.what["QEMU died"] += 1
+                        say(f"[{name} {i}/{n}] QEMU {started} is gone: {lab.console_tail(settings, 3)!r}; restarting")
+                        hc = lab.ensure_up(settings, say)
+                        started = lab.status(settings, probe=False).pid
+                        host.config = hc
+                        host.close()
+                        crashes = _dmesg_crashes(host)
+                        continue
+                    t.qemu_log_lines += max(0, _qemu_log_lines(settings) - log0)
+                    now = _dmesg_crashes(host)
+                    new = now[len(crashes) :] if now[: len(crashes)] == crashes else now
+                    t.dom0_crashes += len(new)
+                    for ln in new:
+                        t.what["dom0: " + re.sub(r"^\[[^]]*\]\s*", "", ln)[:60]] += 1
+                    crashes = now
+                    outcome = "raised" if r is None else r.outcome
+                    say(
+                        f"[{name} {i}/{n}] {outcome} in {r.duration_s if r else 0:.1f}s; new dom0 crash lines {len(new)}"
+                    )
+        finally:
+            restore(host, d, say)
+    return t
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-n", type=int, default=100, help="cycles per QEMU build (default 100)")
+    ap.add_argument("--qemu", default="system,10.0", help="builds to compare (pv.lab.qemu values)")
+    ap.add_argument("--vfs", type=int, default=3)
+    args = ap.parse_args()
+    settings = project_settings()
+    was = settings.lab.qemu
+    was_running = lab.status(settings, probe=False).running
+    tallies = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="lab-health-") as tmp:
+            for name in args.qemu.split(","):
+                tallies.append(run_build(settings, name.strip(), args.n, args.vfs, Path(tmp) / name))
+    finally:
+        settings.lab.qemu = was
+        if not was_running:
+            lab.down(settings, say)
+    head = f"{'qemu':<34} {'cycles':>6} {'pass':>5} {'wrong':>5} {'error':>5} {'dom0 crash':>10} {'QEMU died':>9} {'qemu.log':>8} {'median s':>8}"
+    print(head + "   (counts per 100 cycles)")
+    for t in tallies:
+        med = sorted(t.seconds)[len(t.seconds) // 2] if t.seconds else 0.0
+        print(
+            f"{t.version[:34]:<34} {t.cycles:>6} {t.per100(t.passed):>5} {t.per100(t.wrong_count):>5} {t.per100(t.errors):>5} "
+            f"{t.per100(t.dom0_crashes):>10} {t.per100(t.qemu_deaths):>9} {t.per100(t.qemu_log_lines):>8} {med:>8.1f}"
+        )
+        for what, k in t.what.most_common(8):
+            print(f"    {k:>3} x {what}")
+    return 0 if all(t.clean() for t in tallies) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
