@@ -37,7 +37,10 @@ from pipeline.hostlock import HostLock  # noqa: E402
 from pipeline.labmod import build_pair  # noqa: E402
 from pipeline.vftest import vf_boot  # noqa: E402
 
-CRASH = re.compile(r"segfault at|traps:|general protection|malloc\(\)|free\(\)|corrupted")
+# a crashed dom0 process (the kernel's line) or glibc's heap checks aborting one (not the journal's "corrupted")
+CRASH = re.compile(
+    r"segfault at|traps:|general protection|malloc\(\): |free\(\): |double free|corrupted (size|double-linked|top)"
+)
 ENVIRONMENT = "/etc/environment"
 HEAP_CHECKS = "MALLOC_PERTURB_=165\nGLIBC_TUNABLES=glibc.malloc.check=3\n"
 DEBUG_MALLOC = "/usr/lib/x86_64-linux-gnu/libc_malloc_debug.so.0"  # malloc.check needs it (glibc >= 2.34)

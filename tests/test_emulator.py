@@ -75,3 +75,12 @@ def test_the_config_knows_every_build_by_name():
     from pipeline.config import LAB_QEMU_BUILDS
 
     assert tuple(emulator.EMULATORS) == LAB_QEMU_BUILDS
+
+
+def test_qemu_10_boots_xen_in_xapic_mode(tmp_path):
+    """On 10.0's machine Xen goes x2apic_mixed and loses interrupts (measured, README)."""
+    q = emulator.QemuBin("10.0", "/q/qemu-system-x86_64", (), "10.0.2", emulator.EMULATORS["10.0"].xen_args)
+    argv = qemu_argv(_settings(tmp_path), 2222, q)
+    assert argv[argv.index("-append") + 1].endswith(" x2apic=false")
+    plain = qemu_argv(_settings(tmp_path), 2222)
+    assert "x2apic" not in plain[plain.index("-append") + 1]  # the system build's line is unchanged

@@ -58,7 +58,7 @@ def qemu_argv(settings: Settings, port: int, qemu: QemuBin | None = None) -> lis
         "-pidfile", str(p.pidfile),
         "-daemonize",
         "-kernel", str(p.xen),
-        "-append", XEN_ARGS.format(smp=settings.lab.smp),
+        "-append", " ".join((XEN_ARGS.format(smp=settings.lab.smp), *(qemu.xen_args if qemu else ()))),
         "-initrd", f"{dom0},{p.initrd}",
         "-drive", f"file={p.image},if=virtio,format=raw,cache=unsafe",
         "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22",
