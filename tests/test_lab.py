@@ -223,17 +223,20 @@ def three_vfs(lab_host):
         lab_host,
         f"modprobe nvme && modprobe xen-pciback && "
         f"for i in $(seq 30); do [ -e {pf}/driver ] && [ -e {pf}/sriov_numvfs ] && break; sleep 1; done; "
-        f"echo 0 > {pf}/sriov_numvfs && echo 3 > {pf}/sriov_numvfs && sleep 2",
+        # as the VF pool binds them: born unbound, then to pciback alone (no nvme probe of a VF)
+        f"echo 0 > {pf}/sriov_numvfs && echo 0 > {pf}/sriov_drivers_autoprobe && echo 3 > {pf}/sriov_numvfs && sleep 2",
     )
     vfs = [f"01:00.{f}" for f in (1, 2, 3)]
     try:
         for vf in vfs:
-            _sh(lab_host, f"xl pci-assignable-add {vf}")
+            _sh(
+                lab_host, f"echo pciback > /sys/bus/pci/devices/0000:{vf}/driver_override && xl pci-assignable-add {vf}"
+            )
         yield vfs
     finally:
         # not checked: a later test of this module restarts the lab, which drops the VFs anyway
         lab.run_ssh(lab_host, "for d in 01:00.1 01:00.2 01:00.3; do xl pci-assignable-remove -r $d; done", timeout=60)
-        lab.run_ssh(lab_host, f"echo 0 > {pf}/sriov_numvfs", timeout=60)
+        lab.run_ssh(lab_host, f"echo 0 > {pf}/sriov_numvfs; echo 1 > {pf}/sriov_drivers_autoprobe", timeout=60)
 
 
 @pytest.mark.lab
