@@ -35,6 +35,7 @@ from pipeline.guest import default_guest  # noqa: E402
 from pipeline.host import Host  # noqa: E402
 from pipeline.hostlock import HostLock  # noqa: E402
 from pipeline.labmod import build_pair  # noqa: E402
+from pipeline.statuses import Outcome  # noqa: E402
 from pipeline.vftest import vf_boot  # noqa: E402
 
 # a crashed dom0 process (the kernel's line) or glibc's heap checks aborting one (not the journal's "corrupted")
@@ -139,7 +140,7 @@ def run_build(settings, name: str, n: int, vfs: int, tmp: Path) -> Tally:
                         t.cycles += 1
                         t.seconds.append(r.duration_s)
                         t.passed += r.passed
-                        if r.outcome == "error":
+                        if r.outcome == Outcome.ERROR:
                             t.errors += 1
                             t.what[r.reason[:80]] += 1
                         elif not r.passed:

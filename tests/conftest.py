@@ -70,9 +70,8 @@ def _revive_the_lab(request, when: str) -> None:
     import dataclasses
 
     from pipeline import lab
-    from pipeline.config import project_settings
 
-    settings = project_settings()
+    settings = request.getfixturevalue("lab_settings")
     if lab.status(settings, probe=False).running:
         return
     qemu_log = lab.paths(settings).qemu_log

@@ -51,15 +51,13 @@ def _version(binary: str) -> str:
 
 class Emulator:
     name = ""
-    summary = ""
 
     def ensure(self, settings: Settings, progress: Progress) -> QemuBin:
         raise NotImplementedError
 
 
 class SystemQemu(Emulator):
-    name = "system"
-    summary = "the system's qemu-system-x86 (apt; 7.2 on Debian 12)"
+    name = "system"  # the qemu-system-x86 apt installed (7.2 on Debian 12)
 
     def ensure(self, settings: Settings, progress: Progress) -> QemuBin:
         binary = shutil.which(BINARY)
@@ -77,12 +75,11 @@ class Pinned:
 class BackportQemu(Emulator):
     """A QEMU of another suite, downloaded and extracted under the cache."""
 
-    def __init__(self, name: str, dist: str, packages: tuple[Pinned, ...], summary: str, xen_args=()):
-        self.xen_args = tuple(xen_args)
+    def __init__(self, name: str, dist: str, packages: tuple[Pinned, ...], xen_args=()):
         self.name = name
         self.dist = dist
         self.packages = packages
-        self.summary = summary
+        self.xen_args = tuple(xen_args)
 
     def _pick(self, apt, pin: Pinned):
         hits = [p for p in apt.versions(pin.package) if p.version.startswith(pin.prefix)]
@@ -123,7 +120,6 @@ EMULATORS: dict[str, Emulator] = {
             "10.0",
             "bookworm-backports",
             (Pinned("qemu-system-x86", "1:10.0."), Pinned("qemu-system-data", "1:10.0."), Pinned("seabios")),
-            "QEMU 10.0 from bookworm-backports, extracted under the cache",
             # measured: on 10.0's machine Xen 4.17 switches to x2apic_mixed and interrupts get lost
             # ("No irq handler for vector ..", AHCI and NVMe timeouts); in xAPIC mode (7.2's) it boots
             xen_args=("x2apic=false",),
