@@ -91,13 +91,21 @@ class HeapChecks:
     def __init__(self, host: Host):
         self.host = host
         self.before: str | None = None
+        self.installed = False
 
     def __enter__(self) -> HeapChecks:
-        self.before = self.host.read_text(ENVIRONMENT)
+        self.install()
+        return self
+
+    def install(self) -> None:
+        now = self.host.read_text(ENVIRONMENT)
+        if self.installed and HEAP_CHECKS in (now or ""):
+            self.host.close()  # the disk persisted across a restart: already in place
+            return
+        self.before, self.installed = now, True
         extra = HEAP_CHECKS + (f"LD_PRELOAD={DEBUG_MALLOC}\n" if self.host.exists(DEBUG_MALLOC) else "")
         self.host.write_text(ENVIRONMENT, (self.before or "") + extra)
         self.host.close()  # the next command logs in again and gets the environment
-        return self
 
     def __exit__(self, *exc) -> None:
         if self.before is None:
@@ -124,7 +132,7 @@ def run_build(settings, name: str, n: int, vfs: int, tmp: Path) -> Tally:
         if d.status != "ok":
             raise SystemExit(f"deploy failed: {d.detail}")
         try:
-            with HeapChecks(host):
+            with HeapChecks(host) as checks:
                 crashes = _dmesg_crashes(host)
                 for i in range(1, n + 1):
                     log0 = _qemu_log_lines(settings)
@@ -155,6 +163,12 @@ def run_build(settings, name: str, n: int, vfs: int, tmp: Path) -> Tally:
                         started = lab.status(settings, probe=False).pid
                         host.config = hc
                         host.close()
+                        # a new dom0: stock module and no heap checks; without these the next
+                        # cycles erred on "xen_pciback is not loaded", a bench fault, not the lab's
+                        checks.install()
+                        d = deploy(host, Path(b.module), b.srcversion, say)
+                        if d.status != "ok":
+                            raise SystemExit(f"deploy after the restart failed: {d.detail}")
                         crashes = _dmesg_crashes(host)
                         continue
                     t.qemu_log_lines += max(0, _qemu_log_lines(settings) - log0)

@@ -20,7 +20,7 @@ from .errors import ConfigError, UnknownConfigKey
 
 BUILD_MODES = ("headers", "full")
 # the names of pipeline/lab/emulator.py's EMULATORS (that module needs config: named here, checked by a test)
-LAB_QEMU_BUILDS = ("system", "10.0")
+LAB_QEMU_BUILDS = ("system", "10.0", "system-1t", "10.0-1t", "system-dom0-1cpu", "10.0-dom0-1cpu")
 
 
 @dataclass

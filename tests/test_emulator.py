@@ -84,3 +84,22 @@ def test_qemu_10_boots_xen_in_xapic_mode(tmp_path):
     assert argv[argv.index("-append") + 1].endswith(" x2apic=false")
     plain = qemu_argv(_settings(tmp_path), 2222)
     assert "x2apic" not in plain[plain.index("-append") + 1]  # the system build's line is unchanged
+
+
+def test_a_single_threaded_build_runs_the_same_binary_with_one_tcg_thread(tmp_path):
+    s = _settings(tmp_path)
+    one = emulator.EMULATORS["system-1t"].ensure(s, lambda m: None)
+    multi = emulator.EMULATORS["system"].ensure(s, lambda m: None)
+    assert (one.name, one.binary, one.version) == ("system-1t", multi.binary, multi.version)
+    argv = qemu_argv(s, 2222, one)
+    assert argv[argv.index("-accel") + 1] == "tcg,thread=single"
+    assert qemu_argv(s, 2222, multi)[qemu_argv(s, 2222, multi).index("-accel") + 1] == "tcg,thread=multi"
+
+
+def test_a_one_vcpu_dom0_build_appends_its_xen_argument_after_the_default(tmp_path):
+    s = _settings(tmp_path)
+    got = emulator.EMULATORS["system-dom0-1cpu"].ensure(s, lambda m: None)
+    append = qemu_argv(s, 2222, got)[qemu_argv(s, 2222, got).index("-append") + 1].split()
+    # Xen takes the last value of a repeated option: the variant's must come after the default's
+    assert [a for a in append if a.startswith("dom0_max_vcpus=")][-1] == "dom0_max_vcpus=1"
+    assert got.accel == "tcg,thread=multi"

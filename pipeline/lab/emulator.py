@@ -8,6 +8,7 @@ extracted, never installed: the system keeps its own QEMU, so both can be measur
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -30,6 +31,7 @@ class QemuBin:
     data_dirs: tuple[str, ...] = ()
     version: str = ""  # "10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)"
     xen_args: tuple[str, ...] = ()  # what Xen needs on this build's machine
+    accel: str = "tcg,thread=multi"  # QEMU's -accel: one host thread per vCPU unless a build says otherwise
 
     def argv(self) -> list[str]:
         out = [self.binary]
@@ -112,18 +114,42 @@ class BackportQemu(Emulator):
         return QemuBin(self.name, str(binary), dirs, _version(str(binary)), self.xen_args)
 
 
+class Variant(Emulator):
+    """Another build run differently, to measure one change against it in the same bench run:
+    `-1t` puts all vCPUs in one host thread (`-accel tcg,thread=single`: no cross-thread TLB
+    flush or memory-ordering questions between vCPUs); `-dom0-1cpu` gives dom0 one vCPU (no
+    TLB shootdown between dom0's own vCPUs, Xen's last `dom0_max_vcpus=` wins)."""
+
+    def __init__(self, base: Emulator, suffix: str, accel: str = "", xen_args: tuple[str, ...] = ()):
+        self.base = base
+        self.name = f"{base.name}-{suffix}"
+        self.accel = accel
+        self.xen_args = xen_args
+
+    def ensure(self, settings: Settings, progress: Progress) -> QemuBin:
+        got = self.base.ensure(settings, progress)
+        return dataclasses.replace(
+            got, name=self.name, accel=self.accel or got.accel, xen_args=(*got.xen_args, *self.xen_args)
+        )
+
+
+_SYSTEM = SystemQemu()
+_BACKPORT_10 = BackportQemu(
+    "10.0",
+    "bookworm-backports",
+    (Pinned("qemu-system-x86", "1:10.0."), Pinned("qemu-system-data", "1:10.0."), Pinned("seabios")),
+    # measured: on 10.0's machine Xen 4.17 switches to x2apic_mixed and interrupts get lost
+    # ("No irq handler for vector ..", AHCI and NVMe timeouts); in xAPIC mode (7.2's) it boots
+    xen_args=("x2apic=false",),
+)
+
+_BASES = (_SYSTEM, _BACKPORT_10)
 EMULATORS: dict[str, Emulator] = {
     e.name: e
     for e in (
-        SystemQemu(),
-        BackportQemu(
-            "10.0",
-            "bookworm-backports",
-            (Pinned("qemu-system-x86", "1:10.0."), Pinned("qemu-system-data", "1:10.0."), Pinned("seabios")),
-            # measured: on 10.0's machine Xen 4.17 switches to x2apic_mixed and interrupts get lost
-            # ("No irq handler for vector ..", AHCI and NVMe timeouts); in xAPIC mode (7.2's) it boots
-            xen_args=("x2apic=false",),
-        ),
+        *_BASES,
+        *(Variant(b, "1t", accel="tcg,thread=single") for b in _BASES),
+        *(Variant(b, "dom0-1cpu", xen_args=("dom0_max_vcpus=1",)) for b in _BASES),
     )
 }
 

@@ -41,7 +41,7 @@ def qemu_argv(settings: Settings, port: int, qemu: QemuBin | None = None) -> lis
     return [
         *(qemu.argv() if qemu else [QEMU]),
         "-name", "pciback-verify-lab",
-        "-accel", "tcg,thread=multi",
+        "-accel", qemu.accel if qemu else "tcg,thread=multi",
         "-cpu", "max",
         "-machine", "q35",
         "-smp", str(settings.lab.smp),
