@@ -6,8 +6,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from . import absorbed
 from .errors import HostError
 from .host import Host
+from .statuses import FaultKind
 from .util import noprogress as _noprogress
 
 PCIBACK_BE = "/local/domain/0/backend/pci"
@@ -77,11 +79,14 @@ def destroy_domain(host: Host, name: str, timeout: float = 60.0) -> None:
     """`xl destroy` until `xl list` no longer shows the domain. Not `xl domid`: on the lab it has
     answered "no such domain" for a guest that went on running, and that guest kept its VFs."""
     deadline = time.monotonic() + timeout
-    again = 0.0
+    again, rc = 0.0, None
     while name in domains(host):
         if time.monotonic() > deadline:
             raise HostError(f"{host.name}: domain {name} still exists {timeout:.0f} s after xl destroy")
         if time.monotonic() >= again:  # destroying again is harmless; an xl that crashed did nothing
-            host.run(["xl", "destroy", name], check=False, timeout=120)
+            if rc is not None:
+                evidence = f"still listed 10 s after `xl destroy` ({absorbed.of_exit(rc)})"
+                absorbed.record(FaultKind.DESTROY_REISSUED, host.name, f"xl destroy {name}", evidence)
+            rc = host.run(["xl", "destroy", name], check=False, timeout=120)[0]
             again = time.monotonic() + 10
         time.sleep(0.5)

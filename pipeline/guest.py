@@ -19,13 +19,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from . import lab
+from . import absorbed, lab
 from .config import Settings
 from .dom0 import PCIBACK_BE, destroy_domain, remove_stale_backends
 from .errors import HostError
 from .host import Host, killed_by_signal
 from .interrupt import deferred_sigint
 from .results import timed
+from .statuses import FaultKind
 from .util import STATE_DIR, templates
 
 CONSOLE_DIR = "/var/log/xen/console"
@@ -205,6 +206,7 @@ class Guest:
             # signal (no exit status: rc -1), both seen on the emulated lab under load: not the
             # module under test, so clean up and create once more
             if attempt == 1 and (killed_by_signal(rc) or "died due to fatal signal" in err + out):
+                absorbed.record(FaultKind.XL_CREATE_CRASHED, h.name, " ".join(create), absorbed.of_exit(rc, err or out))
                 destroy_domain(h, self.name)
                 remove_stale_backends(h)
                 continue

@@ -27,10 +27,11 @@ from typing import ParamSpec, TypeVar
 
 import paramiko
 
-from . import PROJECT_ROOT
+from . import PROJECT_ROOT, absorbed
 from .config import HostConfig
 from .errors import HostError
 from .interrupt import deferred_sigint
+from .statuses import FaultKind
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -81,6 +82,10 @@ class HostKeyError(HostError):
 
 class _Damaged(Exception):
     """A handshake that failed in transit (not a key or login refusal): worth one more try."""
+
+    def __init__(self, message: str, evidence: str):
+        super().__init__(message)
+        self.evidence = evidence  # the transport's own error, for the fault record
 
 
 @dataclass
@@ -221,6 +226,7 @@ class Host:
                 # checks every host key again, so trying again trusts nothing new
                 if attempt == CONNECT_TRIES:
                     raise HostError(e.args[0]) from None
+                absorbed.record(FaultKind.HANDSHAKE_BROKEN, self.name, "ssh handshake", e.evidence)
                 time.sleep(attempt)
         return self
 
@@ -301,7 +307,9 @@ class Host:
             raise HostError(f"host {name}: ssh to {where} failed: {e}{tail}") from None
         except paramiko.SSHException as e:
             client.close()
-            raise _Damaged(f"host {name}: ssh to {where} failed: {e}{tail}") from None
+            raise _Damaged(
+                f"host {name}: ssh to {where} failed: {e}{tail}", f"{where}: {absorbed.of_error(e)}"
+            ) from None
         except OSError as e:
             client.close()
             raise HostError(f"host {name}: cannot reach {where}: {e}{tail}") from None
@@ -368,6 +376,7 @@ class Host:
             # a transport that died under load ("Invalid packet blocking", "Garbage packet"):
             # the command did not start, so one fresh connection is safe to try
             self.close()
+            absorbed.record(FaultKind.STREAM_BROKEN, self.name, command, absorbed.of_error(e))
             try:
                 chan = self._start(self._connected().get_transport(), command, stdin)
             except (paramiko.SSHException, OSError, EOFError, HostError):
@@ -450,6 +459,7 @@ class Host:
             rc, out, err = self.run(argv, timeout=timeout, check=False)
             if not killed_by_signal(rc) or attempt == QUERY_TRIES:
                 break
+            absorbed.record(FaultKind.QUERY_KILLED, self.name, shlex.join(argv), absorbed.of_exit(rc, err))
             time.sleep(0.5 * attempt)
         if check and rc != 0:
             raise self.failed(argv, rc, out, err, timeout if rc == 124 else None)
@@ -499,6 +509,7 @@ class Host:
                 self._reset_sftp()
                 if attempt == 2:
                     raise HostError(f"host {self.name}: cannot read {remote}: {e}") from None
+                absorbed.record(FaultKind.SFTP_RETRY, self.name, f"sftp read {remote}", absorbed.of_error(e))
         return None
 
     @_whole
@@ -518,6 +529,7 @@ class Host:
         argv = ["tee", path]
         rc, out, err = self.run(argv, stdin=f"{value}\n", timeout=120, check=False)
         if rc != 0 and "tee: standard input:" in err:
+            absorbed.record(FaultKind.SYSFS_WRITE_RETRY, self.name, shlex.join(argv), absorbed.of_exit(rc, err))
             rc, out, err = self.run(argv, stdin=f"{value}\n", timeout=120, check=False)
         if rc != 0:
             raise self.failed(argv, rc, out, err, 120 if rc == 124 else None)

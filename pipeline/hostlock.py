@@ -23,6 +23,7 @@ waits for lock_stale_s.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
 import socket
@@ -202,7 +203,9 @@ class HostLock:
                 except Exception:  # noqa: BLE001 - a missed beat is retried; the run goes on
                     pass
 
-        self._beater = threading.Thread(target=beat, name=f"hostlock-{self.host.name}", daemon=True)
+        # in the caller's context: a retry inside a beat goes on the run's record (absorbed.py)
+        run_beat = contextvars.copy_context().run
+        self._beater = threading.Thread(target=run_beat, args=(beat,), name=f"hostlock-{self.host.name}", daemon=True)
         self._beater.start()
 
     def acquire(self) -> HostLock:

@@ -25,6 +25,7 @@ from .statuses import (
     BuildStatus,
     DeployStatus,
     EnumField,
+    FaultKind,
     FetchStatus,
     Outcome,
     PatchStatus,
@@ -254,6 +255,20 @@ def _legacy_outcome(data: dict[str, Any]) -> Outcome:
 
 
 @dataclass
+class AbsorbedFault:
+    """One retry the pipeline used around a lab fault (absorbed.py records them): the run went on and
+    its verdict stands, but the fault is on record, so that a lab getting worse shows."""
+
+    what: FaultKind = EnumField(FaultKind, FaultKind.QUERY_KILLED)  # type: ignore[assignment]
+    host: str = ""
+    step: str = ""  # what was tried again: the command (`xl list`), `ssh handshake`, `vf-boot-3 [series]`
+    evidence: str = ""  # how the first try ended: exit status or signal, exception type and first line
+    at: str = ""  # when (UTC, seconds)
+    kernel: str = ""  # the row and test case running then ("" outside them)
+    case: str = ""
+
+
+@dataclass
 class KernelResult:
     name: str
     ref: str = ""
@@ -282,6 +297,7 @@ class RunResult:
     kernels: list[KernelResult] = field(default_factory=list)
     hosts: list[str] = field(default_factory=list)
     merged_from: list[str] = field(default_factory=list)  # `report --merge`: the runs this one joins
+    faults_absorbed: list[AbsorbedFault] = field(default_factory=list)  # every retry around a lab fault
     # seconds of the run's own steps: source_import, rows (fetch/apply/build of all kernels),
     # lab_build, lab_boot, host_lock, host_recover, hosts (all host stages)
     steps: dict[str, float] = field(default_factory=dict)

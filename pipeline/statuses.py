@@ -1,6 +1,7 @@
 """The vocabulary of results: every status a stage records and every outcome of a test case is a
 member of one of these enums, serialised to the same strings results.json always had (schema 1
-unchanged; added: TestResult.outcome and .teardown_error, KernelResult.failed_stage). Reports, the
+unchanged; added: TestResult.outcome and .teardown_error, KernelResult.failed_stage,
+RunResult.faults_absorbed). Reports, the
 verdict and posting map from the members (their `kind`), never from words in a message.
 
 The result objects holding them are in pipeline/results.py; EnumField is how their status fields
@@ -106,6 +107,22 @@ class Stage(_Status):
     BUILD = "build"
     DEPLOY = "deploy"
     TEST = "test"
+
+
+class FaultKind(enum.StrEnum):
+    """A lab fault a retry absorbed (results: AbsorbedFault; absorbed.py). Not a status: the run went
+    on and its verdict stands; each is on record so that a lab getting worse shows before it costs one."""
+
+    QUERY_KILLED = "query-killed"  # a read-only command killed by a signal, run again (Host.query)
+    HANDSHAKE_BROKEN = "handshake-broken"  # an SSH handshake damaged in transit, tried again
+    STREAM_BROKEN = "stream-broken"  # the SSH transport died before a command started: fresh connection
+    SFTP_RETRY = "sftp-retry"  # an SFTP read failed, again on a fresh session
+    SYSFS_WRITE_RETRY = "sysfs-write-retry"  # `tee` never read the value ("Bad file descriptor")
+    XL_CREATE_CRASHED = "xl-create-crashed"  # xl create (or its libxl helper) killed by a signal, created again
+    DESTROY_REISSUED = "destroy-reissued"  # a domain still listed 10 s after `xl destroy`: destroyed again
+    TEARDOWN_RETRY = "teardown-retry"  # restoring the PF's VFs failed, again on a fresh connection
+    LAB_RESTARTED = "lab-restarted"  # the built-in lab stopped answering mid-run and was booted again
+    CASE_RERUN = "case-rerun"  # a VF test case errored (no guest result) and ran once more
 
 
 _K = Kind

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import sriov, xsobserve
+from . import absorbed, sriov, xsobserve
 from .config import Settings
 from .dom0 import assignable_devices
 from .errors import HostError
@@ -24,6 +24,7 @@ from .guest import MARKER_TIMEOUT_S, XENBUS_INITIALISED, Guest, GuestImage, Mark
 from .host import Host
 from .interrupt import deferred_sigint
 from .results import Outcome, TestResult, timed
+from .statuses import FaultKind
 from .util import noprogress as _noprogress
 
 Progress = Callable[[str], None]
@@ -186,6 +187,9 @@ class VfPool:
                     errors.append(e.message)
                     break
                 self.progress(f"{h.name}: VF teardown failed ({e.message}); again on a fresh connection")
+                absorbed.record(
+                    FaultKind.TEARDOWN_RETRY, h.name, f"VF teardown of {h.config.pf_bdf}", absorbed.of_error(e)
+                )
                 h.close()
                 time.sleep(1)
         if self.start is not None and not errors:

@@ -9,8 +9,10 @@ import subprocess
 import time
 from collections.abc import Sequence
 
+from .. import absorbed
 from ..config import HostConfig
 from ..errors import LabError
+from ..statuses import FaultKind
 
 
 def ssh_argv(host: HostConfig, *, tty: bool = False) -> list[str]:
@@ -59,6 +61,7 @@ def run_ssh(
         # a handshake damaged in transit (seen in the lab under load): the command never started
         if proc.returncode != 255 or not _HANDSHAKE_FAILED.search(proc.stderr) or attempt == SSH_HANDSHAKE_TRIES:
             break
+        absorbed.record(FaultKind.HANDSHAKE_BROKEN, host.name, f"ssh {cmd}", absorbed.of_exit(255, proc.stderr))
         time.sleep(attempt)
     if check and proc.returncode != 0:
         out = " | ".join(x for x in (proc.stdout.strip(), proc.stderr.strip()) if x).replace("\n", " | ")
