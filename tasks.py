@@ -154,7 +154,7 @@ def verify(
 @cli
 def config_show(c, matrix=None, json=False):
     """Print the effective kernel matrix and host inventory after all config files are merged."""
-    from pipeline.runner import format_config
+    from pipeline.hostcheck import format_config
 
     settings = _settings(c, matrix)
     if json:

@@ -1,4 +1,5 @@
 """`invoke hosts.check`: what each inventory host is, before a run relies on it. Reads only.
+`format_config`: the matrix and the inventory as configured (`invoke config.show`).
 
 Per host: how SSH reaches it (ssh_config applied, jump hosts), reachable, host key known (or
 unknown / changed), Xen dom0, Xen and xl versions, kernel release, the PF with its driver and
@@ -236,3 +237,30 @@ def format_check(c: HostCheck) -> str:
     if not c.rows:
         add("  rows           none of the selected matrix names this host")
     return "\n".join(lines)
+
+
+def format_config(settings: Settings) -> str:
+    lines = [f"matrix {settings.matrix!r} ({len(settings.kernels)} kernels), series {settings.series}"]
+    for k in settings.kernels:
+        b = k.build
+        mode = f"headers ({b.headers})" if b.mode == "headers" else f"full ({b.base_config} + {', '.join(b.fragments)})"
+        lines.append(f"  {k.name:<20} {k.remote} @ {k.ref}  build: {mode}  hosts: {', '.join(k.hosts) or '-'}")
+    lines.append(f"hosts ({len(settings.hosts)}):")
+    for h in settings.hosts.values():
+        where = "built-in QEMU lab" if h.lab else _ssh_where(h)
+        vfs = f"up to {h.max_vfs} VFs" if h.max_vfs else "VFs up to sriov_totalvfs"
+        lines.append(f"  {h.name:<20} {where}  PF {h.pf_bdf}, {vfs}")
+    lines.append(f"other matrices: {', '.join(m for m in settings.matrices if m != settings.matrix) or '-'}")
+    return "\n".join(lines)
+
+
+def _ssh_where(h: HostConfig) -> str:
+    """user@host:port as ssh would use it (ssh_config applied), or the entry's error."""
+    from .host import resolve
+
+    try:
+        *jumps, t = resolve(h)
+    except PipelineError as e:
+        return f"({e.message})"
+    via = f" via {','.join(j.alias for j in jumps)}" if jumps else ""
+    return f"{t.user}@{t.hostname}:{t.port}{via}"

@@ -51,33 +51,6 @@ def _wants(until: str, stage: str) -> bool:
     return STAGES.index(stage) <= STAGES.index(until)
 
 
-def format_config(settings: Settings) -> str:
-    lines = [f"matrix {settings.matrix!r} ({len(settings.kernels)} kernels), series {settings.series}"]
-    for k in settings.kernels:
-        b = k.build
-        mode = f"headers ({b.headers})" if b.mode == "headers" else f"full ({b.base_config} + {', '.join(b.fragments)})"
-        lines.append(f"  {k.name:<20} {k.remote} @ {k.ref}  build: {mode}  hosts: {', '.join(k.hosts) or '-'}")
-    lines.append(f"hosts ({len(settings.hosts)}):")
-    for h in settings.hosts.values():
-        where = "built-in QEMU lab" if h.lab else _ssh_where(h)
-        vfs = f"up to {h.max_vfs} VFs" if h.max_vfs else "VFs up to sriov_totalvfs"
-        lines.append(f"  {h.name:<20} {where}  PF {h.pf_bdf}, {vfs}")
-    lines.append(f"other matrices: {', '.join(m for m in settings.matrices if m != settings.matrix) or '-'}")
-    return "\n".join(lines)
-
-
-def _ssh_where(h: HostConfig) -> str:
-    """user@host:port as ssh would use it (ssh_config applied), or the entry's error."""
-    from .host import resolve
-
-    try:
-        *jumps, t = resolve(h)
-    except PipelineError as e:
-        return f"({e.message})"
-    via = f" via {','.join(j.alias for j in jumps)}" if jumps else ""
-    return f"{t.user}@{t.hostname}:{t.port}{via}"
-
-
 class _Run:
     def __init__(self, settings: Settings, run: RunResult, run_dir: Path, series: SeriesInfo, until: str, progress):
         self.settings, self.run, self.run_dir, self.series, self.until = settings, run, run_dir, series, until
