@@ -14,7 +14,7 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from . import interrupt, kernelsrc, provision, report, verdict
+from . import absorbed, interrupt, kernelsrc, provision, report, verdict
 from .config import HostConfig, KernelConfig, Settings
 from .errors import ConfigError, InternalError, Interrupted, PipelineError
 from .fetch import remove_worktree, sweep_run
@@ -25,6 +25,7 @@ from .results import (
     BuildStatus,
     DeployResult,
     DeployStatus,
+    FaultKind,
     FetchStatus,
     KernelResult,
     Outcome,
@@ -210,7 +211,8 @@ class _Run:
             if self.stop.is_set():
                 return
             try:
-                self.kernel_on_host(host, kcfg, kr, keep, deploy_mod, vftest)
+                with absorbed.about(kernel=kcfg.name):
+                    self.kernel_on_host(host, kcfg, kr, keep, deploy_mod, vftest)
             except KeyboardInterrupt:
                 self.interrupted_on_host(host, kr)
                 raise
@@ -271,12 +273,14 @@ class _Run:
         """Run one VF test case and save it; once more, on a fresh connection, when it errored (no
         guest result: a lost SSH stream, a stuck xl create) rather than failed."""
         self.host_step = (name, module)
-        t = run()
-        if t.outcome is Outcome.ERROR and not self.stop.is_set():
-            self.progress(f"{name} [{module}]: errored ({t.reason}); one more attempt on a fresh connection")
-            host.close()
-            first, t = t, run()
-            t.warnings.append(f"first attempt errored: {first.reason}")
+        with absorbed.about(case=f"{name} [{module}]"):
+            t = run()
+            if t.outcome is Outcome.ERROR and not self.stop.is_set():
+                self.progress(f"{name} [{module}]: errored ({t.reason}); one more attempt on a fresh connection")
+                absorbed.record(FaultKind.CASE_RERUN, host.name, f"{name} [{module}]", t.reason)
+                host.close()
+                first, t = t, run()
+                t.warnings.append(f"first attempt errored: {first.reason}")
         if host.name in self.guests:  # where the guest came from: made by this run for this host
             t.metrics["guest"] = self.guests[host.name].record()
         kr.tests.append(t)
@@ -408,6 +412,7 @@ class _Run:
             if not self.settings.hosts.get(host.name) or not self.settings.hosts[host.name].lab:
                 raise
             self.progress(f"{host.name}: not answering ({e.message}); restarting the lab")
+            absorbed.record(FaultKind.LAB_RESTARTED, host.name, "lab restart", e.message)
         from . import deploy as deploy_mod
         from . import lab
 
@@ -472,7 +477,7 @@ def verify(
     progress(f"run {rd.run_id}: {rd.path}")
     stopped: BaseException | None = None
     # remembers a Ctrl-C that a failing cleanup turned into another exception
-    with progress.capture("paramiko"), interrupt.watch_sigint():
+    with progress.capture("paramiko"), interrupt.watch_sigint(), absorbed.collect(run.faults_absorbed):
         lab_used = False
         try:
             if until != "series":
