@@ -17,6 +17,7 @@ import dataclasses
 import json
 import os
 import signal
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -115,6 +116,13 @@ def of_exit(rc: int, err: str = "") -> str:
 def summary(faults: list[AbsorbedFault]) -> str:
     """'N faults absorbed' (what the summaries and the terminal say)."""
     return f"{len(faults)} fault{'' if len(faults) == 1 else 's'} absorbed"
+
+
+def tally(faults: list[AbsorbedFault]) -> str:
+    """'N faults absorbed', with how many of each kind (the terminal's closing line)."""
+    kinds = Counter(f.what for f in faults)
+    each = ", ".join(f"{what} x{n}" if n > 1 else str(what) for what, n in sorted(kinds.items()))
+    return summary(faults) + (f" ({each})" if each else "")
 
 
 def describe(fault: AbsorbedFault) -> str:

@@ -22,6 +22,7 @@ from typing import Any
 
 import jinja2
 
+from . import absorbed
 from .kcidb import patchset_hash, render_kcidb, validate_kcidb
 from .results import (
     ApplyStatus,
@@ -245,7 +246,7 @@ def format_table(run: RunResult) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=False)]
     lines = ["  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)).rstrip() for line in [head, *rows]]
     title = f"{run.series.name} v{run.series.revision}: run {run.run_id} ({run.status})"
-    return "\n".join([title, *lines]) + "\n"
+    return "\n".join([title, *lines, absorbed.tally(run.faults_absorbed)]) + "\n"
 
 
 def compare(run_a: RunResult, run_b: RunResult) -> str:
@@ -437,6 +438,7 @@ def _context(run: RunResult, run_dir: Path | None) -> dict[str, Any]:
         "series": run.series,
         "rows": rows,
         "grid": host_grid(run),
+        "faults": {"line": absorbed.summary(run.faults_absorbed), "each": run.faults_absorbed},
         "stages": STAGES,
         "patchset_hash": patchset_hash(run.series),
         "am_sources": sources,
