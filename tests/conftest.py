@@ -7,6 +7,10 @@ A lab test that fails may leave its guest, its module or its VFs behind; the nex
 fail for that reason alone (seen in CI: one crashed `xl list`, then five failures). After a failed
 lab test the host is put back the way the pipeline's next run would do it: test guests destroyed,
 the deploy marker's recovery run. What was done is printed.
+
+Absorbed faults (pipeline/absorbed.py): every process of the session, `invoke verify` runs included,
+appends its records to one journal (PV_FAULTS_JOURNAL); the terminal summary gives the total on the
+lab, per test, with the LAB FAULT lines of the lab revivals.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import os
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +43,17 @@ def _traversable(path: Path) -> Path:
     return path
 
 
+_LAB_FAULTS: list[str] = []  # the LAB FAULT lines of this session, repeated in the terminal summary
+_FAULTS_BY_TEST: dict[str, int] = {}  # test id -> journal lines its run added
+
+
 def pytest_configure(config):
+    from pipeline.absorbed import JOURNAL_ENV
+
+    if not os.environ.get(JOURNAL_ENV):  # a caller's journal (CI's) is kept, and left to it
+        fd, path = tempfile.mkstemp(prefix="pv-faults-", suffix=".jsonl")
+        os.close(fd)
+        os.environ[JOURNAL_ENV] = config.pv_own_journal = path
     # /tmp/pytest-of-root is shared with every other pytest session of root, and each resets it to
     # 0700 when it starts: this checkout's temporaries live apart (cleared by pytest per session)
     if not config.option.basetemp:
@@ -53,6 +68,56 @@ TempPathFactory.mktemp = lambda self, *a, **k: _traversable(_mktemp(self, *a, **
 @pytest.fixture
 def tmp_path(tmp_path):
     return _traversable(tmp_path)
+
+
+def _journal_lines() -> int:
+    from pipeline.absorbed import JOURNAL_ENV
+
+    try:
+        return len(Path(os.environ.get(JOURNAL_ENV, "")).read_text(encoding="utf-8").splitlines())
+    except OSError:
+        return 0
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    before = _journal_lines()
+    yield
+    if _journal_lines() > before:
+        _FAULTS_BY_TEST[item.nodeid] = _journal_lines() - before
+
+
+def pytest_terminal_summary(terminalreporter):
+    """How many faults the pipeline absorbed in this session: on the lab (what CI's total is for; a
+    lab getting worse shows here), and elsewhere (the local sshd tests cause theirs on purpose)."""
+    from pipeline.absorbed import JOURNAL_ENV, describe, read_journal, summary
+
+    faults = read_journal(Path(os.environ.get(JOURNAL_ENV, "")))
+    lab_names = {h.name for h in _lab_hosts()}
+    on_lab = [f for f in faults if f.host in lab_names]
+    tr = terminalreporter
+    tr.write_sep("-", f"{summary(on_lab)} on the lab during the test run, {len(faults) - len(on_lab)} elsewhere")
+    for f in on_lab:
+        tr.write_line(f"  {describe(f)}")
+    for nodeid, n in _FAULTS_BY_TEST.items():
+        tr.write_line(f"  {n} in {nodeid}")
+    for line in _LAB_FAULTS:
+        tr.write_line(line)
+
+
+def _lab_hosts() -> list:
+    try:
+        from pipeline.config import project_settings
+
+        return [h for h in project_settings().hosts.values() if h.lab]
+    except Exception:  # noqa: BLE001 - a summary line must not fail the session
+        return []
+
+
+def pytest_unconfigure(config):
+    own = getattr(config, "pv_own_journal", None)
+    if own:
+        Path(own).unlink(missing_ok=True)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -76,12 +141,17 @@ def _revive_the_lab(request, when: str) -> None:
         return
     qemu_log = lab.paths(settings).qemu_log
     last = qemu_log.read_text(errors="replace").strip().splitlines()[-3:] if qemu_log.exists() else []
-    print(
-        f"\nLAB FAULT {when} {request.node.nodeid}: QEMU is gone (qemu.log: {' | '.join(last) or '-'}; "
-        f"console: {lab.console_tail(settings, 2)!r}); booting it again",
-        file=sys.stderr,
-        flush=True,
+    line = (
+        f"LAB FAULT {when} {request.node.nodeid}: QEMU is gone (qemu.log: {' | '.join(last) or '-'}; "
+        f"console: {lab.console_tail(settings, 2)!r}); booting it again"
     )
+    print(f"\n{line}", file=sys.stderr, flush=True)
+    _LAB_FAULTS.append(line)
+    from pipeline.absorbed import record
+    from pipeline.statuses import FaultKind
+
+    where = f"lab boot ({when} {request.node.name})"
+    record(FaultKind.LAB_RESTARTED, _LabBoot.host.name, where, "QEMU is gone" + (f": {last[-1]}" if last else ""))
     host = lab.up(settings, _lab_progress)
     for f in dataclasses.fields(host):
         setattr(_LabBoot.host, f.name, getattr(host, f.name))
