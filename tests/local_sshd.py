@@ -54,7 +54,7 @@ class SshServer:
         return self.log.read_text(errors="replace")
 
 
-def _start_sshd(d: Path, port: int) -> tuple[subprocess.Popen, Path]:
+def _start_sshd(d: Path, port: int, extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, Path]:
     cfg = d / f"sshd_config.{port}"
     cfg.write_text(
         "\n".join(
@@ -72,6 +72,7 @@ def _start_sshd(d: Path, port: int) -> tuple[subprocess.Popen, Path]:
                 "UsePAM no",
                 "Subsystem sftp internal-sftp",
                 "LogLevel VERBOSE",
+                *extra,
                 "",
             ]
         )
@@ -117,8 +118,9 @@ def _wait_listening(proc: subprocess.Popen, port: int, log: Path, timeout: float
 
 
 @contextmanager
-def serve(d: Path, name: str = "local") -> Iterator[SshServer]:
-    """sshd on a free port of 127.0.0.1, its files in `d`; skipped (failed in CI) without sshd."""
+def serve(d: Path, name: str = "local", extra: tuple[str, ...] = ()) -> Iterator[SshServer]:
+    """sshd on a free port of 127.0.0.1, its files in `d`; skipped (failed in CI) without sshd.
+    `extra`: more sshd_config lines (tests/fakedom0: a ForceCommand)."""
     if not SSHD.is_file():
         msg = f"{SSHD} missing: apt-get install openssh-server (deps/apt.txt)"
         if in_ci():
@@ -131,7 +133,7 @@ def serve(d: Path, name: str = "local") -> Iterator[SshServer]:
         Path("/run/sshd").mkdir(mode=0o755)  # sshd's compiled-in privsep dir, as Debian's init creates it
     for _ in range(3):  # the free port may be taken between probe and bind: another one then
         port = _free_port()
-        proc, log = _start_sshd(d, port)
+        proc, log = _start_sshd(d, port, extra)
         if _wait_listening(proc, port, log):
             break
     else:
