@@ -21,6 +21,7 @@ from .errors import ConfigError, UnknownConfigKey
 BUILD_MODES = ("headers", "full")
 # the names of pipeline/lab/emulator.py's EMULATORS (that module needs config: named here, checked by a test)
 LAB_QEMU_BUILDS = ("system", "10.0", "system-1t", "10.0-1t", "system-dom0-1cpu", "10.0-dom0-1cpu")
+GUEST_KERNELS = ("tiny", "host")
 
 
 @dataclass
@@ -96,6 +97,9 @@ class Settings:
     vf_counts: list[int] = field(default_factory=lambda: [1, 2, 3])
     hotplug: bool = True  # run vf-hotplug (off: vf-boot only, e.g. bench/load_matrix.py)
     hotplug_cycles: int = 2
+    # the test guest's kernel: "tiny" (built here once, pipeline/guestkernel.py, the same for every
+    # host) or "host" (the host's own dom0 kernel and its xen-pcifront module)
+    guest_kernel: str = "tiny"
     # verdicts that make `invoke verify` exit 10 (CI gating); empty: exit 0 whatever the verdicts
     fail_on: list[str] = field(default_factory=list)
     matrix: str = "default"
@@ -281,6 +285,8 @@ def load_settings(config: Any = None, data: dict | None = None, matrix: str | No
     from .redact import register
 
     register(settings.secret_env)
+    if settings.guest_kernel not in GUEST_KERNELS:
+        validator.fail("pv.guest_kernel", f"expected one of {', '.join(GUEST_KERNELS)}, got {settings.guest_kernel!r}")
     if settings.lab.qemu not in LAB_QEMU_BUILDS:
         validator.fail("pv.lab.qemu", f"expected one of {', '.join(LAB_QEMU_BUILDS)}, got {settings.lab.qemu!r}")
     if settings.jobs < 1:

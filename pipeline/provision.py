@@ -9,6 +9,10 @@ same builder as the lab's (`initramfs`), kept in the cache per host release (reu
 host's xen-pcifront.ko has the same sha256), uploaded into the run's directory on the host
 (`guest_dir`) and removed when the run leaves the host. Leftovers of runs that died are removed
 by the next run, under the host lock.
+
+With `pv.guest_kernel: tiny` (the default) the kernel is not the host's: it is the small PV kernel
+of pipeline/guestkernel.py with xen-pcifront built in, uploaded beside the initramfs, so every
+host (the built-in lab too) runs the same guest whatever its dom0 kernel.
 """
 
 from __future__ import annotations
@@ -27,12 +31,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import Settings
-from .errors import HostError
-from .results import atomic_write_text
+from .errors import HostError, PipelineError
+from .results import atomic_write_text, timed
 from .util import STATE_DIR, render
 from .util import noprogress as _noprogress
 
 if TYPE_CHECKING:  # the runner imports this module; paramiko loads with the first host
+    from .guestkernel import GuestKernel
     from .host import Host
 
 Progress = Callable[[str], None]
@@ -57,6 +62,8 @@ class GuestProvision:
     initrd_sha256: str
     cache: str  # "hit" | "built"
     provisioned: bool = True
+    kernel_source: str = "host"  # "host": the host's dom0 kernel; "tiny": pipeline/guestkernel.py's
+    kernel_sha256: str = ""  # of the uploaded kernel ("tiny" only)
 
     def record(self) -> dict:
         return asdict(self)
@@ -147,17 +154,24 @@ def inspect(host: Host) -> tuple[str, str | None, str | None]:
     return release, pcifront, why
 
 
-def provision(host: Host, settings: Settings, run_id: str, progress: Progress = _noprogress) -> GuestProvision:
-    """Make the guest for this host, upload it into the run's directory there; HostError when it cannot."""
-    release, pcifront, why = inspect(host)
-    if why:
-        raise HostError(why)
-    assert pcifront is not None
-    if pcifront == "builtin":
-        ko_sha = "builtin"
+def provision(
+    host: Host, settings: Settings, run_id: str, progress: Progress = _noprogress, kernel: GuestKernel | None = None
+) -> GuestProvision:
+    """Make the guest for this host, upload it into the run's directory there; HostError when it cannot.
+    `kernel`: the guest kernel to upload (pipeline.guestkernel); None: the host's own dom0 kernel."""
+    if kernel is not None:
+        release, pcifront, ko_sha = kernel.release, "builtin", "builtin"
+        cache = settings.path(settings.cache_dir) / "guests" / f"tiny-{kernel.key}"
     else:
-        ko_sha = host.out(["sha256sum", pcifront]).split()[0]
-    cache = settings.path(settings.cache_dir) / "guests" / release
+        release, pcifront, why = inspect(host)
+        if why:
+            raise HostError(why)
+        assert pcifront is not None
+        if pcifront == "builtin":
+            ko_sha = "builtin"
+        else:
+            ko_sha = host.out(["sha256sum", pcifront]).split()[0]
+        cache = settings.path(settings.cache_dir) / "guests" / release
     meta_path = cache / "guest.json"
     initrd_path = cache / "guest-initrd.gz"
     meta = _read_json(meta_path)
@@ -173,7 +187,8 @@ def provision(host: Host, settings: Settings, run_id: str, progress: Progress = 
         data = initrd_path.read_bytes()
         hit = hashlib.sha256(data).hexdigest() == meta.get("initrd_sha256")
     if not hit:
-        progress(f"{host.name}: making the test guest for {release} (xen-pcifront from the host, local busybox)")
+        origin = "built in" if pcifront == "builtin" else "from the host"
+        progress(f"{host.name}: making the test guest for {release} (xen-pcifront {origin}, local busybox)")
         ko = None
         if pcifront != "builtin":
             with tempfile.TemporaryDirectory(prefix="pv-pcifront-") as tmp:
@@ -193,23 +208,90 @@ def provision(host: Host, settings: Settings, run_id: str, progress: Progress = 
     remote_dir = guest_dir(run_id)
     host.mkdir_p(remote_dir)
     remote_initrd = f"{remote_dir}/guest-initrd.gz"
-    host.put(initrd_path, remote_initrd)
-    if host.out(["sha256sum", remote_initrd]).split()[0] != initrd_sha:
-        remove(host, run_id)
-        raise HostError(f"{host.name}: the uploaded guest initramfs does not match ({remote_initrd})")
+    uploads = [(initrd_path, remote_initrd, initrd_sha)]
+    remote_kernel = f"/boot/vmlinuz-{release}"
+    if kernel is not None:
+        remote_kernel = f"{remote_dir}/vmlinuz"
+        uploads.append((kernel.path, remote_kernel, kernel.sha256))
+    for local, remote, _ in uploads:
+        host.put(local, remote)
+    sums = {}  # remote path -> sha256, as sha256sum prints it
+    for line in host.out(["sha256sum", "--", *(remote for _, remote, _ in uploads)]).splitlines():
+        if len(parts := line.split(maxsplit=1)) == 2:
+            sums[parts[1]] = parts[0]
+    for _, remote, sha in uploads:
+        if sums.get(remote) != sha:
+            remove(host, run_id)
+            raise HostError(f"{host.name}: the uploaded guest file does not match ({remote})")
     g = GuestProvision(
         host=host.name,
         release=release,
         dir=remote_dir,
-        kernel=f"/boot/vmlinuz-{release}",
+        kernel=remote_kernel,
         initrd=remote_initrd,
         pcifront=pcifront,
         pcifront_sha256=ko_sha,
         initrd_sha256=initrd_sha,
         cache="hit" if hit else "built",
+        kernel_source="tiny" if kernel is not None else "host",
+        kernel_sha256=kernel.sha256 if kernel is not None else "",
     )
-    progress(f"{host.name}: test guest {g.kernel} + {g.initrd} ({'cached' if hit else 'built'})")
+    what = f"tiny kernel {release}" if kernel is not None else g.kernel
+    progress(f"{host.name}: test guest {what} + {g.initrd} ({'cached' if hit else 'built'})")
     return g
+
+
+class RunGuests:
+    """The test guests of one run: made per host once (after its first preflight passed: a refused
+    host gets nothing uploaded), from the one tiny kernel the run gets (`pv.guest_kernel: tiny`)."""
+
+    def __init__(
+        self, settings: Settings | None, run_id: str, steps: dict[str, float], progress: Progress = _noprogress
+    ):
+        self.settings, self.run_id, self.steps, self.progress = settings, run_id, steps, progress
+        self.tiny = settings is not None and settings.guest_kernel == "tiny"  # None: a runner test's stand-in
+        self.made: dict[str, GuestProvision] = {}
+        self._kernel: GuestKernel | PipelineError | None = None
+
+    def kernel(self) -> GuestKernel:
+        """Built once per machine (cached); its error is kept, so every host refused for it says why."""
+        from . import guestkernel
+
+        if self._kernel is None:
+            try:
+                with timed(self.steps, "guest_kernel"):
+                    self._kernel = guestkernel.ensure(self.settings, self.progress)
+            except PipelineError as e:
+                self._kernel = e
+        if isinstance(self._kernel, PipelineError):
+            raise self._kernel
+        return self._kernel
+
+    def prepare(self) -> None:
+        """Get the kernel before any host is booted or locked: a first build takes minutes."""
+        if self.tiny:
+            try:
+                self.kernel()
+            except PipelineError:
+                pass  # each host that needs the guest is refused with this error
+
+    def make(self, host: Host) -> GuestProvision:
+        g = self.made.get(host.name)
+        if g is None:
+            kernel = self.kernel() if self.tiny else None
+            g = self.made[host.name] = provision(host, self.settings, self.run_id, self.progress, kernel=kernel)
+        return g
+
+    def record(self, host_name: str) -> dict | None:
+        g = self.made.get(host_name)
+        return g.record() if g else None
+
+    def remove(self, host: Host) -> None:
+        """The run's guest files leave the host with the run (a run that died: the next one removes them)."""
+        try:
+            remove(host, self.run_id)
+        except PipelineError as e:
+            self.progress(f"{host.name}: could not remove the test guest ({e.message}); the next run does")
 
 
 def remove(host: Host, run_id: str) -> None:

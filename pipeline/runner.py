@@ -60,7 +60,7 @@ class _Run:
         self.stop = threading.Event()
         self.host_step: tuple[str, str] | None = None  # (deploy | test name, module) on a host now
         self.reused: dict[str, KernelResult] = {}  # `--builds`: rows whose build an earlier run made
-        self.guests: dict = {}  # host name -> provision.GuestProvision (hosts other than the lab)
+        self.guests = provision.RunGuests(settings, run.run_id, run.steps, progress)
 
     def save(self) -> None:
         with self.lock:
@@ -168,6 +168,8 @@ class _Run:
         for kcfg, kr in pairs:
             for h in kcfg.hosts:
                 by_host.setdefault(h, []).append((kcfg, kr))
+        if _wants(self.until, "test") and by_host:
+            self.guests.prepare()
         for hname, rows in by_host.items():
             ready = [(k, r) for k, r in rows if r.build.status is BuildStatus.OK and r.build.module]
             if not ready or self.stop.is_set():
@@ -186,8 +188,7 @@ class _Run:
                 try:
                     with timed(self.run.steps, "host_recover"):
                         deploy_mod.recover(host, self.progress)
-                    if not host.config.lab:
-                        provision.remove_leftovers(host, self.progress)
+                    provision.remove_leftovers(host, self.progress)
                 except PipelineError:
                     lock.release()
                     raise
@@ -202,9 +203,9 @@ class _Run:
                 try:
                     self.rows_on_host(host, ready, keep, deploy_mod, vftest)
                 finally:
-                    if not host.config.lab and _wants(self.until, "test"):
+                    if _wants(self.until, "test"):
                         with interrupt.deferred_sigint(self.progress):
-                            self.remove_guest(host)
+                            self.guests.remove(host)
 
     def rows_on_host(self, host, ready, keep: bool, deploy_mod, vftest) -> None:
         for kcfg, kr in ready:
@@ -223,23 +224,14 @@ class _Run:
                     raise KeyboardInterrupt from e
             self.save()
 
-    def remove_guest(self, host) -> None:
-        """The run's guest files leave the host with the run (a run that died: the next one removes them)."""
-        try:
-            provision.remove(host, self.run.run_id)
-        except PipelineError as e:
-            self.progress(f"{host.name}: could not remove the test guest ({e.message}); the next run does")
-
     def guest_image(self, host):
-        """The lab's guest, or the one this run makes for the host (once, after the first preflight
-        passed: a refused host gets nothing uploaded). HostError when it cannot be made."""
+        """The lab image's own guest (`pv.guest_kernel: host`), or the one this run makes for the host.
+        HostError/BuildSetupError when it cannot be made."""
         from .guest import GuestImage, default_guest
 
-        if host.config.lab:
+        if host.config.lab and not self.guests.tiny:
             return default_guest(host, self.settings)
-        g = self.guests.get(host.name)
-        if g is None:
-            g = self.guests[host.name] = provision.provision(host, self.settings, self.run.run_id, self.progress)
+        g = self.guests.make(host)
         return GuestImage(kernel=g.kernel, ramdisk=g.initrd)
 
     def interrupted_on_host(self, host, kr: KernelResult) -> None:
@@ -281,8 +273,8 @@ class _Run:
                 host.close()
                 first, t = t, run()
                 t.warnings.append(f"first attempt errored: {first.reason}")
-        if host.name in self.guests:  # where the guest came from: made by this run for this host
-            t.metrics["guest"] = self.guests[host.name].record()
+        if guest := self.guests.record(host.name):  # where the guest came from: made by this run for this host
+            t.metrics["guest"] = guest
         kr.tests.append(t)
         self.host_step = None
         self.save()
