@@ -68,7 +68,7 @@ def host_config(settings: Settings, name: str = "lab") -> HostConfig:
 def _ready(host: HostConfig) -> str | None:
     """`uname -r` when dom0 answers over SSH and `xl info` works, else None."""
     try:
-        r = run_ssh(host, "xl info >/dev/null && uname -r", timeout=20)
+        r = run_ssh(host, "xl info >/dev/null && uname -r", timeout=20, polling=True)
     except LabError:
         return None
     return r.stdout.strip() if r.returncode == 0 else None

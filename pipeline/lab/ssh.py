@@ -48,10 +48,13 @@ def run_ssh(
     timeout: float = 120,
     check: bool = False,
     input: str | None = None,
+    polling: bool = False,
 ) -> subprocess.CompletedProcess:
-    """Run a command in the host's shell; a list is quoted word by word."""
+    """Run a command in the host's shell; a list is quoted word by word. `polling`: the caller asks
+    again anyway (waiting for a booting dom0, whose sshd is not up yet): one try, and a failed
+    handshake is the wait, not a fault absorbed."""
     cmd = command if isinstance(command, str) else shlex.join(command)
-    for attempt in range(1, SSH_HANDSHAKE_TRIES + 1):
+    for attempt in range(1, 1 + (1 if polling else SSH_HANDSHAKE_TRIES)):
         try:
             proc = subprocess.run(
                 [*ssh_argv(host), cmd], capture_output=True, text=True, timeout=timeout, input=input, check=False
@@ -59,7 +62,12 @@ def run_ssh(
         except subprocess.TimeoutExpired as e:
             raise LabError(f"ssh {host.name}: `{cmd}` timed out after {timeout:.0f}s") from e
         # a handshake damaged in transit (seen in the lab under load): the command never started
-        if proc.returncode != 255 or not _HANDSHAKE_FAILED.search(proc.stderr) or attempt == SSH_HANDSHAKE_TRIES:
+        if (
+            proc.returncode != 255
+            or not _HANDSHAKE_FAILED.search(proc.stderr)
+            or polling
+            or attempt == SSH_HANDSHAKE_TRIES
+        ):
             break
         absorbed.record(FaultKind.HANDSHAKE_BROKEN, host.name, f"ssh {cmd}", absorbed.of_exit(255, proc.stderr))
         time.sleep(attempt)
