@@ -119,7 +119,9 @@ def _probe(settings: Settings, name: str, res: HostCheck) -> None:
                 res.xl_version = _xl_version(host)
             _pf(host, cfg, res, sriov)
             release, pcifront, gwhy = provision.inspect(host)
-            if cfg.lab:
+            if settings.guest_kernel == "tiny":  # nothing of the host's own kernel is needed
+                res.guest = "made by the run: tiny PV kernel (pipeline/guestkernel.py) + local busybox"
+            elif cfg.lab:
                 res.guest = "built into the lab image"
             elif gwhy:
                 res.guest = f"cannot be made: {gwhy}"

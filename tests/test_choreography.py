@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 from conftest import host_state
+from fake_guestkernel import fake_tarball
 from fakedom0 import RELEASE, FakeDom0, fake_dom0, module
 
 from pipeline import dom0 as dom0_mod
-from pipeline import guest, provision
+from pipeline import guest, guestkernel, provision
 from pipeline.config import KernelConfig, Settings
 from pipeline.errors import Interrupted
 from pipeline.host import Host
@@ -63,6 +64,9 @@ def dom0(tmp_path, monkeypatch):
     # nor to wait half a second before asking whether an `xl destroy` took
     fast = types.SimpleNamespace(monotonic=time.monotonic, sleep=lambda s: time.sleep(min(s, 0.05)))
     monkeypatch.setattr(dom0_mod, "time", fast)
+    # the tiny guest kernel (pv.guest_kernel's default) from a fake source tree: the real builder
+    # and cache in a second, and a "kernel" the fake xl never boots
+    monkeypatch.setattr(guestkernel, "TARBALL", fake_tarball(tmp_path / "fake-kernel"))
     with fake_dom0(tmp_path / "dom0") as d:
         yield d
 
@@ -96,7 +100,7 @@ def _built(tmp_path: Path, settings: Settings) -> Path:
     return run_dir
 
 
-def _settings(tmp_path: Path, d: FakeDom0) -> Settings:
+def _settings(tmp_path: Path, d: FakeDom0, guest_kernel: str = "tiny") -> Settings:
     kcfg = KernelConfig(name=KERNEL, remote="fake-remote", ref="v6.1", hosts=[d.host_config.name])
     return Settings(
         results_root=str(tmp_path / "runs"),
@@ -108,6 +112,7 @@ def _settings(tmp_path: Path, d: FakeDom0) -> Settings:
         matrix="here",
         matrices={"here": [kcfg]},
         hosts={d.host_config.name: d.host_config},
+        guest_kernel=guest_kernel,
     )
 
 
@@ -119,8 +124,8 @@ def _as_found(d: FakeDom0) -> dict:
     return state
 
 
-def _verify(tmp_path: Path, d: FakeDom0):
-    settings = _settings(tmp_path, d)
+def _verify(tmp_path: Path, d: FakeDom0, guest_kernel: str = "tiny"):
+    settings = _settings(tmp_path, d, guest_kernel)
     built = _built(tmp_path, settings)
     said: list[str] = []
     done = verify(settings, builds=str(built), progress=said.append)
@@ -150,10 +155,11 @@ def _tests(k: KernelResult) -> list[tuple]:
     return [(t.name, t.module, str(t.outcome), t.seen) for t in k.tests]
 
 
-def test_a_full_host_stage_deploys_tests_controls_hotplugs_and_restores(tmp_path, dom0):
+@pytest.mark.parametrize("guest_kernel", ["tiny", "host"])
+def test_a_full_host_stage_deploys_tests_controls_hotplugs_and_restores(tmp_path, dom0, guest_kernel):
     before = _as_found(dom0)
     assert before["module"] == ("stock", "") and before["numvfs"] == 0 and before["domids"] == [0]
-    done, said = _verify(tmp_path, dom0)
+    done, said = _verify(tmp_path, dom0, guest_kernel)
     done.raise_if_stopped()
     k = _row(done)
     assert phases(dom0.events()) == [
@@ -187,6 +193,14 @@ def test_a_full_host_stage_deploys_tests_controls_hotplugs_and_restores(tmp_path
     assert str(done.run.status) == "complete" and exit_status(done.run) == (0, "")
     # the run made its guest for this host and took it away again; the host is as found
     assert all(t.metrics["guest"]["host"] == dom0.host_config.name for t in k.tests)
+    # tiny: the run's own kernel uploaded beside the initramfs; host: the host's /boot kernel
+    kernels = {(t.metrics["guest"]["kernel_source"], t.metrics["guest"]["kernel"]) for t in k.tests}
+    guest_dir = provision.guest_dir(done.run.run_id)
+    assert (
+        kernels == {("tiny", f"{guest_dir}/vmlinuz")}
+        if guest_kernel == "tiny"
+        else {("host", f"/boot/vmlinuz-{RELEASE}")}
+    )
     assert _as_found(dom0) == before
 
 

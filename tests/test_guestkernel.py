@@ -4,37 +4,12 @@ real (marked `build`: the lab tests boot the same cached kernel)."""
 
 from __future__ import annotations
 
-import subprocess
-from pathlib import Path
-
 import pytest
+from fake_guestkernel import fake_tarball
 
 from pipeline import guestkernel
 from pipeline.config import Settings, project_settings
 from pipeline.errors import BuildSetupError
-
-FAKE_MAKEFILE = """\
-tinyconfig:
-\t@echo '# tinyconfig' > .config
-olddefconfig:
-\t@true
-bzImage:
-\t@mkdir -p arch/x86/boot && cat .config > arch/x86/boot/bzImage
-kernelrelease:
-\t@echo 6.1.0-fake
-"""
-
-
-def _fake_tarball(tmp_path: Path, merge: str = 'cat "$3" >> "$2"') -> Path:
-    tree = tmp_path / "src" / "linux-source-6.1"
-    (tree / "scripts/kconfig").mkdir(parents=True)
-    (tree / "Makefile").write_text(FAKE_MAKEFILE)
-    mc = tree / "scripts/kconfig/merge_config.sh"
-    mc.write_text(f"#!/bin/sh\n{merge}\n")
-    mc.chmod(0o755)
-    tarball = tmp_path / "linux-source-6.1.tar.xz"
-    subprocess.run(["tar", "-cJf", str(tarball), "-C", str(tmp_path / "src"), "linux-source-6.1"], check=True)
-    return tarball
 
 
 def test_fragment_options_skip_comments_and_blanks():
@@ -61,7 +36,7 @@ def test_the_source_is_the_kernel_line_deps_install():
 
 
 def test_key_follows_every_input(tmp_path):
-    tarball = _fake_tarball(tmp_path)
+    tarball = fake_tarball(tmp_path)
     base = guestkernel.inputs(tarball)
     assert guestkernel.key_of(base) == guestkernel.key_of(guestkernel.inputs(tarball))
     for change in ({"recipe": base["recipe"] + 1}, {"compiler": "gcc 99"}, {"fragment_sha256": "0" * 64}):
@@ -74,7 +49,7 @@ def test_no_tarball_is_a_one_line_error(tmp_path):
 
 
 def test_built_once_then_a_cache_hit(tmp_path):
-    tarball = _fake_tarball(tmp_path)
+    tarball = fake_tarball(tmp_path)
     settings = Settings(cache_dir=str(tmp_path / "cache"))
     said: list[str] = []
     first = guestkernel.ensure(settings, said.append, tarball=tarball)
@@ -89,7 +64,7 @@ def test_built_once_then_a_cache_hit(tmp_path):
 
 
 def test_a_damaged_cache_entry_is_built_again(tmp_path):
-    tarball = _fake_tarball(tmp_path)
+    tarball = fake_tarball(tmp_path)
     settings = Settings(cache_dir=str(tmp_path / "cache"))
     first = guestkernel.ensure(settings, tarball=tarball)
     first.path.write_text("truncated")
@@ -98,7 +73,7 @@ def test_a_damaged_cache_entry_is_built_again(tmp_path):
 
 
 def test_an_option_kconfig_drops_fails_the_build_and_caches_nothing(tmp_path):
-    tarball = _fake_tarball(tmp_path, merge='grep -v PCIDEV_FRONTEND "$3" >> "$2"')
+    tarball = fake_tarball(tmp_path, merge='grep -v PCIDEV_FRONTEND "$3" >> "$2"')
     settings = Settings(cache_dir=str(tmp_path / "cache"))
     with pytest.raises(BuildSetupError, match="lacks CONFIG_XEN_PCIDEV_FRONTEND=y"):
         guestkernel.ensure(settings, tarball=tarball)

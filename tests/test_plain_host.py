@@ -4,7 +4,7 @@ The running lab is registered a second time as a plain inventory host `plain` (n
 reached through a Host alias of an ssh_config file whose ProxyJump is the real local sshd of
 tests/local_sshd.py, both host keys checked strictly from one known_hosts file. Against it the
 pipeline takes the path of any real host: the PF's driver from sysfs, VFs up to sriov_totalvfs,
-the test guest made by the run (the host's /boot kernel, its xen-pcifront, this machine's
+the test guest made by the run (the tiny PV kernel of pipeline/guestkernel.py, this machine's
 busybox) and removed afterwards. `invoke verify --kernel debian-6.1-prefix` must give the same
 verdict and VF counts as against `lab` and leave nothing on the host.
 
@@ -139,7 +139,7 @@ def test_hosts_check_lab_and_plain_host(lab_host, plain, tmp_path):
         assert c["lock"] == "free" and not c["pf_refusal"]
     assert by["lab"]["lab"] and not by["plain"]["lab"]
     assert by["plain"]["ssh"].startswith(f"root@127.0.0.1:{lab_host.port} via pv-jump (")
-    assert by["plain"]["guest"].startswith(f"made by the run: /boot/vmlinuz-{lab_host.kernel_release}")
+    assert by["plain"]["guest"].startswith("made by the run: tiny PV kernel")  # pv.guest_kernel's default
     # the matrix names `plain` only: its row runs there (headers of the lab's release), none on `lab`
     assert [(r["kernel"], r["runs"]) for r in by["plain"]["rows"]] == [(KERNEL, True)]
     assert by["lab"]["rows"] == []
@@ -186,12 +186,17 @@ def test_verify_on_the_lab_as_a_plain_host_matches_the_lab(lab_host, plain, defa
     assert sorted(t["name"] for t in k["tests"]) == ["vf-boot-3", "vf-boot-3"]
     for t in k["tests"]:
         g = t["metrics"]["guest"]
-        assert g["provisioned"] and g["host"] == "plain" and g["release"] == lab_host.kernel_release
-        assert g["kernel"] == f"/boot/vmlinuz-{lab_host.kernel_release}"
-        assert g["initrd"] == f"/run/pciback-verify/guest-{results['plain']['run_id']}/guest-initrd.gz"
-        assert g["pcifront"].endswith(("xen-pcifront.ko", "xen-pcifront.ko.xz"))
+        # the tiny guest kernel (pv.guest_kernel's default), uploaded with its initramfs
+        guest_dir = f"/run/pciback-verify/guest-{results['plain']['run_id']}"
+        assert g["provisioned"] and g["host"] == "plain" and g["kernel_source"] == "tiny"
+        assert (g["kernel"], g["initrd"]) == (f"{guest_dir}/vmlinuz", f"{guest_dir}/guest-initrd.gz")
+        assert g["pcifront"] == "builtin" and len(g["kernel_sha256"]) == 64
+    # the lab runs the same guest, made by its run the same way
     (k_lab,) = [k for k in results["lab"]["kernels"] if k["name"] == KERNEL]
-    assert all("guest" not in t["metrics"] for t in k_lab["tests"])  # the lab's guest is in its image
+    lab_guests = {
+        (t["metrics"]["guest"]["kernel_source"], t["metrics"]["guest"]["kernel_sha256"]) for t in k_lab["tests"]
+    }
+    assert lab_guests == {("tiny", k["tests"][0]["metrics"]["guest"]["kernel_sha256"])}
 
 
 @pytest.mark.lab
