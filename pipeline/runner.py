@@ -58,7 +58,7 @@ class _Run:
         self.progress = progress
         self.lock = threading.Lock()
         self.stop = threading.Event()
-        self.host_step: tuple[str, str] | None = None  # (deploy | test name, module) on a host now
+        self.host_step: tuple[str, str] | None = None  # (deploy | restore | test name, module) on a host now
         self.reused: dict[str, KernelResult] = {}  # `--builds`: rows whose build an earlier run made
         self.guests = provision.RunGuests(settings, run.run_id, run.steps, progress)
 
@@ -238,11 +238,10 @@ class _Run:
         """Ctrl-C: the step in progress (its cleanup already ran on the way out) goes on record."""
         self.stop.set()
         step, module = self.host_step or ("", "")
-        if step == "deploy":
+        if step in ("deploy", "restore"):  # restore: the steps after it never ran
+            detail = f"interrupted ({module})" if step == "deploy" else f"interrupted restoring stock after {module}"
             kr.deploy.append(
-                DeployResult(
-                    status=DeployStatus.INTERRUPTED, host=host.name, restored=True, detail=f"interrupted ({module})"
-                )
+                DeployResult(status=DeployStatus.INTERRUPTED, host=host.name, restored=True, detail=detail)
             )
         elif step:
             kr.tests.append(
@@ -282,7 +281,9 @@ class _Run:
     def host_row_failed(self, host, kcfg: KernelConfig, kr: KernelResult, e: Exception, deploy_mod) -> None:
         """Record the failure on the row and put the host back (fresh connection) before the next kernel."""
         msg = e.message if isinstance(e, PipelineError) else f"{type(e).__name__}: {e}"
-        stage = Stage.DEPLOY if (self.host_step or ("",))[0] == "deploy" else Stage.TEST
+        stage = Stage.DEPLOY if (self.host_step or ("",))[0] in ("deploy", "restore") else Stage.TEST
+        for prefix in (f"host {host.name}: ", f"{host.name}: "):  # HostError messages name the host already
+            msg = msg.removeprefix(prefix)
         kr.error = f"{stage}: host {host.name}: {msg}"
         kr.error_code = getattr(e, "exit_code", 7)
         kr.failed_stage = stage
@@ -332,6 +333,14 @@ class _Run:
             self.save()
             return d
 
+        def restore(d, module: str) -> None:
+            # a Ctrl-C here still cuts the row's later steps; one that came in a test (unwinding
+            # through this restore) stays that test's
+            outer = self.host_step
+            self.host_step = outer or ("restore", module)
+            deploy_mod.restore(host, d, p)
+            self.host_step = outer
+
         # the series' module (for an already-applied kernel: the tree's own module, the fix included)
         dep = deploy("series", b.module, b.srcversion)
         if dep.status is DeployStatus.OK:
@@ -345,7 +354,7 @@ class _Run:
                             host, kr, f"vf-boot-{n}", "series", lambda n=n: vftest.vf_boot(host, n, "series", image, p)
                         )
             finally:
-                deploy_mod.restore(host, dep, p)
+                restore(dep, "series")
         if not testing or self.stop.is_set():
             return
         # negative control: the module without the fix must fail vf-boot-3
@@ -365,7 +374,7 @@ class _Run:
                         host, kr, f"vf-boot-{n}", "control", lambda: vftest.vf_boot(host, n, "control", image, p)
                     )
                 finally:
-                    deploy_mod.restore(host, cdep, p)
+                    restore(cdep, "control")
         n_hot = min(max(self.settings.vf_counts, default=0), host.config.max_vfs)
         if not self.settings.hotplug or n_hot < 2 or dep.status is not DeployStatus.OK or self.stop.is_set():
             return
@@ -381,7 +390,7 @@ class _Run:
         finally:
             if not keep:
                 self.ensure_host(host)
-                deploy_mod.restore(host, hdep, p)
+                restore(hdep, "series")
 
     def use_pf_limit(self, host) -> None:
         """From here on max_vfs is what the PF offers (sriov_totalvfs, or the VFs that exist), capped by
