@@ -8,7 +8,8 @@ Each cycle is the pipeline's own vf-boot case (VfPool + Guest) with the fixed mo
 dom0 process crashes (new `segfault at` / `traps:` / `general protection` lines in dom0's dmesg),
 wrong VF counts (the guest saw fewer than N), cycles that ended in an error (SSH, xl, libxl),
 QEMU deaths (the lab restarted) and new lines in QEMU's own log (qemu.log: warnings, guest errors,
-NVMe error traces). glibc's heap checks are on for every dom0 command of the run
+NVMe error traces), and the faults the pipeline's own retries absorbed (pipeline/absorbed.py).
+The guest is the one a run makes (pv.guest_kernel). glibc's heap checks are on for every dom0 command of the run
 (MALLOC_PERTURB_, malloc.check through /etc/environment, restored afterwards) so corruption
 shows early. Exit 0 only when every build ran clean.
 """
@@ -27,11 +28,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline import lab  # noqa: E402
+from pipeline import absorbed, lab, provision  # noqa: E402
 from pipeline.config import project_settings  # noqa: E402
 from pipeline.deploy import deploy, preflight, restore  # noqa: E402
 from pipeline.errors import HostError, LabError  # noqa: E402
-from pipeline.guest import default_guest  # noqa: E402
+from pipeline.guest import GuestImage, default_guest  # noqa: E402
 from pipeline.host import Host  # noqa: E402
 from pipeline.hostlock import HostLock  # noqa: E402
 from pipeline.labmod import build_pair  # noqa: E402
@@ -64,12 +65,17 @@ class Tally:
     qemu_log_lines: int = 0
     seconds: list[float] = dataclasses.field(default_factory=list)
     what: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    faults: list = dataclasses.field(default_factory=list)  # what the pipeline's retries absorbed
 
     def per100(self, n: int) -> str:
         return f"{100 * n / self.cycles:.0f}" if self.cycles else "-"
 
     def clean(self) -> bool:
-        return self.cycles > 0 and self.passed == self.cycles and not (self.dom0_crashes or self.qemu_deaths)
+        return (
+            self.cycles > 0
+            and self.passed == self.cycles
+            and not (self.dom0_crashes or self.qemu_deaths or self.faults)
+        )
 
 
 def _dmesg_crashes(host: Host) -> list[str]:
@@ -123,11 +129,17 @@ def run_build(settings, name: str, n: int, vfs: int, tmp: Path) -> Tally:
     mods = build_pair(release, tmp, say)
     b = mods["series"]
     started = st.pid
-    with Host(hc) as host, HostLock(host, f"lab-health-{os.getpid()}", say).acquire():
+    with (
+        absorbed.collect(t.faults),
+        Host(hc) as host,
+        HostLock(host, f"lab-health-{os.getpid()}", say).acquire(),
+    ):
         why = preflight(host, b, vfs)
         if why:
             raise SystemExit(f"preflight refused the module: {why}")
-        image = default_guest(host, settings)
+        guests = provision.RunGuests(settings, f"lab-health-{os.getpid()}", {}, say)  # as a run makes it
+        files = guests.files(host)
+        image = default_guest(host, settings) if files is None else GuestImage(*files)
         d = deploy(host, Path(b.module), b.srcversion, say)
         if d.status != "ok":
             raise SystemExit(f"deploy failed: {d.detail}")
@@ -184,6 +196,7 @@ def run_build(settings, name: str, n: int, vfs: int, tmp: Path) -> Tally:
                     )
         finally:
             restore(host, d, say)
+            guests.remove(host)
     return t
 
 
@@ -205,16 +218,18 @@ def main() -> int:
         settings.lab.qemu = was
         if not was_running:
             lab.down(settings, say)
-    head = f"{'qemu':<34} {'cycles':>6} {'pass':>5} {'wrong':>5} {'error':>5} {'dom0 crash':>10} {'QEMU died':>9} {'qemu.log':>8} {'median s':>8}"
+    head = f"{'qemu':<34} {'cycles':>6} {'pass':>5} {'wrong':>5} {'error':>5} {'dom0 crash':>10} {'QEMU died':>9} {'qemu.log':>8} {'faults':>6} {'median s':>8}"
     print(head + "   (counts per 100 cycles)")
     for t in tallies:
         med = sorted(t.seconds)[len(t.seconds) // 2] if t.seconds else 0.0
         print(
             f"{t.version[:34]:<34} {t.cycles:>6} {t.per100(t.passed):>5} {t.per100(t.wrong_count):>5} {t.per100(t.errors):>5} "
-            f"{t.per100(t.dom0_crashes):>10} {t.per100(t.qemu_deaths):>9} {t.per100(t.qemu_log_lines):>8} {med:>8.1f}"
+            f"{t.per100(t.dom0_crashes):>10} {t.per100(t.qemu_deaths):>9} {t.per100(t.qemu_log_lines):>8} {t.per100(len(t.faults)):>6} {med:>8.1f}"
         )
         for what, k in t.what.most_common(8):
             print(f"    {k:>3} x {what}")
+        if t.faults:
+            print(f"    {absorbed.tally(t.faults)}")
     return 0 if all(t.clean() for t in tallies) else 1
 
 

@@ -229,10 +229,8 @@ class _Run:
         HostError/BuildSetupError when it cannot be made."""
         from .guest import GuestImage, default_guest
 
-        if host.config.lab and not self.guests.tiny:
-            return default_guest(host, self.settings)
-        g = self.guests.make(host)
-        return GuestImage(kernel=g.kernel, ramdisk=g.initrd)
+        files = self.guests.files(host)
+        return default_guest(host, self.settings) if files is None else GuestImage(*files)
 
     def interrupted_on_host(self, host, kr: KernelResult) -> None:
         """Ctrl-C: the step in progress (its cleanup already ran on the way out) goes on record."""
