@@ -277,6 +277,11 @@ class RunGuests:
 
     def make(self, host: Host) -> GuestProvision:
         g = self.made.get(host.name)
+        # the guest lives in the host's /run (tmpfs): a host that rebooted (the lab restarted
+        # after QEMU died) has lost it, and is given it again
+        if g is not None and g.dir.startswith(RUN_ROOT) and not all(map(host.exists, (g.initrd, g.kernel))):
+            self.progress(f"{host.name}: the test guest is gone from {g.dir} (the host restarted?); uploading it again")
+            g = None
         if g is None:
             kernel = self.kernel() if self.tiny else None
             g = self.made[host.name] = provision(host, self.settings, self.run_id, self.progress, kernel=kernel)

@@ -377,6 +377,7 @@ class _Run:
         if not self.settings.hotplug or n_hot < 2 or dep.status is not DeployStatus.OK or self.stop.is_set():
             return
         self.ensure_host(host)
+        image = self.guest_image(host) if image is not None else None  # again if the host restarted
         hdep = deploy("series", b.module, b.srcversion)
         if hdep.status is not DeployStatus.OK:
             return

@@ -288,3 +288,21 @@ def test_ctrl_c_at_each_step_restores_the_host_and_stops(tmp_path, dom0, step):
     assert _as_found(dom0) == before
     assert k.verdict == "untested", k.verdict_detail
     assert f"interrupted during {INTERRUPTED[step]}" in k.verdict_detail, k.verdict_detail
+
+
+def test_a_guest_gone_from_the_host_is_uploaded_again(tmp_path, dom0):
+    """The guest lives in the host's /run (tmpfs): after a reboot (the lab restarted when QEMU died)
+    the run gives it again instead of starting every later guest from files that are gone."""
+    said: list[str] = []
+    guests = provision.RunGuests(_settings(tmp_path, dom0), "regone", {}, said.append)
+    with Host(dom0.host_config) as h:
+        first = guests.make(h)
+        assert h.exists(first.kernel) and h.exists(first.initrd)
+        assert guests.make(h) is first and not [m for m in said if "again" in m]  # still there: kept
+        h.run(["rm", "-rf", "--", first.dir])  # what the reboot did to /run
+        again = guests.make(h)
+        assert h.exists(again.kernel) and h.exists(again.initrd)
+        assert (again.kernel, again.kernel_sha256) == (first.kernel, first.kernel_sha256)
+        assert [m for m in said if "uploading it again" in m]
+        guests.remove(h)
+        assert provision.leftovers(h) == []
