@@ -118,15 +118,16 @@ def _probe(settings: Settings, name: str, res: HostCheck) -> None:
                 res.xen_version = _field(info, "xen_version")
                 res.xl_version = _xl_version(host)
             _pf(host, cfg, res, sriov)
-            release, pcifront, gwhy = provision.inspect(host)
-            if settings.guest_kernel == "tiny":  # nothing of the host's own kernel is needed
+            if settings.guest_kernel == "tiny":  # nothing of the host's own kernel is needed: not asked
                 res.guest = "made by the run: tiny PV kernel (pipeline/guestkernel.py) + local busybox"
             elif cfg.lab:
                 res.guest = "built into the lab image"
-            elif gwhy:
-                res.guest = f"cannot be made: {gwhy}"
             else:
-                res.guest = f"made by the run: /boot/vmlinuz-{release} + xen-pcifront ({pcifront}) + local busybox"
+                release, pcifront, gwhy = provision.inspect(host)
+                if gwhy:
+                    res.guest = f"cannot be made: {gwhy}"
+                else:
+                    res.guest = f"made by the run: /boot/vmlinuz-{release} + xen-pcifront ({pcifront}) + local busybox"
             if not host.exists(LOCK_DIR):
                 res.lock = "free"
             else:
