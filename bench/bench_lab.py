@@ -20,8 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline import lab  # noqa: E402
 from pipeline.config import project_settings  # noqa: E402
-from pipeline.guest import Guest, default_guest  # noqa: E402
+from pipeline.guest import Guest  # noqa: E402
 from pipeline.host import Host  # noqa: E402
+from pipeline.providers import default_guest  # noqa: E402
 
 # ../shared/lab/README.md, "Timings" (2-core machine, TCG)
 REFERENCE = {

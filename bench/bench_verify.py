@@ -58,8 +58,9 @@ def step_totals(res: dict) -> dict[str, float]:
 
 def bare_guest_start(settings) -> float:
     """`xl create` of a PV test guest with no PCI device to its first report, on the running lab."""
-    from pipeline.guest import Guest, default_guest
+    from pipeline.guest import Guest
     from pipeline.host import Host
+    from pipeline.providers import default_guest
 
     hc = lab.ensure_up(settings, say)
     with Host(hc) as h:

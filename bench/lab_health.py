@@ -32,10 +32,10 @@ from pipeline import absorbed, lab, provision  # noqa: E402
 from pipeline.config import project_settings  # noqa: E402
 from pipeline.deploy import deploy, preflight, restore  # noqa: E402
 from pipeline.errors import HostError, LabError  # noqa: E402
-from pipeline.guest import GuestImage, default_guest  # noqa: E402
 from pipeline.host import Host  # noqa: E402
 from pipeline.hostlock import HostLock  # noqa: E402
 from pipeline.labmod import build_pair  # noqa: E402
+from pipeline.providers import run_guest  # noqa: E402
 from pipeline.statuses import Outcome  # noqa: E402
 from pipeline.vftest import vf_boot  # noqa: E402
 
@@ -138,8 +138,7 @@ def run_build(settings, name: str, n: int, vfs: int, tmp: Path) -> Tally:
         if why:
             raise SystemExit(f"preflight refused the module: {why}")
         guests = provision.RunGuests(settings, f"lab-health-{os.getpid()}", {}, say)  # as a run makes it
-        files = guests.files(host)
-        image = default_guest(host, settings) if files is None else GuestImage(*files)
+        image = run_guest(guests, host)
         d = deploy(host, Path(b.module), b.srcversion, say)
         if d.status != "ok":
             raise SystemExit(f"deploy failed: {d.detail}")

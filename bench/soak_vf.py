@@ -25,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipeline import absorbed, lab, provision  # noqa: E402
 from pipeline.config import project_settings  # noqa: E402
 from pipeline.deploy import deploy, preflight, restore  # noqa: E402
-from pipeline.guest import GuestImage, default_guest  # noqa: E402
 from pipeline.host import Host  # noqa: E402
 from pipeline.hostlock import HostLock  # noqa: E402
 from pipeline.labmod import build_pair  # noqa: E402
+from pipeline.providers import run_guest  # noqa: E402
 from pipeline.vftest import vf_boot  # noqa: E402
 
 
@@ -62,8 +62,7 @@ def main() -> int:
                 HostLock(host, f"soak-vf-{os.getpid()}", say).acquire(),
             ):
                 try:
-                    files = guests.files(host)
-                    image = default_guest(host, settings) if files is None else GuestImage(*files)
+                    image = run_guest(guests, host)
                     for label, want_pass in (("series", True), ("control", False)):
                         row = soak(host, mods[label], label, image, args)
                         if row is None:

@@ -19,10 +19,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from . import absorbed, lab
-from .config import Settings
+from . import absorbed
 from .dom0 import PCIBACK_BE, destroy_domain, remove_stale_backends
-from .errors import HostError
 from .host import Host, killed_by_signal
 from .interrupt import deferred_sigint
 from .results import timed
@@ -143,15 +141,6 @@ class GuestImage:
 
     kernel: str
     ramdisk: str
-
-
-def default_guest(host: Host, settings: Settings | None) -> GuestImage:
-    """The lab's guest files (built into its image). Any other host gets its guest from the run
-    (pipeline.provision), passed in as `image`."""
-    if host.config.lab and settings is not None:
-        files = lab.guest_files(settings)
-        return GuestImage(kernel=files.kernel, ramdisk=files.initrd)
-    raise HostError(f"host {host.name}: no test guest: a host other than the lab gets it from provision.provision()")
 
 
 # ------------------------------------------------------------------ the guest

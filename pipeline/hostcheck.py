@@ -13,6 +13,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from . import providers
 from .config import HostConfig, Settings
 from .errors import ConfigError, PipelineError
 
@@ -27,7 +28,8 @@ class RowCheck:
 @dataclass
 class HostCheck:
     name: str
-    lab: bool
+    lab: bool  # the built-in lab (kept for --json readers; `provider` names the kind)
+    provider: str = ""  # the kind of host: providers.KINDS
     ssh: str = ""  # user@host:port [via jumps]
     reachable: bool = False
     host_key: str = ""  # known | unknown | changed | "" (not reached)
@@ -54,17 +56,6 @@ class HostCheck:
         return {**asdict(self), "ok": self.ok}
 
 
-def _host_config(settings: Settings, name: str) -> HostConfig | None:
-    cfg = settings.hosts[name]
-    if not cfg.lab:
-        return cfg
-    from . import lab
-
-    if not lab.status(settings, probe=False).running:
-        return None
-    return lab.host_config(settings, name)
-
-
 def check_hosts(settings: Settings, host: str | None = None) -> list[HostCheck]:
     """`invoke hosts.check`: the inventory host `host`, or every host in name order."""
     if host and host not in settings.hosts:
@@ -73,20 +64,26 @@ def check_hosts(settings: Settings, host: str | None = None) -> list[HostCheck]:
 
 
 def check_host(settings: Settings, name: str) -> HostCheck:
-    res = HostCheck(name=name, lab=settings.hosts[name].lab, pf_bdf=settings.hosts[name].pf_bdf)
-    _probe(settings, name, res)
+    provider = providers.of_host(settings, name)
+    res = HostCheck(
+        name=name,
+        lab=provider.kind == providers.LabProvider.kind,
+        provider=provider.kind,
+        pf_bdf=provider.config.pf_bdf,
+    )
+    _probe(settings, provider, res)
     res.rows = rows_for(settings, name, res.kernel_release)
     return res
 
 
-def _probe(settings: Settings, name: str, res: HostCheck) -> None:
+def _probe(settings: Settings, provider: providers.HostProvider, res: HostCheck) -> None:
     from . import deploy, provision, sriov
     from .host import Host, HostKeyError, resolve
     from .hostlock import LOCK_DIR, HostLock, _describe
 
-    cfg = _host_config(settings, name)
+    cfg = provider.running_config()  # reads only: a host that is not up is not started
     if cfg is None:
-        res.error = "the built-in lab is not running (`invoke lab.up`)"
+        res.error = provider.not_running
         return
     try:
         *jumps, target = resolve(cfg)
@@ -120,8 +117,8 @@ def _probe(settings: Settings, name: str, res: HostCheck) -> None:
             _pf(host, cfg, res, sriov)
             if settings.guest_kernel == "tiny":  # nothing of the host's own kernel is needed: not asked
                 res.guest = "made by the run: tiny PV kernel (pipeline/guestkernel.py) + local busybox"
-            elif cfg.lab:
-                res.guest = "built into the lab image"
+            elif provider.own_guest:
+                res.guest = provider.own_guest
             else:
                 release, pcifront, gwhy = provision.inspect(host)
                 if gwhy:
@@ -219,7 +216,8 @@ def _last_vermagic(settings: Settings, kernel: str) -> str:
 
 def format_check(c: HostCheck) -> str:
     yes = {True: "yes", False: "no"}
-    lines = [f"{c.name}{' (built-in lab)' if c.lab else ''}: {'ok' if c.ok else 'NOT READY'}"]
+    label = providers.KINDS[c.provider].label if c.provider in providers.KINDS else ""
+    lines = [f"{c.name}{f' ({label})' if label else ''}: {'ok' if c.ok else 'NOT READY'}"]
     add = lines.append
     add(f"  ssh            {c.ssh or '-'}")
     add(f"  reachable      {yes[c.reachable]}{'' if c.reachable or not c.error else ': ' + c.error}")
@@ -250,20 +248,8 @@ def format_config(settings: Settings) -> str:
         lines.append(f"  {k.name:<20} {k.remote} @ {k.ref}  build: {mode}  hosts: {', '.join(k.hosts) or '-'}")
     lines.append(f"hosts ({len(settings.hosts)}):")
     for h in settings.hosts.values():
-        where = "built-in QEMU lab" if h.lab else _ssh_where(h)
+        where = providers.provider_for(settings, h).describe()
         vfs = f"up to {h.max_vfs} VFs" if h.max_vfs else "VFs up to sriov_totalvfs"
         lines.append(f"  {h.name:<20} {where}  PF {h.pf_bdf}, {vfs}")
     lines.append(f"other matrices: {', '.join(m for m in settings.matrices if m != settings.matrix) or '-'}")
     return "\n".join(lines)
-
-
-def _ssh_where(h: HostConfig) -> str:
-    """user@host:port as ssh would use it (ssh_config applied), or the entry's error."""
-    from .host import resolve
-
-    try:
-        *jumps, t = resolve(h)
-    except PipelineError as e:
-        return f"({e.message})"
-    via = f" via {','.join(j.alias for j in jumps)}" if jumps else ""
-    return f"{t.user}@{t.hostname}:{t.port}{via}"

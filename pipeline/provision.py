@@ -287,14 +287,6 @@ class RunGuests:
             g = self.made[host.name] = provision(host, self.settings, self.run_id, self.progress, kernel=kernel)
         return g
 
-    def files(self, host: Host) -> tuple[str, str] | None:
-        """(kernel, initrd) on the host for its test guest, made now if needed; None: the lab's
-        image carries its own guest (`guest_kernel: host` on the built-in lab)."""
-        if host.config.lab and not self.tiny:
-            return None
-        g = self.make(host)
-        return g.kernel, g.initrd
-
     def record(self, host_name: str) -> dict | None:
         g = self.made.get(host_name)
         return g.record() if g else None

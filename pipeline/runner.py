@@ -14,7 +14,7 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from . import absorbed, interrupt, kernelsrc, provision, report, verdict
+from . import absorbed, interrupt, kernelsrc, providers, provision, report, verdict
 from .config import HostConfig, KernelConfig, Settings
 from .errors import ConfigError, InternalError, Interrupted, PipelineError
 from .fetch import remove_worktree, sweep_run
@@ -151,12 +151,8 @@ class _Run:
     # ------------------------------------------------------------ hosts
 
     def host_config(self, name: str) -> HostConfig:
-        hcfg = self.settings.hosts[name]
-        if hcfg.lab:
-            from . import lab
-
-            return lab.ensure_up(self.settings, self.progress, self.run.steps)
-        return hcfg
+        """The inventory host's config to connect with, its provider having started it if need be."""
+        return providers.of_host(self.settings, name).ensure_running(self.progress, self.run.steps)
 
     def host_stages(self, pairs: list[tuple[KernelConfig, KernelResult]], keep: bool) -> None:
         from . import deploy as deploy_mod
@@ -225,12 +221,9 @@ class _Run:
             self.save()
 
     def guest_image(self, host):
-        """The lab image's own guest (`pv.guest_kernel: host`), or the one this run makes for the host.
-        HostError/BuildSetupError when it cannot be made."""
-        from .guest import GuestImage, default_guest
-
-        files = self.guests.files(host)
-        return default_guest(host, self.settings) if files is None else GuestImage(*files)
+        """The test guest the host's provider gives this run (the one the run makes, or the lab
+        image's own with `pv.guest_kernel: host`). HostError/BuildSetupError when it cannot be made."""
+        return providers.run_guest(self.guests, host)
 
     def interrupted_on_host(self, host, kr: KernelResult) -> None:
         """Ctrl-C: the step in progress (its cleanup already ran on the way out) goes on record."""
@@ -402,23 +395,24 @@ class _Run:
             host.config = dataclasses.replace(host.config, max_vfs=usable)
 
     def ensure_host(self, host) -> None:
-        """The built-in lab is restarted if its QEMU died (the marker file on its disk drives recovery)."""
+        """A host whose provider can restart it (the built-in lab: its QEMU died) is started again;
+        the marker file on its disk drives recovery."""
         from .errors import HostError
 
         try:
             host.run(["true"], timeout=30)
             return
         except HostError as e:
-            if not self.settings.hosts.get(host.name) or not self.settings.hosts[host.name].lab:
+            hcfg = self.settings.hosts.get(host.name)
+            provider = providers.provider_for(self.settings, hcfg) if hcfg else None
+            if provider is None or not provider.restartable:
                 raise
-            self.progress(f"{host.name}: not answering ({e.message}); restarting the lab")
-            absorbed.record(FaultKind.LAB_RESTARTED, host.name, "lab restart", e.message)
+            why = e.message
+            absorbed.record(FaultKind.LAB_RESTARTED, host.name, "lab restart", why)
         from . import deploy as deploy_mod
-        from . import lab
 
         host.close()
-        lab.down(self.settings, self.progress)
-        host.config = lab.ensure_up(self.settings, self.progress, self.run.steps)
+        host.config = provider.restart(why, self.progress, self.run.steps)
         deploy_mod.recover(host, self.progress)
 
 
@@ -478,7 +472,7 @@ def verify(
     stopped: BaseException | None = None
     # remembers a Ctrl-C that a failing cleanup turned into another exception
     with progress.capture("paramiko"), interrupt.watch_sigint(), absorbed.collect(run.faults_absorbed):
-        lab_used = False
+        used: list[providers.HostProvider] = []  # the providers of the hosts the run went to
         try:
             if until != "series":
                 debian_refs = [
@@ -500,7 +494,7 @@ def verify(
                         progress("interrupted: stopping the running stages")
                         raise
                 if _wants(until, "deploy"):
-                    lab_used = any(settings.hosts[h].lab for k in kcfgs for h in k.hosts)
+                    used = [providers.of_host(settings, h) for h in run.hosts]
                     with timed(run.steps, "hosts"):
                         ctx.host_stages(pairs, keep)
             run.status = RunStatus.COMPLETE
@@ -514,10 +508,9 @@ def verify(
             _finish(settings, run, rd.path, progress)
             if run.status is RunStatus.INTERRUPTED:
                 sweep_run(settings, run.run_id, progress)  # what a cut-short stage had half-created
-            if lab_used and lab_down:
-                from . import lab
-
-                lab.down(settings, progress)
+            if lab_down:
+                for provider in providers.machines(used):
+                    provider.stop(progress)
     return Verified(run, rd.path, stopped)
 
 

@@ -208,8 +208,9 @@ def test_run_dead_with_guest_running_next_run_recovers(host, lab_host, lab_setti
     """A run killed while its test guest holds 2 VFs under our module: recovery destroys the guest,
     sets sriov_numvfs back, reloads the stock module."""
     from pipeline.deploy import deploy, loaded_srcversion, recover
-    from pipeline.guest import Guest, default_guest
+    from pipeline.guest import Guest
     from pipeline.host import Host
+    from pipeline.providers import default_guest
     from pipeline.vftest import VfPool
 
     series = lab_modules["series"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import dom0, guest, lab
+from pipeline import dom0, guest, lab, providers
 from pipeline.config import HostConfig, LabConfig, Settings
 from pipeline.errors import LabError
 from pipeline.host import Host
@@ -137,7 +137,7 @@ def test_guest_templates_follow_the_protocol(tmp_path):
     p.manifest.write_text(json.dumps({"guest": {"kernel": "/boot/vmlinuz-6.1.0-56-amd64", "initrd": lab.GUEST_INITRD}}))
     assert lab.guest_files(s) == lab.GuestFiles("/boot/vmlinuz-6.1.0-56-amd64", lab.GUEST_INITRD)
     lab_host = lab.host_config(s)
-    image = guest.default_guest(Host(lab_host), s)  # what the runner gives the lab's test cases
+    image = providers.default_guest(Host(lab_host), s)  # what the runner gives the lab's test cases
     assert image == guest.GuestImage("/boot/vmlinuz-6.1.0-56-amd64", lab.GUEST_INITRD)
 
 
@@ -251,7 +251,7 @@ def test_guest_with_one_vf_prints_its_marker(lab_host, lab_settings, three_vfs):
     """The pipeline's own guest path: guest.Guest with the runner's image for the lab (create with
     its crash retry, the parser, the wait, the teardown)."""
     with Host(lab_host) as h:
-        image = guest.default_guest(h, lab_settings)
+        image = providers.default_guest(h, lab_settings)
         with guest.Guest(h, "pvtest-labtest1", image, three_vfs[:1], 1, "labtest1") as g:
             g.create()
             # the guest reports its first listing and every change: wait for the one with the VF

@@ -41,8 +41,8 @@ exec /usr/bin/tee "$@"
 def test_teardown_fault_after_the_observation_keeps_the_pass(lab_host, lab_settings, lab_modules, tmp_path):
     from pipeline import vftest
     from pipeline.deploy import deploy, restore
-    from pipeline.guest import default_guest
     from pipeline.host import Host
+    from pipeline.providers import default_guest
     from pipeline.results import KernelResult, Outcome, RunResult
     from pipeline.runner import _Run
     from pipeline.verdict import verdict
