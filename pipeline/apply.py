@@ -2,10 +2,13 @@
 
 Order per patch: clean forward apply (applied / applied-offset); reverse apply
 (already-applied, same form); a commit in history with the same subject or
-patch-id (already-applied, naming it); the patch's change present in another
-form (already-applied, "matched by content"); `git am -3` (applied-3way);
-otherwise conflict. A conflict resets the branch to the base: no half-applied
-series is ever left behind.
+patch-id (already-applied, naming it); the kernel's control revert, a revert of
+this very patch adapted to the line, applying cleanly (already-applied in the
+line's form: `adapted_form`); the patch's change present in another form
+(already-applied, "matched by content"); `git am -3` (applied-3way); otherwise
+conflict. Each already-applied records which of these showed it
+(PatchApply.evidence). A conflict resets the branch to the base: no
+half-applied series is ever left behind.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .results import ApplyResult, FetchResult, PatchApply, PatchInfo, SeriesInfo
+from . import PROJECT_ROOT
+from .results import AdaptedForm, ApplyResult, FetchResult, PatchApply, PatchInfo, SeriesInfo
+from .statuses import UpstreamEvidence
 
 _HUNK_RE = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@.*$", re.M)
 _FAILED_RE = re.compile(r"^error: patch failed: (.+):(\d+)$", re.M)
@@ -26,6 +31,7 @@ _DOES_NOT_APPLY_RE = re.compile(
 )
 _OFFSET_RE = re.compile(r"^Hunk #\d+ succeeded at \d+ (?:\(offset|with fuzz)", re.M)
 _HISTORY_LIMIT = 2000  # commits per touched file searched for a patch-id/subject match
+_REVERTS_RE = re.compile(r"^This reverts commit ([0-9a-f]{7,40})\b", re.M)
 
 
 GIT_TIMEOUT_S = 600  # one git call on a worktree; a hung one (a lock, a filesystem) must not hang the run
@@ -129,6 +135,59 @@ def change_present(worktree: Path, text: str) -> bool:
     return evidence > 0
 
 
+def _significant_lines(hunks: list[_Hunk], side: str) -> list[str]:
+    """The hunks' significant added or removed lines, in order, each once."""
+    return list(dict.fromkeys(s for h in hunks for s in map(_significant, getattr(h, side)) if s))
+
+
+def load_control_revert(path: Path | None) -> list[PatchInfo]:
+    """The kernel's control revert (config control_revert), parsed; none when not configured or absent."""
+    from .series import load_patch_file
+
+    return load_patch_file(path) if path is not None and path.is_file() else []
+
+
+def _project_name(path: Path) -> str:
+    return str(path.relative_to(PROJECT_ROOT)) if path.is_relative_to(PROJECT_ROOT) else str(path)
+
+
+def adapted_form(worktree: Path, patch: PatchInfo, revert: PatchInfo, name: str, scratch: Path) -> AdaptedForm | None:
+    """The patch's change in the kernel line's own form, shown by the line's revert of it, or None.
+
+    Four facts decide, nothing fuzzy: the revert is named `Revert "<the patch's subject>"` (git
+    revert's form, so it is a revert of this patch and no other), it touches only the patch's files,
+    it removes at least one line the patch adds, and it applies cleanly here (`git apply --check`:
+    every line it removes, with its context, is in the tree verbatim). The lines recorded are what a
+    reader checks the adaptation by; they decide nothing."""
+    if revert.subject != f'Revert "{patch.subject}"' or not revert.files or not set(revert.files) <= set(patch.files):
+        return None
+    added = _significant_lines(parse_hunks(patch.text), "added")
+    removed = _significant_lines(parse_hunks(revert.text), "removed")
+    verbatim = [s for s in added if s in set(removed)]
+    if not verbatim:
+        return None
+    scratch.write_text(revert.text)
+    if _git(worktree, "apply", "--check", str(scratch), check=False).returncode:
+        return None
+    m = _REVERTS_RE.search(revert.text)
+    return AdaptedForm(
+        revert=name,
+        revert_patch_id=revert.patch_id,
+        reverts_commit=m.group(1) if m else "",
+        lines_verbatim=len(verbatim),
+        series_lines=[s for s in added if s not in set(removed)],
+        tree_lines=[s for s in removed if s not in set(added)],
+    )
+
+
+def _adapted_detail(form: AdaptedForm) -> str:
+    what = f"revert of {form.reverts_commit}" if form.reverts_commit else "revert"
+    return (
+        f"the tree has this change in this line's form: its {what} ({form.revert}) applies cleanly; "
+        f"{form.lines_verbatim} added line(s) verbatim, {len(form.series_lines)} in another form"
+    )
+
+
 def _history_match(worktree: Path, patch: PatchInfo) -> str:
     """A commit in the tree's history with the same subject or patch-id (shallow trees have none)."""
     if not patch.files:
@@ -180,9 +239,20 @@ def branch_name(series: SeriesInfo, run_id: str, kernel: str) -> str:
     return f"pv/{_refname_part(run_id)}/{_refname_part(kernel)}/{_refname_part(series.name)}-v{series.revision}"
 
 
-def apply_series(fetch: FetchResult, series: SeriesInfo, run_id: str, progress=print, label: str = "") -> ApplyResult:
+def apply_series(
+    fetch: FetchResult,
+    series: SeriesInfo,
+    run_id: str,
+    progress=print,
+    label: str = "",
+    control_revert: Path | None = None,
+) -> ApplyResult:
+    """control_revert: the kernel's revert of the upstream fix (config control_revert), the evidence
+    for a patch already in the tree in that line's form (adapted_form)."""
     t0 = time.monotonic()
     wt = Path(fetch.worktree)
+    reverts = load_control_revert(control_revert)
+    revert_name = _project_name(control_revert) if control_revert else ""
     result = ApplyResult(base_commit=fetch.commit, branch=branch_name(series, run_id, label or wt.name))
     _git(wt, "switch", "--quiet", "--force-create", result.branch, fetch.commit)
     conflicted = False
@@ -207,16 +277,22 @@ def apply_series(fetch: FetchResult, series: SeriesInfo, run_id: str, progress=p
                     continue
                 _git(wt, "am", "--abort", check=False)
             if _git(wt, "apply", "--check", "--reverse", str(pfile), check=False).returncode == 0:
-                pa.status = "already-applied"
+                pa.status, pa.evidence = "already-applied", UpstreamEvidence.REVERSE_APPLY
                 pa.upstream_commit = _history_match(wt, patch)
                 pa.detail = "the tree already has this change (the patch reverse-applies)"
                 if pa.upstream_commit:
                     pa.detail += f"; upstream commit {pa.upstream_commit[:12]}"
             elif sha := _history_match(wt, patch):
-                pa.status, pa.upstream_commit = "already-applied", sha
+                pa.status, pa.upstream_commit, pa.evidence = "already-applied", sha, UpstreamEvidence.HISTORY
                 pa.detail = f"upstream commit {sha[:12]} has the same subject or patch-id"
+            elif form := next(
+                (f for r in reverts if (f := adapted_form(wt, patch, r, revert_name, pfile.with_suffix(".revert")))),
+                None,
+            ):
+                pa.status, pa.evidence, pa.adapted = "already-applied", UpstreamEvidence.CONTROL_REVERT, form
+                pa.detail = _adapted_detail(form)
             elif change_present(wt, patch.text):
-                pa.status = "already-applied"
+                pa.status, pa.evidence = "already-applied", UpstreamEvidence.CONTENT
                 pa.detail = "matched by content: the tree has this change in another form (no commit found in history)"
             else:
                 am = _git(wt, "am", "--keep-cr", "--quiet", "-3", str(pfile), check=False)

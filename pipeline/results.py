@@ -31,6 +31,7 @@ from .statuses import (
     PatchStatus,
     RunStatus,
     Stage,
+    UpstreamEvidence,
 )
 
 SCHEMA_VERSION = 1
@@ -93,6 +94,19 @@ class FetchResult:
 
 
 @dataclass
+class AdaptedForm:
+    """The patch's change found in a kernel line's own form (evidence control-revert): the line's
+    revert of the patch applied cleanly to the tree, so the lines it removes are the tree's."""
+
+    revert: str = ""  # the kernel's control_revert, as configured (project-relative)
+    revert_patch_id: str = ""  # `git patch-id --stable` of that revert
+    reverts_commit: str = ""  # the commit its message names ("This reverts commit X"), as written there
+    lines_verbatim: int = 0  # the patch's significant added lines the revert removes as they are
+    series_lines: list[str] = field(default_factory=list)  # the patch's added lines the tree has otherwise
+    tree_lines: list[str] = field(default_factory=list)  # the tree's lines in their place (the revert removes)
+
+
+@dataclass
 class PatchApply:
     subject: str
     status: PatchStatus = EnumField(PatchStatus, PatchStatus.NOT_ATTEMPTED)  # type: ignore[assignment]
@@ -101,6 +115,9 @@ class PatchApply:
     hunks: list[str] = field(default_factory=list)  # conflicting hunk headers
     upstream_commit: str = ""  # for already-applied, when found in history
     commit: str = ""  # commit created in the worktree
+    # for already-applied: how it was shown (reverse-apply, history, control-revert, content)
+    evidence: UpstreamEvidence = EnumField(UpstreamEvidence, UpstreamEvidence.NONE)  # type: ignore[assignment]
+    adapted: AdaptedForm = field(default_factory=AdaptedForm)  # evidence control-revert only
 
 
 @dataclass

@@ -90,7 +90,10 @@ class _Run:
             if not _wants(self.until, "apply") or self.stop.is_set():
                 return
             stage = "apply"
-            kr.apply = apply_series(kr.fetch, self.series, self.run.run_id, progress=p, label=kcfg.name)
+            revert = self.settings.path(kcfg.control_revert)  # the line's revert: evidence of its form of the fix
+            kr.apply = apply_series(
+                kr.fetch, self.series, self.run.run_id, progress=p, label=kcfg.name, control_revert=revert
+            )
             self.interrupted_during(kr.apply)
             self.save()
             if not _wants(self.until, "build") or self.stop.is_set():

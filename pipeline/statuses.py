@@ -109,6 +109,19 @@ class Stage(_Status):
     TEST = "test"
 
 
+class UpstreamEvidence(enum.StrEnum):
+    """How an already-applied patch was shown to be in the tree (PatchApply.evidence), strongest first.
+    Not a status: the patch's status is ALREADY_APPLIED in each case; this says what a reader may trust."""
+
+    NONE = ""  # the patch is not already-applied (or a run recorded before this field)
+    REVERSE_APPLY = "reverse-apply"  # the patch itself reverse-applies: the tree has it verbatim
+    HISTORY = "history"  # a commit in the tree's history has its subject or patch-id (upstream_commit)
+    # the kernel's control revert (a revert of this very patch, adapted to the line) applies cleanly:
+    # the tree has the change in that line's form (PatchApply.adapted says which lines differ)
+    CONTROL_REVERT = "control-revert"
+    CONTENT = "content"  # every significant added line is in its file, no removed run left: the weakest
+
+
 class FaultKind(enum.StrEnum):
     """A lab fault a retry absorbed (results: AbsorbedFault; absorbed.py). Not a status: the run went
     on and its verdict stands; each is on record so that a lab getting worse shows before it costs one."""
