@@ -298,6 +298,8 @@ def junit_cases(run: RunResult) -> list[dict[str, Any]]:
         for p in a.patches:
             if p.status is PatchStatus.CONFLICT:
                 lines.append(f"  conflicts in {', '.join(p.files)} {' '.join(p.hunks)}".rstrip())
+            if p.adapted.revert:
+                lines.append(f"  in this line's form: {p.adapted.revert} applies")
         msg = verdict_of(k)[1] if ao == "failure" else (a.detail or a.status)
         add(k, "apply", ao, msg, "\n".join(lines), a.duration_s)
         b = k.build

@@ -16,7 +16,8 @@ Verdicts, most severe first (SEVERITY):
   new-warnings      builds, but the series adds compiler warnings
   untested          the run stopped before this row was applied/built/tested (`--until fetch`, Ctrl-C)
   ready-untested    applies and builds cleanly; no host ran the tests
-  already-upstream  the series' change is already in the tree (with the commit, or "matched by content")
+  already-upstream  the series' change is already in the tree (with the commit; in the line's own form,
+                    its control revert applying; or "matched by content")
   ready             applies, builds without new warnings, VF tests pass (and the control fails)
 """
 
@@ -33,6 +34,7 @@ from .results import (
     Stage,
     TestResult,
 )
+from .statuses import UpstreamEvidence
 
 SEVERITY = [
     "error",
@@ -90,11 +92,18 @@ def _conflict_detail(k: KernelResult) -> str:
 
 
 def _upstream_detail(k: KernelResult) -> str:
-    commits = [
-        p.upstream_commit for p in k.apply.patches if p.status is PatchStatus.ALREADY_APPLIED and p.upstream_commit
-    ]
+    done = [p for p in k.apply.patches if p.status is PatchStatus.ALREADY_APPLIED]
+    commits = [p.upstream_commit for p in done if p.upstream_commit]
     if commits:
         return "upstream commit " + ", ".join(_short(c) for c in dict.fromkeys(commits))
+    # the line's own form of the fix, shown by its revert applying (apply.adapted_form), not a commit found
+    forms = [p.adapted for p in done if p.evidence is UpstreamEvidence.CONTROL_REVERT]
+    if forms:
+        return "; ".join(
+            f"in this line's form: its revert{f' of {f.reverts_commit}' if f.reverts_commit else ''} applies"
+            f" ({f.revert.rsplit('/', 1)[-1]}), {len(f.series_lines)} line(s) adapted"
+            for f in forms
+        )
     return "matched by content"
 
 

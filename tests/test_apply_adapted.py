@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from sample_runs import sample_run
 
-from pipeline import PROJECT_ROOT
+from pipeline import PROJECT_ROOT, report
 from pipeline.apply import apply_series
 from pipeline.results import FetchResult, KernelResult, load_results, write_results
 from pipeline.series import load_series
@@ -143,12 +143,25 @@ def test_adapted_fix_with_its_control_revert_is_already_upstream_with_evidence(t
 
     # the row's verdict and what results.json keeps
     k = KernelResult(name="debian-7.2", fetch=fetch, apply=res)
-    assert verdict(k)[0] == "already-upstream"
+    v, detail = verdict(k)
+    assert v == "already-upstream"
+    assert "its revert of c81d3d246025 applies (revert-c81d3d246025-7.2.patch), 1 line(s) adapted" in detail
     run = sample_run()
     run.kernels = [k]
     write_results(tmp_path, run)
     back = load_results(tmp_path).kernels[0].apply.patches[0]
     assert back == p and back.evidence is UpstreamEvidence.CONTROL_REVERT
+
+    # what a stable maintainer reads: the readiness line names the revert, the evidence the lines
+    k.verdict, k.verdict_detail = v, detail
+    md = report.render_markdown(run)
+    line = "already upstream in this line's form (its revert of c81d3d246025 applies: " + a.revert + ")"
+    assert f"- debian-7.2: {line}; " in md
+    assert "    - the series adds `if (xenbus_read_driver_state(pdev->xdev->nodename) != state)`\n" in md
+    assert "    - this tree has `if (xenbus_read_driver_state(pdev->xdev, pdev->xdev->nodename) != state)`" in md
+    assert line in report.render_html(run)
+    (case,) = [c for c in report.junit_cases(run) if c["name"] == "apply"]
+    assert f"in this line's form: {a.revert} applies" in case["out"]
 
 
 def test_neither_is_needs_backport_naming_the_hunk_and_nothing_half_applied(tmp_path, series):
