@@ -3,6 +3,8 @@
 7.2-prefix (sid's 7.2 with the fix reverted): the bundled 2021 series cannot
 apply, 7.x changed xenbus_read_driver_state()'s arguments; the conflict is named
 by file and hunk, nothing is left half-applied and no build is attempted.
+7.2 as shipped has the fix in that 7.x form: already-upstream, shown by the
+line's revert applying (evidence control-revert).
 Cost on a warm cache: one shallow fetch of 7.2 (about 1 min here); on a fresh
 clone the 7.2 import first (linux-source-7.2, 157 MiB, about 6 min here).
 """
@@ -50,6 +52,25 @@ def test_7_2_prefix_needs_a_backport_named_by_file_and_hunk(settings):
     assert k.build.status in ("skipped", "not-run")
     assert not any("debian-7.2-prefix: build:" in m for m in said)
     assert k.verdict == "needs-backport"
+    # stable-style reproduce commands: check out the tree, git am -3 the series, the invoke line
+    (rp,) = [r for r in k.reproduce if r.stage == "apply"]
+    assert any(c.startswith("git am -3 ") for c in rp.commands), rp.commands
+    assert (
+        rp.commands[-1].startswith("invoke verify --kernel debian-7.2-prefix ") and "--until apply" in rp.commands[-1]
+    )
+
+
+def test_7_2_as_shipped_is_already_upstream_in_its_own_form(settings):
+    """The fix is in sid's 7.2 as 7.x has it; the series does not apply, the line's revert does."""
+    done = verify(settings, kernels=["debian-7.2"], until="apply", progress=lambda m: None)
+    done.raise_if_stopped()
+    (k,) = done.run.kernels
+    (p,) = k.apply.patches
+    assert k.apply.status == "already-applied" and p.evidence == "control-revert", p.detail
+    assert p.adapted.revert == "patches/controls/revert-c81d3d246025-7.2.patch"
+    assert p.adapted.reverts_commit == "c81d3d246025" and p.adapted.lines_verbatim == 8
+    assert p.adapted.tree_lines == ["if (xenbus_read_driver_state(pdev->xdev, pdev->xdev->nodename) != state)"]
+    assert k.verdict == "already-upstream" and "in this line's form" in k.verdict_detail
 
 
 def test_7_2_prefix_conflict_leaves_the_tree_as_fetched(settings):
