@@ -66,23 +66,23 @@ def main() -> int:
     fig["up: QEMU start to SSH-ready"] = f"{time.monotonic() - t:.1f} s"
     try:
         pf = f"/sys/bus/pci/devices/{host.pf_bdf}"
-        lab.run_ssh(
-            host,
+        setup = (
             f"modprobe nvme && modprobe xen-pciback && for i in $(seq 30); do [ -e {pf}/driver ] && break; sleep 1; done; "
-            f"echo 1 > {pf}/sriov_numvfs && sleep 2 && xl pci-assignable-add 01:00.1",
-            check=True,
+            f"echo 1 > {pf}/sriov_numvfs && sleep 2 && xl pci-assignable-add 01:00.1"
         )
-        # the pipeline's own guest path (guest.Guest), as the VF test cases start it
-        with Host(host) as h, Guest(h, "pvtest-labbench", default_guest(h, settings), ["01:00.1"], 1, "bench") as g:
-            t = time.monotonic()
-            g.create()
-            create_s = time.monotonic() - t
-            first = g.wait_marker(timeout=120)
-            marker_s = time.monotonic() - t
+        with Host(host) as h:
+            h.run(["sh", "-c", setup], timeout=120)
+            # the pipeline's own guest path (guest.Guest), as the VF test cases start it
+            with Guest(h, "pvtest-labbench", default_guest(h, settings), ["01:00.1"], 1, "bench") as g:
+                t = time.monotonic()
+                g.create()
+                create_s = time.monotonic() - t
+                first = g.wait_marker(timeout=120)
+                marker_s = time.monotonic() - t
+            h.run(["sh", "-c", f"xl pci-assignable-remove -r 01:00.1; echo 0 > {pf}/sriov_numvfs"], check=False)
         fig["guest: xl create to marker (1 VF)"] = (
             f"{marker_s:.1f} s (xl create {create_s:.1f} s; count={first.count if first else '?'})"
         )
-        lab.run_ssh(host, f"xl pci-assignable-remove -r 01:00.1; echo 0 > {pf}/sriov_numvfs")
     finally:
         t = time.monotonic()
         lab.down(settings, progress)

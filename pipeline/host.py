@@ -43,6 +43,11 @@ CONNECT_TRIES = 3  # a handshake broken in transit is tried again; a refused key
 # load); the caller sees that as a retry or a HostError, so it never reaches the terminal (a run's
 # run.log keeps it: RunLog.capture)
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
+# a poll's transport logs here instead: its failed handshakes are the wait (a booting host), and
+# paramiko's traceback of each (20 lines) would fill run.log while the lab boots
+_POLL_LOG = "pipeline.host.poll"
+logging.getLogger(_POLL_LOG).addHandler(logging.NullHandler())
+logging.getLogger(_POLL_LOG).propagate = False
 
 # how a command killed by a signal ends: no exit status (-1) or, via a shell, 128 + SIGILL/ABRT/BUS/SEGV
 _SIGNAL_DEATH = {-1, 132, 134, 135, 139}
@@ -209,28 +214,31 @@ class Host:
 
     # ------------------------------------------------------------ connection
 
-    def connect(self) -> Host:
+    def connect(self, polling: bool = False) -> Host:
+        """`polling`: the caller asks again anyway (see `probe`): one handshake, and a failed one
+        is a HostError, not a fault absorbed."""
         if self._client is not None:
             transport = self._client.get_transport()
             if transport is not None and transport.is_active():
                 return self
             self.close()
         hops = resolve(self.config)
-        for attempt in range(1, CONNECT_TRIES + 1):
+        tries = 1 if polling else CONNECT_TRIES
+        for attempt in range(1, tries + 1):
             try:
-                self._client, self._jumps = self._open(hops)
+                self._client, self._jumps = self._open(hops, polling)
                 break
             except _Damaged as e:
                 # a handshake damaged in transit ("Signature verification (ssh-ed25519) failed",
                 # "Error reading SSH protocol banner", seen in the lab under load): every attempt
                 # checks every host key again, so trying again trusts nothing new
-                if attempt == CONNECT_TRIES:
+                if attempt == tries:
                     raise HostError(e.args[0]) from None
                 absorbed.record(FaultKind.HANDSHAKE_BROKEN, self.name, "ssh handshake", e.evidence)
                 time.sleep(attempt)
         return self
 
-    def _open(self, hops: list[SshHop]) -> tuple[paramiko.SSHClient, list[paramiko.SSHClient]]:
+    def _open(self, hops: list[SshHop], polling: bool) -> tuple[paramiko.SSHClient, list[paramiko.SSHClient]]:
         """Connect through every jump host to the target, each over a direct-tcpip channel of the one
         before; every host key is checked against its known_hosts. Returns (target, jumps)."""
         opened: list[paramiko.SSHClient] = []
@@ -238,7 +246,7 @@ class Host:
         target = hops[-1]
         try:
             for i, hop in enumerate(hops):
-                client = self._handshake(hop, sock, target if hop is not target else None)
+                client = self._handshake(hop, sock, target if hop is not target else None, polling)
                 opened.append(client)
                 if hop is target:
                     break
@@ -262,13 +270,15 @@ class Host:
                 transport.set_keepalive(15)
         return opened[-1], opened[:-1]
 
-    def _handshake(self, hop: SshHop, sock, target: SshHop | None) -> paramiko.SSHClient:
+    def _handshake(self, hop: SshHop, sock, target: SshHop | None, polling: bool) -> paramiko.SSHClient:
         """One SSH connection (to a jump host when `target` is given): host key, then login."""
         name = self.name
         where = f"jump host {hop.label()}" if target else f"{hop.user}@{hop.hostname}:{hop.port}"
         # a jump host's failure means the target is never contacted: the message says so
         tail = f"; not connecting to {target.hostname}:{target.port}" if target else ""
         client = paramiko.SSHClient()
+        if polling:
+            client.set_log_channel(_POLL_LOG)
         for f in hop.known_hosts:
             client.get_host_keys().load(f)
         client.set_missing_host_key_policy(_RejectUnknown())  # strict: an unknown key is an error
@@ -324,9 +334,9 @@ class Host:
             jump.close()
         self._jumps = []
 
-    def _connected(self) -> paramiko.SSHClient:
+    def _connected(self, polling: bool = False) -> paramiko.SSHClient:
         """The live SSH client, (re)connecting first if needed: commands and SFTP both start here."""
-        self.connect()
+        self.connect(polling)
         assert self._client is not None
         return self._client
 
@@ -358,27 +368,44 @@ class Host:
 
         A Ctrl-C waits for the command to end (at most `timeout`): see `_whole`.
         """
+        return self._exec(argv, timeout, check, stdin)
+
+    def probe(self, argv: list[str], timeout: float = 20.0) -> tuple[int, str, str]:
+        """Run a read-only command whose caller asks again anyway (waiting for a booting host's
+        sshd): one handshake and one start, nothing retried, so nothing recorded as a fault
+        absorbed (refused connections and broken handshakes are the wait itself); HostError when
+        it could not run. The answer to the exec request is awaited at most `timeout` as well,
+        and a Ctrl-C is not held back (the command changes nothing)."""
+        self.connect(polling=True)
+        return self._exec(argv, timeout, False, None, polling=True)
+
+    def _exec(
+        self, argv: list[str], timeout: float, check: bool, stdin: str | None, polling: bool = False
+    ) -> tuple[int, str, str]:
         if not argv or not all(isinstance(a, str) for a in argv):
             raise TypeError(f"argv must be a non-empty list of str, got {argv!r}")
-        client = self._connected()
+        client = self._connected(polling)
         command = shlex.join(argv)
         transport = client.get_transport()
         if transport is None:
             raise HostError(f"host {self.name}: ssh connection lost")
+        answer_s = min(EXEC_ANSWER_S, timeout) if polling else EXEC_ANSWER_S
         try:
-            chan = self._start(transport, command, stdin)
+            chan = self._start(transport, command, stdin, answer_s)
         except _NoAnswer:
             self.close()  # the command may have started: never run it twice
             raise HostError(
-                f"host {self.name}: no answer to `{command}` within {EXEC_ANSWER_S:.0f} s; connection reset"
+                f"host {self.name}: no answer to `{command}` within {answer_s:.0f} s; connection reset"
             ) from None
         except (paramiko.SSHException, OSError, EOFError) as e:
+            self.close()
+            if polling:
+                raise HostError(f"host {self.name}: cannot run {argv[0]}: {e}") from None
             # a transport that died under load ("Invalid packet blocking", "Garbage packet"):
             # the command did not start, so one fresh connection is safe to try
-            self.close()
             absorbed.record(FaultKind.STREAM_BROKEN, self.name, command, absorbed.of_error(e))
             try:
-                chan = self._start(self._connected().get_transport(), command, stdin)
+                chan = self._start(self._connected().get_transport(), command, stdin, answer_s)
             except (paramiko.SSHException, OSError, EOFError, HostError):
                 raise HostError(f"host {self.name}: cannot run {argv[0]}: {e}") from None
         out, err = bytearray(), bytearray()
@@ -420,7 +447,7 @@ class Host:
         detail = (err.strip() or out.strip()).splitlines()
         return HostError(f"host {self.name}: `{shlex.join(argv)}` {what}" + (f": {detail[-1]}" if detail else ""))
 
-    def _start(self, transport, command: str, stdin: str | None) -> paramiko.Channel:
+    def _start(self, transport, command: str, stdin: str | None, answer_s: float) -> paramiko.Channel:
         if transport is None or not transport.is_active():
             raise paramiko.SSHException("ssh connection lost")
         # paramiko waits for the answer to an exec request without a time limit; a reply lost
@@ -431,7 +458,7 @@ class Host:
             fired.set()
             transport.close()
 
-        watchdog = threading.Timer(EXEC_ANSWER_S, reset)
+        watchdog = threading.Timer(answer_s, reset)
         watchdog.daemon = True
         watchdog.start()
         try:

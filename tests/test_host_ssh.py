@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import subprocess
 import sys
@@ -11,10 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from local_sshd import SshServer, _keygen, damaging_proxy, serve
+from local_sshd import SshServer, _free_port, _keygen, damaging_proxy, serve
 
+from pipeline import absorbed
 from pipeline.config import HostConfig
-from pipeline.errors import HostError, LabError
+from pipeline.errors import HostError
 from pipeline.host import Host, resolve
 
 
@@ -108,21 +110,25 @@ def test_a_refused_key_or_login_is_not_tried_again(sshd, tmp_path):
         assert proxy.connections == 1
 
 
-def test_lab_ssh_cli_tries_a_damaged_handshake_again_never_a_command(sshd, tmp_path):
-    """The OpenSSH client path (`lab.run_ssh`: readiness probe, poweroff, lab.ssh -c) does the same."""
-    from pipeline import lab
-
-    with damaging_proxy(sshd.port, damage=1) as proxy:
-        hc = _via(sshd, proxy.port, tmp_path).config
-        r = lab.run_ssh(hc, ["echo", "through"], check=True)
-        assert r.stdout == "through\n" and proxy.connections == 2
-        runs = tmp_path / "runs255"
-        r = lab.run_ssh(hc, ["sh", "-c", f"echo x >> {runs}; exit 255"])
-        assert r.returncode == 255 and runs.read_text() == "x\n" and proxy.connections == 3
-    with damaging_proxy(sshd.port, damage=99) as proxy:
-        with pytest.raises(LabError, match="incorrect signature"):
-            lab.run_ssh(_via(sshd, proxy.port, tmp_path).config, ["true"], check=True)
-        assert proxy.connections == 3
+def test_a_probe_tries_once_and_records_nothing(sshd, tmp_path, monkeypatch, caplog):
+    """`probe` (the lab's readiness poll while dom0 boots): a damaged handshake or a refused
+    connection is the wait, one connection each, no fault on record and no paramiko traceback
+    for run.log; an answer is an answer."""
+    monkeypatch.delenv(absorbed.JOURNAL_ENV, raising=False)
+    caplog.set_level(logging.INFO, logger="paramiko")
+    with absorbed.collect() as faults:
+        with damaging_proxy(sshd.port, damage=1) as proxy:
+            host = _via(sshd, proxy.port, tmp_path)
+            with pytest.raises(HostError, match=r"ssh to .* failed"):
+                host.probe(["echo", "through"])
+            # what RunLog.capture("paramiko") would put in run.log
+            assert proxy.connections == 1 and not [r for r in caplog.records if r.name.startswith("paramiko")]
+            assert host.probe(["echo", "through"]) == (0, "through\n", "")  # the next poll
+            assert host.probe(["sh", "-c", "exit 3"])[0] == 3 and proxy.connections == 2
+            host.close()
+        with pytest.raises(HostError, match="cannot reach"):
+            Host(dataclasses.replace(sshd.host_config, port=_free_port())).probe(["true"])
+    assert faults == []
 
 
 # ---------------------------------------------------------------- ssh_config, ProxyJump, ssh-agent

@@ -10,11 +10,14 @@ import time
 from pathlib import Path
 
 import pytest
+from fakedom0 import RELEASE, fake_dom0
+from local_sshd import damaging_proxy
 
-from pipeline import dom0, guest, lab, providers
+from pipeline import absorbed, dom0, guest, lab, providers
 from pipeline.config import HostConfig, LabConfig, Settings
 from pipeline.errors import LabError
 from pipeline.host import Host
+from pipeline.lab import lifecycle
 
 # ------------------------------------------------------------------ unit (no QEMU)
 
@@ -173,11 +176,29 @@ def test_free_port_prefers_the_previous_one():
     assert lab.free_port(port) == port
 
 
+def test_the_readiness_probe_asks_dom0_over_the_pipelines_ssh(tmp_path, monkeypatch):
+    """lifecycle._ready, polled while dom0 boots: `uname -r` once `xl info` works (the scripted
+    dom0); a broken handshake or a refused connection is "not yet", never a fault absorbed."""
+    monkeypatch.delenv(absorbed.JOURNAL_ENV, raising=False)
+    with fake_dom0(tmp_path / "dom0") as d, absorbed.collect() as faults:
+        assert lifecycle._ready(d.host_config) == RELEASE
+        entry = Path(d.host_config.known_hosts).read_text().split(maxsplit=1)[1]
+        with damaging_proxy(d.server.port, damage=99) as proxy:
+            known = tmp_path / "known_hosts_proxy"
+            known.write_text(f"[127.0.0.1]:{proxy.port} {entry}")
+            via = dataclasses.replace(d.host_config, port=proxy.port, known_hosts=str(known))
+            assert lifecycle._ready(via) is None and proxy.connections == 1
+        assert lifecycle._ready(dataclasses.replace(d.host_config, port=lab.free_port())) is None
+    assert faults == []
+
+
 # ------------------------------------------------------------------ the real lab
 
 
-def _sh(host: HostConfig, cmd: str, timeout: float = 120) -> str:
-    return lab.run_ssh(host, cmd, timeout=timeout, check=True).stdout
+def _sh(host: HostConfig, cmd: str, timeout: float = 120, check: bool = True) -> str:
+    """A fixed test script in dom0's shell, over the pipeline's own SSH (Host)."""
+    with Host(host) as h:
+        return h.run(["sh", "-c", cmd], timeout=timeout, check=check)[1]
 
 
 def _our_qemus(settings: Settings) -> list[int]:
@@ -235,8 +256,8 @@ def three_vfs(lab_host):
         yield vfs
     finally:
         # not checked: a later test of this module restarts the lab, which drops the VFs anyway
-        lab.run_ssh(lab_host, "for d in 01:00.1 01:00.2 01:00.3; do xl pci-assignable-remove -r $d; done", timeout=60)
-        lab.run_ssh(lab_host, f"echo 0 > {pf}/sriov_numvfs; echo 1 > {pf}/sriov_drivers_autoprobe", timeout=60)
+        _sh(lab_host, "for d in 01:00.1 01:00.2 01:00.3; do xl pci-assignable-remove -r $d; done", 60, check=False)
+        _sh(lab_host, f"echo 0 > {pf}/sriov_numvfs; echo 1 > {pf}/sriov_drivers_autoprobe", 60, check=False)
 
 
 @pytest.mark.lab

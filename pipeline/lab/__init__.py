@@ -10,7 +10,7 @@ off. `host_config()` turns the lab into the inventory host `lab`. By concern:
     image       the image build
     guestfiles  the test guest's files in dom0
     qemu        the QEMU process: command line, identity, stopping it, ports, QMP
-    ssh         the OpenSSH client to dom0
+    ssh         the OpenSSH command line for the interactive `invoke lab.ssh` (the pipeline: host.Host)
     lifecycle   up, down, status, ensure_up, host_config
 
 Callers use the names below (`from pipeline import lab; lab.up(...)`).
@@ -41,7 +41,7 @@ from .recipe import (
     render,
     resolve_mirror,
 )
-from .ssh import run_ssh, ssh_argv
+from .ssh import ssh_argv
 
 __all__ = [
     "GUEST_DIR",
@@ -73,7 +73,6 @@ __all__ = [
     "recipe_files",
     "render",
     "resolve_mirror",
-    "run_ssh",
     "ssh_argv",
     "status",
     "up",

@@ -13,14 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import HostConfig, Settings
-from ..errors import LabError
+from ..errors import HostError, LabError
+from ..host import Host
 from ..results import atomic_write_text, now_iso, timed
 from ..util import noprogress as _quiet
 from .emulator import ensure as ensure_qemu
 from .image import build
 from .layout import Progress, du, is_built, kernel_release, locked, paths, read_state, tail
 from .qemu import cleanup_stale, free_port, is_our_qemu, kill, last_port, our_pid, qemu_argv, qmp_command, wait_gone
-from .ssh import run_ssh
 
 
 @dataclass
@@ -66,12 +66,29 @@ def host_config(settings: Settings, name: str = "lab") -> HostConfig:
 
 
 def _ready(host: HostConfig) -> str | None:
-    """`uname -r` when dom0 answers over SSH and `xl info` works, else None."""
+    """`uname -r` when dom0 answers over SSH and `xl info` works, else None. Polled while dom0
+    boots: a refused connection or a broken handshake is the wait, never a fault absorbed."""
+    h = Host(host, connect_timeout=5)
     try:
-        r = run_ssh(host, "xl info >/dev/null && uname -r", timeout=20, polling=True)
-    except LabError:
+        rc, out, _ = h.probe(["sh", "-c", "xl info >/dev/null && uname -r"], timeout=20)
+    except HostError:
         return None
-    return r.stdout.strip() if r.returncode == 0 else None
+    finally:
+        h.close()
+    return out.strip() if rc == 0 else None
+
+
+def _poweroff(host: HostConfig) -> None:
+    """Ask dom0 to power off; the connection drops when it does (an error here is expected)."""
+    h = Host(host, connect_timeout=5)
+    try:
+        # --force skips the orderly stop of every unit (a minute under TCG) but still kills
+        # processes and unmounts cleanly
+        h.run(["sh", "-c", "sync; systemctl poweroff --force"], timeout=20, check=False)
+    except HostError:
+        pass
+    finally:
+        h.close()
 
 
 def up(settings: Settings, progress: Progress = _quiet) -> HostConfig:
@@ -195,10 +212,7 @@ def _down(settings: Settings, progress: Progress = _quiet, timeout: float = 90) 
     t0 = time.time()
     progress("lab: powering dom0 off")
     if host.port:
-        with contextlib.suppress(LabError):
-            # --force skips the orderly stop of every unit (a minute under TCG) but still kills
-            # processes and unmounts cleanly; the ssh connection drops when that happens
-            run_ssh(host, "sync; systemctl poweroff --force", timeout=20)
+        _poweroff(host)
     if not wait_gone(pid, p, timeout * 2 / 3):
         progress("lab: no clean poweroff; QMP system_powerdown")
         with contextlib.suppress(OSError, ValueError):
