@@ -101,7 +101,7 @@ def _upstream_detail(k: KernelResult) -> str:
     if forms:
         return "; ".join(
             f"in this line's form: its revert{f' of {f.reverts_commit}' if f.reverts_commit else ''} applies"
-            f" ({f.revert.rsplit('/', 1)[-1]}), {len(f.series_lines)} line(s) adapted"
+            f" ({f.revert.rsplit('/', 1)[-1]}), {f'{len(f.series_lines)} line(s)' if f.series_lines else 'no line'} adapted"
             for f in forms
         )
     return "matched by content"

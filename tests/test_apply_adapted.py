@@ -119,9 +119,12 @@ def test_upstream_form_is_shown_by_the_lines_revert_before_content(tmp_path, ser
     """6.1-like: upstream's commit differs from the 2021 mail in comments only. Its revert applying is
     the evidence (no line adapted); without a revert configured the weaker content match remains."""
     fetch = tree(tmp_path, "debian-6.1", pre_image(REVERT.read_text()))
-    (p,) = apply_series(fetch, series, "t", label="debian-6.1", control_revert=REVERT).patches
-    assert p.status == "already-applied" and p.evidence is UpstreamEvidence.CONTROL_REVERT
+    res, p = apply_one(fetch, series, REVERT, "already-applied")
+    assert p.evidence is UpstreamEvidence.CONTROL_REVERT
     assert p.adapted.series_lines == [] and p.adapted.tree_lines == [] and p.adapted.lines_verbatim == 9
+    assert verdict(KernelResult(name="debian-6.1", fetch=fetch, apply=res))[1] == (
+        "in this line's form: its revert of c81d3d246025 applies (revert-c81d3d246025.patch), no line adapted"
+    )
     (q,) = apply_series(fetch, series, "t2", label="debian-6.1").patches
     assert q.status == "already-applied" and q.evidence is UpstreamEvidence.CONTENT and not q.adapted.revert
 
