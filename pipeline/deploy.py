@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .dom0 import assignable_devices, destroy_test_domains, live_domids, pci_backend_domids
-from .errors import HostError
+from .errors import HostError, without_host
 from .host import Host
 from .interrupt import deferred_sigint
 from .results import BuildResult, DeployResult, Refusal, now_iso, timed
@@ -88,7 +88,7 @@ def staged_entries(host: Host) -> list[str]:
     except FileNotFoundError:
         return []
     except OSError as e:
-        raise HostError(f"host {host.name}: cannot list {STAGING}: {e}") from None
+        raise HostError(f"cannot list {STAGING}: {e}", host=host.name) from None
 
 
 def _stage_key(entry: str) -> str:
@@ -112,9 +112,10 @@ def _owned_by_root(host: Host, path: str) -> bool:
     uid, gid, mode, kind = out.strip().split(" ", 3)
     if kind != "directory" or uid != "0" or int(mode, 8) & 0o022:
         raise HostError(
-            f"host {host.name}: refused: {path} exists as a {kind} owned by uid {uid} (gid {gid}), mode {mode}; "
+            f"refused: {path} exists as a {kind} owned by uid {uid} (gid {gid}), mode {mode}; "
             "only a root-owned directory no one else can write is used for staging: "
-            "remove it after checking who made it"
+            "remove it after checking who made it",
+            host=host.name,
         )
     return True
 
@@ -409,7 +410,8 @@ def deploy(host: Host, module_path: Path, srcversion: str, progress: Progress = 
     except HostError as e:
         res.status = "failed"
         res.detail = e.message
-        progress(f"{host.name}: deploy failed: {e.message}; restoring {res.original or 'original'}")
+        why = without_host(e, host.name)
+        progress(f"{host.name}: deploy failed: {why}; restoring {res.original or 'original'}")
         res.restored = not touched  # before the marker was written only the upload changed the host
         try:
             _undo_deploy(host, res.original, touched, held, progress)

@@ -82,7 +82,7 @@ def destroy_domain(host: Host, name: str, timeout: float = 60.0) -> None:
     again, rc = 0.0, None
     while name in domains(host):
         if time.monotonic() > deadline:
-            raise HostError(f"{host.name}: domain {name} still exists {timeout:.0f} s after xl destroy")
+            raise HostError(f"domain {name} still exists {timeout:.0f} s after xl destroy", host=host.name)
         if time.monotonic() >= again:  # destroying again is harmless; an xl that crashed did nothing
             if rc is not None:
                 evidence = f"still listed 10 s after `xl destroy` ({absorbed.of_exit(rc)})"

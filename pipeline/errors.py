@@ -62,7 +62,20 @@ class BuildSetupError(PipelineError):
 
 
 class HostError(PipelineError):
+    """A host operation failed. `host` names the host it is about (rendered once, as the message's
+    `host NAME: ` prefix), `reason` is the message without it: a line that names the host itself
+    takes `without_host`, never the prefix parsed back out."""
+
     exit_code = 7
+
+    def __init__(self, message: str, host: str = ""):
+        super().__init__(f"host {host}: {message}" if host else message)
+        self.host, self.reason = host, message
+
+
+def without_host(e: PipelineError, host: str) -> str:
+    """The words of `e` for a line that already names `host`."""
+    return e.reason if isinstance(e, HostError) and e.host == host else e.message
 
 
 class HostLocked(HostError):

@@ -79,8 +79,8 @@ class _RejectUnknown(paramiko.RejectPolicy):
 class HostKeyError(HostError):
     """A host key that is unknown or does not match known_hosts (the target's or a jump host's)."""
 
-    def __init__(self, message: str, kind: str, jump: bool):
-        super().__init__(message)
+    def __init__(self, message: str, kind: str, jump: bool, host: str = ""):
+        super().__init__(message, host)
         self.kind = kind  # "unknown" | "changed"
         self.jump = jump
 
@@ -117,7 +117,7 @@ def ssh_config_path(cfg: HostConfig) -> Path | None:
         p = Path(cfg.ssh_config).expanduser()
         p = p if p.is_absolute() else PROJECT_ROOT / p
         if not p.is_file():
-            raise HostError(f"host {cfg.name}: ssh_config file {p} missing")
+            raise HostError(f"ssh_config file {p} missing", host=cfg.name)
         return p
     p = Path("~/.ssh/config").expanduser()
     return p if p.is_file() else None
@@ -160,8 +160,8 @@ def resolve(cfg: HostConfig) -> list[SshHop]:
         present = [f for f in known if Path(f).is_file()]
         if not present:
             raise HostError(
-                f"host {cfg.name}: known_hosts file {', '.join(known) or '(not set)'} missing for {alias}; "
-                "host keys are always checked"
+                f"known_hosts file {', '.join(known) or '(not set)'} missing for {alias}; host keys are always checked",
+                host=cfg.name,
             )
         keys = [str(Path(key).expanduser())] if key else _files(look.get("identityfile"))
         return SshHop(
@@ -180,7 +180,7 @@ def resolve(cfg: HostConfig) -> list[SshHop]:
     if jump.lower() == "none":
         jump = ""
     if not jump and look.get("proxycommand") and str(look.get("proxycommand")).lower() != "none":
-        raise HostError(f"host {cfg.name}: ssh_config gives {alias} a ProxyCommand; only ProxyJump is supported")
+        raise HostError(f"ssh_config gives {alias} a ProxyCommand; only ProxyJump is supported", host=cfg.name)
     hops = []
     for spec in (j for j in jump.split(",") if j.strip()):
         user, host, port = _split_jump(spec)
@@ -257,8 +257,9 @@ class Host:
                     )
                 except (paramiko.SSHException, OSError, EOFError) as e:
                     raise HostError(
-                        f"host {self.name}: jump host {hop.label()} cannot open a connection to "
-                        f"{nxt.hostname}:{nxt.port}: {e or type(e).__name__}"
+                        f"jump host {hop.label()} cannot open a connection to "
+                        f"{nxt.hostname}:{nxt.port}: {e or type(e).__name__}",
+                        host=self.name,
                     ) from None
         except BaseException:
             for c in reversed(opened):
@@ -299,22 +300,24 @@ class Host:
             client.close()
             what = f"{where}: host key" if target else f"host key of {hop.hostname}:{hop.port}"
             raise HostKeyError(
-                f"host {name}: {what} does not match {', '.join(hop.known_hosts)}: {e}{tail}",
+                f"{what} does not match {', '.join(hop.known_hosts)}: {e}{tail}",
                 kind="changed",
                 jump=bool(target),
+                host=name,
             ) from None
         except _UnknownHostKey as e:
             client.close()
             if target:
                 raise HostKeyError(
-                    f"host {name}: {where}: host key not found in {', '.join(hop.known_hosts)}{tail}",
+                    f"{where}: host key not found in {', '.join(hop.known_hosts)}{tail}",
                     kind="unknown",
                     jump=True,
+                    host=name,
                 ) from None
-            raise HostKeyError(f"host {name}: ssh to {where} failed: {e}", kind="unknown", jump=False) from None
+            raise HostKeyError(f"ssh to {where} failed: {e}", kind="unknown", jump=False, host=name) from None
         except paramiko.AuthenticationException as e:
             client.close()
-            raise HostError(f"host {name}: ssh to {where} failed: {e}{tail}") from None
+            raise HostError(f"ssh to {where} failed: {e}{tail}", host=name) from None
         except paramiko.SSHException as e:
             client.close()
             raise _Damaged(
@@ -322,7 +325,7 @@ class Host:
             ) from None
         except OSError as e:
             client.close()
-            raise HostError(f"host {name}: cannot reach {where}: {e}{tail}") from None
+            raise HostError(f"cannot reach {where}: {e}{tail}", host=name) from None
         return client
 
     def close(self) -> None:
@@ -388,26 +391,26 @@ class Host:
         command = shlex.join(argv)
         transport = client.get_transport()
         if transport is None:
-            raise HostError(f"host {self.name}: ssh connection lost")
+            raise HostError("ssh connection lost", host=self.name)
         answer_s = min(EXEC_ANSWER_S, timeout) if polling else EXEC_ANSWER_S
         try:
             chan = self._start(transport, command, stdin, answer_s)
         except _NoAnswer:
             self.close()  # the command may have started: never run it twice
             raise HostError(
-                f"host {self.name}: no answer to `{command}` within {answer_s:.0f} s; connection reset"
+                f"no answer to `{command}` within {answer_s:.0f} s; connection reset", host=self.name
             ) from None
         except (paramiko.SSHException, OSError, EOFError) as e:
             self.close()
             if polling:
-                raise HostError(f"host {self.name}: cannot run {argv[0]}: {e}") from None
+                raise HostError(f"cannot run {argv[0]}: {e}", host=self.name) from None
             # a transport that died under load ("Invalid packet blocking", "Garbage packet"):
             # the command did not start, so one fresh connection is safe to try
             absorbed.record(FaultKind.STREAM_BROKEN, self.name, command, absorbed.of_error(e))
             try:
                 chan = self._start(self._connected().get_transport(), command, stdin, answer_s)
             except (paramiko.SSHException, OSError, EOFError, HostError):
-                raise HostError(f"host {self.name}: cannot run {argv[0]}: {e}") from None
+                raise HostError(f"cannot run {argv[0]}: {e}", host=self.name) from None
         out, err = bytearray(), bytearray()
         deadline = time.monotonic() + timeout
         timed_out = False
@@ -423,7 +426,7 @@ class Host:
                 break
             if not chan.get_transport().is_active():
                 self.close()
-                raise HostError(f"host {self.name}: ssh connection lost while running `{command}`")
+                raise HostError(f"ssh connection lost while running `{command}`", host=self.name)
             if time.monotonic() > deadline:
                 timed_out = True
                 break
@@ -445,7 +448,7 @@ class Host:
         else:
             what = f"exited {rc}"
         detail = (err.strip() or out.strip()).splitlines()
-        return HostError(f"host {self.name}: `{shlex.join(argv)}` {what}" + (f": {detail[-1]}" if detail else ""))
+        return HostError(f"`{shlex.join(argv)}` {what}" + (f": {detail[-1]}" if detail else ""), host=self.name)
 
     def _start(self, transport, command: str, stdin: str | None, answer_s: float) -> paramiko.Channel:
         if transport is None or not transport.is_active():
@@ -510,14 +513,14 @@ class Host:
         try:
             self.sftp().put(str(local), remote)
         except (OSError, paramiko.SSHException) as e:
-            raise HostError(f"host {self.name}: upload of {local} to {remote} failed: {e}") from None
+            raise HostError(f"upload of {local} to {remote} failed: {e}", host=self.name) from None
 
     @_whole
     def get(self, remote: str, local: Path | str) -> None:
         try:
             self.sftp().get(remote, str(local))
         except (OSError, paramiko.SSHException) as e:
-            raise HostError(f"host {self.name}: download of {remote} failed: {e}") from None
+            raise HostError(f"download of {remote} failed: {e}", host=self.name) from None
 
     @_whole
     def read_text(self, remote: str) -> str | None:
@@ -535,7 +538,7 @@ class Host:
             except (OSError, paramiko.SSHException, paramiko.sftp.SFTPError, EOFError) as e:
                 self._reset_sftp()
                 if attempt == 2:
-                    raise HostError(f"host {self.name}: cannot read {remote}: {e}") from None
+                    raise HostError(f"cannot read {remote}: {e}", host=self.name) from None
                 absorbed.record(FaultKind.SFTP_RETRY, self.name, f"sftp read {remote}", absorbed.of_error(e))
         return None
 
@@ -545,7 +548,7 @@ class Host:
             with self.sftp().open(remote, "w") as fh:
                 fh.write(text.encode())
         except (OSError, paramiko.SSHException) as e:
-            raise HostError(f"host {self.name}: cannot write {remote}: {e}") from None
+            raise HostError(f"cannot write {remote}: {e}", host=self.name) from None
 
     def write_sysfs(self, path: str, value: str) -> None:
         """Write a value to a sysfs/proc file (through `tee`, the value on stdin).
@@ -570,7 +573,7 @@ class Host:
             return False
         except (OSError, paramiko.SSHException, paramiko.sftp.SFTPError, EOFError) as e:
             self._reset_sftp()
-            raise HostError(f"host {self.name}: cannot stat {remote}: {e}") from None
+            raise HostError(f"cannot stat {remote}: {e}", host=self.name) from None
 
     def mkdir_p(self, remote: str) -> None:
         self.run(["mkdir", "-p", remote])

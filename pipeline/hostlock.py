@@ -33,7 +33,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .errors import HostError, HostLocked
+from .errors import HostError, HostLocked, without_host
 from .host import Host
 from .results import now_iso
 from .util import STATE_DIR
@@ -107,7 +107,7 @@ class HostLock:
             return True
         if "File exists" in err:
             return False
-        raise HostError(f"host {self.host.name}: cannot create lock {path}: {err.strip() or f'exit {rc}'}")
+        raise HostError(f"cannot create lock {path}: {err.strip() or f'exit {rc}'}", host=self.host.name)
 
     def _owner(self) -> dict | None:
         text = self.host.read_text(OWNER)
@@ -226,8 +226,9 @@ class HostLock:
             waited = time.monotonic() - t0
             if waited >= timeout:
                 raise HostLocked(
-                    f"host {name}: locked by {_describe(owner)}; gave up after {waited:.0f} s "
-                    f"(lock_timeout_s {timeout:g}); if that run is gone, remove {LOCK_DIR} on the host"
+                    f"locked by {_describe(owner)}; gave up after {waited:.0f} s "
+                    f"(lock_timeout_s {timeout:g}); if that run is gone, remove {LOCK_DIR} on the host",
+                    host=name,
                 )
             if last_report is None or time.monotonic() - last_report >= REPORT_EVERY_S:
                 self.progress(
@@ -255,4 +256,4 @@ class HostLock:
         try:
             self.release()
         except HostError as e:  # host unreachable: the next run finds the lock stale
-            self.progress(f"host {self.host.name}: could not release the lock: {e.message}")
+            self.progress(f"host {self.host.name}: could not release the lock: {without_host(e, self.host.name)}")

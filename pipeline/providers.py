@@ -62,7 +62,7 @@ class HostProvider:
     def restart(self, why: str, progress: Progress = _noprogress, steps: dict[str, float] | None = None) -> HostConfig:
         """Start the host again after it stopped answering (`why`; callers check `restartable`);
         the config to connect with."""
-        raise HostError(f"host {self.name}: not answering ({why}), and the pipeline cannot restart it")
+        raise HostError(f"not answering ({why}), and the pipeline cannot restart it", host=self.name)
 
     def stop(self, progress: Progress = _noprogress) -> None:
         """After a run that asked for it (`--lab-down`): power the host off if the pipeline started it."""
@@ -75,9 +75,7 @@ class HostProvider:
 
     def guest_image(self) -> GuestImage:
         """The host's own test guest (when `own_guest` says it has one)."""
-        raise HostError(
-            f"host {self.name}: no test guest: a host other than the lab gets it from provision.provision()"
-        )
+        raise HostError("no test guest: a host other than the lab gets it from provision.provision()", host=self.name)
 
     def describe(self) -> str:
         """How the pipeline reaches the host, for `invoke config.show`."""
@@ -112,7 +110,7 @@ class LabProvider(HostProvider):
 
     def _settings(self) -> Settings:
         if self.settings is None:
-            raise HostError(f"host {self.name}: the built-in lab needs the settings")
+            raise HostError("the built-in lab needs the settings", host=self.name)
         return self.settings
 
     def ensure_running(self, progress: Progress = _noprogress, steps: dict[str, float] | None = None) -> HostConfig:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import Settings
-from .errors import HostError, PipelineError
+from .errors import HostError, PipelineError, without_host
 from .results import atomic_write_text, timed
 from .util import STATE_DIR, render
 from .util import noprogress as _noprogress
@@ -138,7 +138,8 @@ def pcifront_file(host: Host, release: str) -> str:
         return "builtin"
     if not name:
         raise HostError(
-            f"{host.name}: no xen-pcifront module for {release} in /lib/modules ({err.strip() or f'modinfo exit {rc}'})"
+            f"no xen-pcifront module for {release} in /lib/modules ({err.strip() or f'modinfo exit {rc}'})",
+            host=host.name,
         )
     return name
 
@@ -222,7 +223,7 @@ def provision(
     for _, remote, sha in uploads:
         if sums.get(remote) != sha:
             remove(host, run_id)
-            raise HostError(f"{host.name}: the uploaded guest file does not match ({remote})")
+            raise HostError(f"the uploaded guest file does not match ({remote})", host=host.name)
     g = GuestProvision(
         host=host.name,
         release=release,
@@ -296,7 +297,9 @@ class RunGuests:
         try:
             remove(host, self.run_id)
         except PipelineError as e:
-            self.progress(f"{host.name}: could not remove the test guest ({e.message}); the next run does")
+            self.progress(
+                f"{host.name}: could not remove the test guest ({without_host(e, host.name)}); the next run does"
+            )
 
 
 def remove(host: Host, run_id: str) -> None:
@@ -312,7 +315,7 @@ def leftovers(host: Host) -> list[str]:
     except FileNotFoundError:
         return []
     except OSError as e:
-        raise HostError(f"host {host.name}: cannot list {RUN_ROOT}: {e}") from None
+        raise HostError(f"cannot list {RUN_ROOT}: {e}", host=host.name) from None
 
 
 def remove_leftovers(host: Host, progress: Progress = _noprogress) -> list[str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import absorbed, interrupt, kernelsrc, providers, provision, report, verdict
 from .config import HostConfig, KernelConfig, Settings
-from .errors import ConfigError, InternalError, Interrupted, PipelineError
+from .errors import ConfigError, InternalError, Interrupted, PipelineError, without_host
 from .fetch import remove_worktree, sweep_run
 from .interrupt import stop_children
 from .results import (
@@ -194,7 +194,7 @@ class _Run:
             except PipelineError as e:
                 for _, kr in ready:
                     kr.deploy.append(DeployResult(status=DeployStatus.FAILED, host=hname, detail=e.message))
-                    kr.error = f"deploy: host {hname}: {e.message}"
+                    kr.error = f"deploy: host {hname}: {without_host(e, hname)}"
                     kr.error_code = e.exit_code
                     kr.failed_stage = Stage.DEPLOY
                 continue
@@ -274,10 +274,8 @@ class _Run:
 
     def host_row_failed(self, host, kcfg: KernelConfig, kr: KernelResult, e: Exception, deploy_mod) -> None:
         """Record the failure on the row and put the host back (fresh connection) before the next kernel."""
-        msg = e.message if isinstance(e, PipelineError) else f"{type(e).__name__}: {e}"
+        msg = without_host(e, host.name) if isinstance(e, PipelineError) else f"{type(e).__name__}: {e}"
         stage = Stage.DEPLOY if (self.host_step or ("",))[0] in ("deploy", "restore") else Stage.TEST
-        for prefix in (f"host {host.name}: ", f"{host.name}: "):  # HostError messages name the host already
-            msg = msg.removeprefix(prefix)
         kr.error = f"{stage}: host {host.name}: {msg}"
         kr.error_code = getattr(e, "exit_code", 7)
         kr.failed_stage = stage
@@ -314,7 +312,8 @@ class _Run:
             try:
                 image = self.guest_image(host)
             except PipelineError as e:
-                self.refuse_host(host, [(kcfg, kr)], Refusal(f"cannot make the test guest: {e.message}", e.exit_code))
+                why = without_host(e, host.name)  # the refusal is printed and recorded with the host's name
+                self.refuse_host(host, [(kcfg, kr)], Refusal(f"cannot make the test guest: {why}", e.exit_code))
                 return
 
         def deploy(module: str, path: str, srcversion: str):

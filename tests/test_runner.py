@@ -104,3 +104,23 @@ def test_verify_refuses_an_empty_kernel_name_before_a_run_directory(tmp_path):
     with pytest.raises(ConfigError, match=r"^--kernel: empty kernel name; have a$"):
         verify(settings, kernels=[" "])
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_host_that_cannot_be_reached_is_named_once_on_its_rows(tmp_path, monkeypatch):
+    """The row's error says `deploy: host X: <reason>`, the HostError's own `host X: ` not repeated."""
+    from pipeline import providers
+    from pipeline.config import HostConfig, KernelConfig, Settings
+    from pipeline.errors import HostError
+    from pipeline.results import BuildResult, DeployStatus
+
+    def unreachable(self, progress, steps):
+        raise HostError("cannot reach root@127.0.0.1:1: refused", host=self.name)
+
+    monkeypatch.setattr(providers.SshProvider, "ensure_running", unreachable)
+    kcfg = KernelConfig(name="k", remote="r", ref="x", hosts=["box"])
+    s = Settings(hosts={"box": HostConfig(name="box")}, matrices={"default": [kcfg]})
+    kr = KernelResult(name="k", build=BuildResult(status="ok", module=str(tmp_path / "x.ko")))
+    ctx = _Run(s, _run(kr), tmp_path, None, "deploy", lambda msg: None)
+    ctx.host_stages([(kcfg, kr)], keep=False)
+    assert kr.error == "deploy: host box: cannot reach root@127.0.0.1:1: refused"
+    assert [(str(d.status), d.host) for d in kr.deploy] == [(str(DeployStatus.FAILED), "box")]
