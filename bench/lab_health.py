@@ -8,7 +8,10 @@ Each cycle is the pipeline's own vf-boot case (VfPool + Guest) with the fixed mo
 dom0 process crashes (new `segfault at` / `traps:` / `general protection` lines in dom0's dmesg),
 wrong VF counts (the guest saw fewer than N), cycles that ended in an error (SSH, xl, libxl),
 QEMU deaths (the lab restarted) and new lines in QEMU's own log (qemu.log: warnings, guest errors,
-NVMe error traces), and the faults the pipeline's own retries absorbed (pipeline/absorbed.py).
+NVMe error traces), the faults the pipeline's own retries absorbed (pipeline/absorbed.py), and
+vector-register state that changed under a dom0 process: two bench/fpucheck.c processes (built
+here, static) hold known values in ymm/xmm registers in dom0 for the whole run and count every
+register another context's state replaced (how the lab's lazy-FPU corruption was found).
 The guest is the one a run makes (pv.guest_kernel). glibc's heap checks are on for every dom0 command of the run
 (MALLOC_PERTURB_, malloc.check through /etc/environment, restored afterwards) so corruption
 shows early. Exit 0 only when every build ran clean.
@@ -21,6 +24,8 @@ import collections
 import dataclasses
 import os
 import re
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -63,6 +68,7 @@ class Tally:
     dom0_crashes: int = 0
     qemu_deaths: int = 0
     qemu_log_lines: int = 0
+    vector_changes: int = 0  # ymm/xmm registers of a dom0 process that another context's state replaced
     seconds: list[float] = dataclasses.field(default_factory=list)
     what: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     faults: list = dataclasses.field(default_factory=list)  # what the pipeline's retries absorbed
@@ -74,7 +80,7 @@ class Tally:
         return (
             self.cycles > 0
             and self.passed == self.cycles
-            and not (self.dom0_crashes or self.qemu_deaths or self.faults)
+            and not (self.dom0_crashes or self.qemu_deaths or self.faults or self.vector_changes)
         )
 
 
@@ -120,6 +126,54 @@ class HeapChecks:
             self.host.write_text(ENVIRONMENT, self.before)
 
 
+class VectorCheck:
+    """Two fpucheck processes in dom0 for the run (one per dom0 vCPU), read after each cycle."""
+
+    SOURCE = Path(__file__).with_name("fpucheck.c")
+    DIR = "/run/pciback-verify/fpucheck"
+
+    def __init__(self, host: Host, tmp: Path):
+        self.host = host
+        self.tmp = tmp
+        self.seen = 0
+
+    def _binary(self) -> Path:
+        avx2 = self.host.query(["grep", "-qw", "avx2", "/proc/cpuinfo"])[0] == 0
+        out = self.tmp / ("fpucheck-avx2" if avx2 else "fpucheck-sse")
+        if not out.exists():
+            cc = shutil.which("gcc") or "gcc"
+            flags = ["-mavx2"] if avx2 else []
+            subprocess.run([cc, "-O2", "-static", *flags, "-o", str(out), str(self.SOURCE)], check=True)
+        return out
+
+    def start(self) -> None:
+        self.host.mkdir_p(self.DIR)
+        self.host.put(self._binary(), f"{self.DIR}/fpucheck")
+        self.host.run(["chmod", "0755", f"{self.DIR}/fpucheck"])
+        for i in (1, 2):
+            # detached from the SSH session: it outlives this command, its output in its own file
+            self.host.run(
+                [
+                    "sh",
+                    "-c",
+                    'setsid "$0" 1000000 > "$1" 2>&1 < /dev/null &',
+                    f"{self.DIR}/fpucheck",
+                    f"{self.DIR}/{i}.log",
+                ]
+            )
+
+    def changed(self) -> int:
+        """Registers changed since the last call (a restarted dom0 starts again from 0)."""
+        rc, out, _ = self.host.query(["sh", "-c", 'cat "$0"/*.log 2>/dev/null | grep -c ^MISMATCH', self.DIR])
+        total = int(out.strip() or 0) if rc in (0, 1) else 0
+        new, self.seen = max(0, total - self.seen), total
+        return new
+
+    def stop(self) -> None:
+        self.host.run(["pkill", "-x", "fpucheck"], check=False)
+        self.host.run(["rm", "-rf", self.DIR], check=False)
+
+
 def run_build(settings, name: str, n: int, vfs: int, tmp: Path) -> Tally:
     settings.lab.qemu = name
     hc = lab.ensure_up(settings, say)
@@ -142,8 +196,11 @@ def run_build(settings, name: str, n: int, vfs: int, tmp: Path) -> Tally:
         d = deploy(host, Path(b.module), b.srcversion, say)
         if d.status != "ok":
             raise SystemExit(f"deploy failed: {d.detail}")
+        tmp.mkdir(parents=True, exist_ok=True)
+        vectors = VectorCheck(host, tmp)
         try:
             with HeapChecks(host) as checks:
+                vectors.start()
                 crashes = _dmesg_crashes(host)
                 for i in range(1, n + 1):
                     log0 = _qemu_log_lines(settings)
@@ -177,6 +234,8 @@ def run_build(settings, name: str, n: int, vfs: int, tmp: Path) -> Tally:
                         # a new dom0: stock module and no heap checks; without these the next
                         # cycles erred on "xen_pciback is not loaded", a bench fault, not the lab's
                         checks.install()
+                        vectors.seen = 0
+                        vectors.start()
                         d = deploy(host, Path(b.module), b.srcversion, say)
                         if d.status != "ok":
                             raise SystemExit(f"deploy after the restart failed: {d.detail}")
@@ -189,11 +248,15 @@ def run_build(settings, name: str, n: int, vfs: int, tmp: Path) -> Tally:
                     for ln in new:
                         t.what["dom0: " + re.sub(r"^\[[^]]*\]\s*", "", ln)[:60]] += 1
                     crashes = now
+                    changed = vectors.changed()
+                    t.vector_changes += changed
                     outcome = "raised" if r is None else r.outcome
                     say(
-                        f"[{name} {i}/{n}] {outcome} in {r.duration_s if r else 0:.1f}s; new dom0 crash lines {len(new)}"
+                        f"[{name} {i}/{n}] {outcome} in {r.duration_s if r else 0:.1f}s; new dom0 crash lines {len(new)}, "
+                        f"vector registers changed {changed}"
                     )
         finally:
+            vectors.stop()
             restore(host, d, say)
             guests.remove(host)
     return t
@@ -217,13 +280,13 @@ def main() -> int:
         settings.lab.qemu = was
         if not was_running:
             lab.down(settings, say)
-    head = f"{'qemu':<34} {'cycles':>6} {'pass':>5} {'wrong':>5} {'error':>5} {'dom0 crash':>10} {'QEMU died':>9} {'qemu.log':>8} {'faults':>6} {'median s':>8}"
+    head = f"{'qemu':<34} {'cycles':>6} {'pass':>5} {'wrong':>5} {'error':>5} {'dom0 crash':>10} {'QEMU died':>9} {'qemu.log':>8} {'faults':>6} {'vec regs':>8} {'median s':>8}"
     print(head + "   (counts per 100 cycles)")
     for t in tallies:
         med = sorted(t.seconds)[len(t.seconds) // 2] if t.seconds else 0.0
         print(
             f"{t.version[:34]:<34} {t.cycles:>6} {t.per100(t.passed):>5} {t.per100(t.wrong_count):>5} {t.per100(t.errors):>5} "
-            f"{t.per100(t.dom0_crashes):>10} {t.per100(t.qemu_deaths):>9} {t.per100(t.qemu_log_lines):>8} {t.per100(len(t.faults)):>6} {med:>8.1f}"
+            f"{t.per100(t.dom0_crashes):>10} {t.per100(t.qemu_deaths):>9} {t.per100(t.qemu_log_lines):>8} {t.per100(len(t.faults)):>6} {t.per100(t.vector_changes):>8} {med:>8.1f}"
         )
         for what, k in t.what.most_common(8):
             print(f"    {k:>3} x {what}")

@@ -20,7 +20,10 @@ from .errors import ConfigError, UnknownConfigKey
 
 BUILD_MODES = ("headers", "full")
 # the names of pipeline/lab/emulator.py's EMULATORS (that module needs config: named here, checked by a test)
-LAB_QEMU_BUILDS = ("system", "10.0", "system-1t", "10.0-1t", "system-dom0-1cpu", "10.0-dom0-1cpu")
+LAB_QEMU_BUILDS = (
+    "system", "10.0", "system-1t", "10.0-1t", "system-dom0-1cpu", "10.0-dom0-1cpu", "system-noxsave", "10.0-noxsave",
+    "system-pin", "10.0-pin", "system-lazyfpu", "10.0-lazyfpu",
+)  # fmt: skip
 GUEST_KERNELS = ("tiny", "host")
 
 
@@ -74,7 +77,7 @@ class LabConfig:
     smp: int = 2
     boot_timeout_s: int = 300
     mirror: str = "auto"  # Debian mirror for debootstrap; auto: the host's apt configuration
-    qemu: str = "system"  # the QEMU build that runs the lab: pipeline/lab/emulator.py EMULATORS
+    qemu: str = "10.0"  # the QEMU build that runs the lab: pipeline/lab/emulator.py EMULATORS
 
 
 @dataclass

@@ -118,7 +118,9 @@ class Variant(Emulator):
     """Another build run differently, to measure one change against it in the same bench run:
     `-1t` puts all vCPUs in one host thread (`-accel tcg,thread=single`: no cross-thread TLB
     flush or memory-ordering questions between vCPUs); `-dom0-1cpu` gives dom0 one vCPU (no
-    TLB shootdown between dom0's own vCPUs, Xen's last `dom0_max_vcpus=` wins)."""
+    TLB shootdown between dom0's own vCPUs, Xen's last `dom0_max_vcpus=` wins); `-noxsave` turns
+    Xen's XSAVE off (`xsave=0`: vCPU state switched with FXSAVE, no AVX for dom0's userspace); `-pin` pins dom0's vCPU n to CPU n (`dom0_vcpus_pin`: a dom0
+    vCPU's register state never moves between CPUs)."""
 
     def __init__(self, base: Emulator, suffix: str, accel: str = "", xen_args: tuple[str, ...] = ()):
         self.base = base
@@ -150,6 +152,9 @@ EMULATORS: dict[str, Emulator] = {
         *_BASES,
         *(Variant(b, "1t", accel="tcg,thread=single") for b in _BASES),
         *(Variant(b, "dom0-1cpu", xen_args=("dom0_max_vcpus=1",)) for b in _BASES),
+        *(Variant(b, "noxsave", xen_args=("xsave=0",)) for b in _BASES),
+        *(Variant(b, "pin", xen_args=("dom0_vcpus_pin",)) for b in _BASES),
+        *(Variant(b, "lazyfpu", xen_args=("spec-ctrl=eager-fpu=0",)) for b in _BASES),
     )
 }
 

@@ -18,9 +18,13 @@ from .emulator import QemuBin
 from .layout import LabPaths, paths
 
 # Xen: smap=0 avoids the dom0 #PF crash loop under TCG's -cpu max (lab README, traps).
+# spec-ctrl=eager-fpu: TCG's CPU says AMD, so Xen would switch vCPU FPU state lazily (CR0.TS and
+# #NM), but TCG's XSAVE/XSAVEOPT/XRSTOR ignore CR0.TS (no #NM): dom0's kernel then saved and
+# restored whatever vector registers were loaded, and dom0 processes ran with another's ymm
+# state (measured with bench/fpucheck.c: heap crashes, SSH MAC/signature errors, lab README).
 XEN_ARGS = (
     "console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M dom0_max_vcpus={smp} "
-    "loglvl=all guest_loglvl=all iommu=1,verbose,debug smap=0"
+    "loglvl=all guest_loglvl=all iommu=1,verbose,debug smap=0 spec-ctrl=eager-fpu"
 )
 DOM0_ARGS = "root=/dev/vda rw console=hvc0 earlyprintk=xen net.ifnames=0"
 QEMU = "qemu-system-x86_64"
