@@ -25,6 +25,7 @@ LAB_QEMU_BUILDS = (
     "system-pin", "10.0-pin", "system-lazyfpu", "10.0-lazyfpu",
 )  # fmt: skip
 GUEST_KERNELS = ("tiny", "host")
+LAB_DEVICES = ("nvme", "igb")  # pipeline/lab/devices.py DEVICES (checked by a test)
 
 
 @dataclass
@@ -78,6 +79,7 @@ class LabConfig:
     boot_timeout_s: int = 300
     mirror: str = "auto"  # Debian mirror for debootstrap; auto: the host's apt configuration
     qemu: str = "10.0"  # the QEMU build that runs the lab: pipeline/lab/emulator.py EMULATORS
+    device: str = "nvme"  # the SR-IOV PF: nvme or igb (a NIC, QEMU >= 8): pipeline/lab/devices.py
 
 
 @dataclass
@@ -292,6 +294,8 @@ def load_settings(config: Any = None, data: dict | None = None, matrix: str | No
         validator.fail("pv.guest_kernel", f"expected one of {', '.join(GUEST_KERNELS)}, got {settings.guest_kernel!r}")
     if settings.lab.qemu not in LAB_QEMU_BUILDS:
         validator.fail("pv.lab.qemu", f"expected one of {', '.join(LAB_QEMU_BUILDS)}, got {settings.lab.qemu!r}")
+    if settings.lab.device not in LAB_DEVICES:
+        validator.fail("pv.lab.device", f"expected one of {', '.join(LAB_DEVICES)}, got {settings.lab.device!r}")
     if settings.jobs < 1:
         validator.fail("pv.jobs", f"expected an integer >= 1, got {settings.jobs}")
     from .verdict import SEVERITY

@@ -20,7 +20,18 @@ from ..util import noprogress as _quiet
 from .emulator import ensure as ensure_qemu
 from .image import build
 from .layout import Progress, du, is_built, kernel_release, locked, paths, read_state, tail
-from .qemu import cleanup_stale, free_port, is_our_qemu, kill, last_port, our_pid, qemu_argv, qmp_command, wait_gone
+from .qemu import (
+    cleanup_stale,
+    free_port,
+    is_our_qemu,
+    kill,
+    last_port,
+    machine,
+    our_pid,
+    qemu_argv,
+    qmp_command,
+    wait_gone,
+)
 
 
 @dataclass
@@ -109,6 +120,11 @@ def _up(settings: Settings, progress: Progress = _quiet) -> HostConfig:
         )
         _down(settings, progress)
         pid, state = 0, read_state(p)
+    elif pid and state.get("port") and state.get("machine") != machine(settings):
+        # e.g. a lab booted before Xen's eager-FPU setting, or with another pv.lab.device
+        progress("lab: running with another machine (device, VFs, memory or Xen/dom0 command line): restarting")
+        _down(settings, progress)
+        pid, state = 0, read_state(p)
     if pid and state.get("port"):
         host = host_config(settings)
         write_known_hosts(settings, host.port)
@@ -154,6 +170,7 @@ def _up(settings: Settings, progress: Progress = _quiet) -> HostConfig:
                         "argv": argv,
                         "qemu": qemu.name,
                         "qemu_version": qemu.version,
+                        "machine": machine(settings),
                     },
                     indent=1,
                 )

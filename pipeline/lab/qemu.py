@@ -14,6 +14,7 @@ from typing import Any
 
 from ..config import Settings
 from ..errors import LabError
+from .devices import device
 from .emulator import QemuBin
 from .layout import LabPaths, paths
 
@@ -37,11 +38,8 @@ def qemu_argv(settings: Settings, port: int, qemu: QemuBin | None = None) -> lis
     vfs = settings.lab.vfs
     # inside -initrd a comma separates modules: a comma within an argument is written ",,"
     dom0 = f"{p.vmlinuz} {DOM0_ARGS}".replace(",", ",,")
-    nvme = (
-        f"nvme,id=nvme0,bus=rp1,serial=pvlab01,subsys=nvmesubsys0,sriov_max_vfs={vfs},"
-        # QEMU's constraints: vq >= 2*VFs, ioqpairs >= vq+2, vi >= VFs, msix >= vi+2
-        f"sriov_vq_flexible={2 * vfs},sriov_vi_flexible={vfs},max_ioqpairs={2 * vfs + 4},msix_qsize={vfs + 5}"
-    )
+    dev = device(settings.lab.device)
+    dev.check(vfs, qemu.version if qemu else "")
     return [
         *(qemu.argv() if qemu else [QEMU]),
         "-name", "pciback-verify-lab",
@@ -57,7 +55,7 @@ def qemu_argv(settings: Settings, port: int, qemu: QemuBin | None = None) -> lis
         # given, -daemonize keeps stderr (the same file, lifecycle.up) for QEMU's own warnings
         "-D", str(p.qemu_log),
         "-d", "guest_errors",
-        "-trace", "enable=pci_nvme_err*",
+        *dev.trace_args(),
         "-qmp", f"unix:{p.qmp},server=on,wait=off",
         "-pidfile", str(p.pidfile),
         "-daemonize",
@@ -68,9 +66,16 @@ def qemu_argv(settings: Settings, port: int, qemu: QemuBin | None = None) -> lis
         "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22",
         "-device", "virtio-net-pci,netdev=n0",
         "-device", "pcie-root-port,id=rp1,bus=pcie.0,chassis=1,slot=1",
-        "-device", "nvme-subsys,id=nvmesubsys0,nqn=pvlab",
-        "-device", nvme,
+        *dev.qemu_args(vfs, "rp1"),
     ]  # fmt: skip
+
+
+def machine(settings: Settings) -> str:
+    """What a running lab was booted as, beyond its port: a lab booted otherwise is restarted."""
+    return " | ".join(
+        (settings.lab.qemu, settings.lab.device, str(settings.lab.vfs), settings.lab.memory, str(settings.lab.smp),
+         XEN_ARGS, DOM0_ARGS)
+    )  # fmt: skip
 
 
 def our_pid(p: LabPaths) -> int:
