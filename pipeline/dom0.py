@@ -18,6 +18,12 @@ TEST_DOMAIN_PREFIX = "pvtest-"
 Progress = Callable[[str], None]
 
 
+def boot_id(host: Host) -> str:
+    """The host's boot id: another one means it rebooted (everything under /run is gone)."""
+    rc, out, _ = host.query(["cat", "/proc/sys/kernel/random/boot_id"], timeout=30)
+    return out.strip() if rc == 0 else ""
+
+
 def assignable_devices(host: Host) -> list[str]:
     """BDFs that pciback holds (`xl pci-assignable-list`)."""
     rc, out, _ = host.query(["xl", "pci-assignable-list"], timeout=60)

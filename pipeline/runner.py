@@ -16,7 +16,8 @@ from pathlib import Path
 
 from . import absorbed, interrupt, kernelsrc, providers, provision, report, verdict
 from .config import HostConfig, KernelConfig, Settings
-from .errors import ConfigError, InternalError, Interrupted, PipelineError, without_host
+from .dom0 import boot_id
+from .errors import ConfigError, HostError, InternalError, Interrupted, PipelineError, without_host
 from .fetch import remove_worktree, sweep_run
 from .interrupt import stop_children
 from .results import (
@@ -61,6 +62,7 @@ class _Run:
         self.host_step: tuple[str, str] | None = None  # (deploy | restore | test name, module) on a host now
         self.reused: dict[str, KernelResult] = {}  # `--builds`: rows whose build an earlier run made
         self.guests = provision.RunGuests(settings, run.run_id, run.steps, progress)
+        self.booted: dict[str, str] = {}  # host -> boot id when its module was last loaded
 
     def save(self) -> None:
         with self.lock:
@@ -254,9 +256,10 @@ class _Run:
                 kr.error_code = refusal.code
                 kr.failed_stage = Stage.DEPLOY
 
-    def run_test(self, host, kr: KernelResult, name: str, module: str, run) -> None:
+    def run_test(self, host, kr: KernelResult, name: str, module: str, run, built=None) -> None:
         """Run one VF test case and save it; once more, on a fresh connection, when it errored (no
-        guest result: a lost SSH stream, a stuck xl create) rather than failed."""
+        guest result: a lost SSH stream, a stuck xl create) rather than failed. `built`: the module's
+        (path, srcversion), loaded again first if the host rebooted under the case."""
         self.host_step = (name, module)
         with absorbed.about(case=f"{name} [{module}]"):
             t = run()
@@ -264,6 +267,8 @@ class _Run:
                 self.progress(f"{name} [{module}]: errored ({t.reason}); one more attempt on a fresh connection")
                 absorbed.record(FaultKind.CASE_RERUN, host.name, f"{name} [{module}]", t.reason)
                 host.close()
+                if built is not None:
+                    self.reload_after_reboot(host, module, *built)
                 first, t = t, run()
                 t.warnings.append(f"first attempt errored: {first.reason}")
         if guest := self.guests.record(host.name):  # where the guest came from: made by this run for this host
@@ -271,6 +276,24 @@ class _Run:
         kr.tests.append(t)
         self.host_step = None
         self.save()
+
+    def reload_after_reboot(self, host, module: str, path: str, srcversion: str) -> None:
+        """A host that rebooted since the deploy lost the module, its marker and the test guest (all
+        under /run): load the module and the guest again so the case's rerun tests what it should;
+        the row's restore still puts back what the first deploy found."""
+        self.ensure_host(host)
+        was, now = self.booted.get(host.name, ""), boot_id(host)
+        if not (was and now and now != was):
+            return
+        absorbed.record(FaultKind.HOST_REBOOTED, host.name, f"deploy {module}", f"boot id {was} -> {now}")
+        self.progress(f"{host.name}: the host rebooted under the case (new boot id); loading the {module} module again")
+        self.booted[host.name] = now
+        from . import deploy as deploy_mod
+
+        d = deploy_mod.deploy(host, Path(path), srcversion, self.progress)
+        if d.status is not DeployStatus.OK:
+            raise HostError(f"after the host rebooted: {d.detail}", host=host.name)
+        self.guest_image(host)  # uploads the guest's files again when they are gone
 
     def host_row_failed(self, host, kcfg: KernelConfig, kr: KernelResult, e: Exception, deploy_mod) -> None:
         """Record the failure on the row and put the host back (fresh connection) before the next kernel."""
@@ -322,6 +345,7 @@ class _Run:
             if module == "control":
                 d.detail = ("control module; " + d.detail).strip("; ")
             kr.deploy.append(d)
+            self.booted[host.name] = boot_id(host)  # the host's boot this module was loaded in
             self.host_step = None
             self.save()
             return d
@@ -343,9 +367,8 @@ class _Run:
                         if skip:
                             kr.tests.append(skip)
                             continue
-                        self.run_test(
-                            host, kr, f"vf-boot-{n}", "series", lambda n=n: vftest.vf_boot(host, n, "series", image, p)
-                        )
+                        case = lambda n=n: vftest.vf_boot(host, n, "series", image, p)  # noqa: E731
+                        self.run_test(host, kr, f"vf-boot-{n}", "series", case, (b.module, b.srcversion))
             finally:
                 restore(dep, "series")
         if not testing or self.stop.is_set():
@@ -363,9 +386,8 @@ class _Run:
             cdep = deploy("control", b.control_module, b.control_srcversion)
             if cdep.status is DeployStatus.OK:
                 try:
-                    self.run_test(
-                        host, kr, f"vf-boot-{n}", "control", lambda: vftest.vf_boot(host, n, "control", image, p)
-                    )
+                    case = lambda: vftest.vf_boot(host, n, "control", image, p)  # noqa: E731
+                    self.run_test(host, kr, f"vf-boot-{n}", "control", case, (b.control_module, b.control_srcversion))
                 finally:
                     restore(cdep, "control")
         n_hot = min(max(self.settings.vf_counts, default=0), host.config.max_vfs)
@@ -378,9 +400,8 @@ class _Run:
             return
         cycles = self.settings.hotplug_cycles
         try:
-            self.run_test(
-                host, kr, "vf-hotplug", "series", lambda: vftest.vf_hotplug(host, n_hot, cycles, "series", image, p)
-            )
+            case = lambda: vftest.vf_hotplug(host, n_hot, cycles, "series", image, p)  # noqa: E731
+            self.run_test(host, kr, "vf-hotplug", "series", case, (b.module, b.srcversion))
         finally:
             if not keep:
                 self.ensure_host(host)

@@ -136,6 +136,7 @@ class FaultKind(enum.StrEnum):
     TEARDOWN_RETRY = "teardown-retry"  # restoring the PF's VFs failed, again on a fresh connection
     LAB_RESTARTED = "lab-restarted"  # the built-in lab stopped answering mid-run and was booted again
     CASE_RERUN = "case-rerun"  # a VF test case errored (no guest result) and ran once more
+    HOST_REBOOTED = "host-rebooted"  # the host rebooted under a case (new boot id): module and guest loaded again
 
 
 _K = Kind

@@ -306,3 +306,29 @@ def test_a_guest_gone_from_the_host_is_uploaded_again(tmp_path, dom0):
         assert [m for m in said if "uploading it again" in m]
         guests.remove(h)
         assert provision.leftovers(h) == []
+
+
+def test_a_host_that_reboots_under_a_case_gets_its_module_and_guest_again(tmp_path, dom0):
+    """The host reboots under the series' xl create: /run (our module's stage, its marker, the test
+    guest) and the module are gone. The case's one rerun loads the module and the guest again
+    first, so it tests the series, not the stock module; the reboot is on record."""
+    before = _as_found(dom0)
+    dom0.reboot("xl create ", skip=0)
+    done, said = _verify(tmp_path, dom0)
+    done.raise_if_stopped()
+    k = _row(done)
+    ev = dom0.events()
+    assert phases(ev)[:3] == ["deploy series", "deploy series", "test vf-boot-3 sees 3"], phases(ev)
+    rebooted = next(i for i, e in enumerate(ev) if e.startswith("reboot at xl create"))
+    loads = [i for i, e in enumerate(ev) if e == f"load series {SERIES_SRC}"]
+    assert loads[0] < rebooted < loads[1], ev  # loaded again after the reboot, before the rerun
+    assert _tests(k) == [
+        ("vf-boot-3", "series", "pass", 3),
+        ("vf-boot-3", "control", "fail", 1),
+        ("vf-hotplug", "series", "pass", 3),
+    ]
+    assert k.verdict == "ready", k.verdict_detail
+    kinds = [str(f.what) for f in done.run.faults_absorbed]
+    assert "host-rebooted" in kinds and "case-rerun" in kinds, kinds
+    assert any("the host rebooted under the case" in m for m in said), said
+    assert _as_found(dom0) == before

@@ -82,6 +82,11 @@ class FakeDom0:
         `start` and ends with `end` fail, after `skip` of them that do not."""
         self._rule(start, end, skip, times, action="fail", stderr=stderr)
 
+    def reboot(self, start: str, end: str = "", skip: int = 0) -> None:
+        """The host reboots under the matching command (which fails): domains, VFs, our module and
+        /run gone, the stock module loaded, a new boot id."""
+        self._rule(start, end, skip, 1, action="reboot")
+
     def interrupt(self, start: str, end: str = "", skip: int = 0) -> None:
         """Ctrl-C (SIGINT to this process) while the matching command runs; the command then runs."""
         self._rule(start, end, skip, 1, action="sigint", pid=os.getpid())
@@ -110,6 +115,7 @@ def build_root(root: Path) -> None:
     """The dom0's files: Xen dom0 capabilities, the PF (nvme, 3 VFs possible, none made), stock
     xen_pciback loaded, the release's kernel in /boot; the fake commands and their state."""
     _write(root / "proc/xen/capabilities", "control_d\n")
+    _write(root / "proc/sys/kernel/random/boot_id", "00000000-0000-4000-8000-000000000001\n")
     for d in ("nvme", "pciback"):
         (root / "sys/bus/pci/drivers" / d).mkdir(parents=True)
     pf = root / "sys/bus/pci/devices" / PF

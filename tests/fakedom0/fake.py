@@ -14,7 +14,9 @@ that command runs on the host); its first `skip` matches excepted, `times` times
 import fcntl
 import marshal
 import os
+import subprocess
 import sys
+import uuid
 
 STATE = "/fakedom0/state"
 LOG = "/fakedom0/log"
@@ -24,6 +26,7 @@ BE = "/local/domain/0/backend/pci"
 CONSOLE = "/var/log/xen/console"
 KO_MAGIC = b"pvfake-ko\0"  # the test's stand-ins for built modules: this, then key=value\0 fields
 SIGINT = 2
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
 
 class Fail(Exception):
@@ -397,6 +400,28 @@ COMMANDS = {
 }
 
 
+def reboot(st):
+    """What a host that rebooted has lost: its domains, its VFs, our module (stock again, as at
+    boot) and everything under /run; it has a new boot id."""
+    pf = dev(st["pf"])
+    for i, bdf in enumerate(vf_bdfs(st)):
+        os.unlink(f"{pf}/virtfn{i}")
+        remove_dir(dev(bdf))
+    write(f"{pf}/sriov_numvfs", "0\n")
+    write(f"{pf}/sriov_drivers_autoprobe", "1\n")
+    st["domains"], st["xenstore"] = {}, {}
+    if loaded():
+        remove_dir(SYS_MODULE)
+    os.makedirs(SYS_MODULE)
+    write(f"{SYS_MODULE}/initstate", "live\n")
+    write(f"{SYS_MODULE}/taint", "\n")
+    st["module"] = {"label": "stock", "publishes": st["stock_publishes"]}
+    for name in os.listdir("/run"):
+        path = f"/run/{name}"
+        subprocess.run(["rm", "-rf", "--", path], check=True)
+    write(BOOT_ID, f"{uuid.uuid4()}\n")
+
+
 def scripted(st, line):
     """The test's rules for this command: a failure to return instead of running it, or a Ctrl-C."""
     for rule in st["rules"]:
@@ -408,6 +433,10 @@ def scripted(st, line):
         if rule["action"] == "sigint":
             event(f"sigint at {line}")
             os.kill(rule["pid"], SIGINT)
+        elif rule["action"] == "reboot":
+            event(f"reboot at {line}")
+            reboot(st)
+            return Fail("Connection reset by peer (the host rebooted)", rc=255)
         else:
             event(f"fail {line}")
             return Fail(rule["stderr"] or f"{line.split()[0]}: failed (scripted)")
