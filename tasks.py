@@ -191,6 +191,28 @@ def hosts_check(c, host=None, json=False, matrix=None):
         raise Exit(f"not ready: {', '.join(bad)}", code=7)
 
 
+@task(
+    iterable=["put"],
+    help={
+        "host": "the inventory host (e.g. lab)",
+        "put": "LOCAL:/REMOTE/PATH, a file to copy there first (repeatable)",
+        "c": "the command to run there (its shell); none: only the copies",
+    },
+)
+@cli
+def hosts_run(c, host, put=None, c_=None):
+    """Copy files to an inventory host and run one command there, over the pipeline's SSH (the
+    reproduce recipes' `xl create` line). Exits with the command's exit code."""
+    from pipeline.hostcmd import parse_put, run_on_host
+
+    puts = [parse_put(p) for p in put or []]
+    ran = run_on_host(_settings(c), host, puts, c_ or "", progress=_progress)
+    sys.stdout.write(ran.stdout)
+    sys.stderr.write(ran.stderr)
+    if ran.rc:
+        raise Exit(code=ran.rc)
+
+
 # ------------------------------------------------------------------ source
 
 
@@ -249,68 +271,73 @@ def series_show(c, path=None, json=False):
 def test(c, quick=False, k=None, m=None, download=False):
     """Run the test suite: every test, the kernel/build/lab ones included, unless --quick.
 
-    The `download` tests (three more kernel lines downloaded, imported and built) add ~25 min on
-    a fresh clone, which the suite's 30-minute budget does not have: they run with --download (cheap on a
-    runner whose .cache persists, see the README's CI section)."""
-    # the slowest tests in every run's output: the suite's time is budgeted (CI <= 30 min)
-    args = [sys.executable, "-m", "pytest", "--durations=25"]
-    if quick:
-        args += ["-m", "not kernel and not build and not lab"]
-    elif m:
-        args += ["-m", m]
-    elif not download:
-        args += ["-m", "not download"]
-    if k:
-        args += ["-k", k]
-    import subprocess
+    The lab tests run in a second pytest beside the others (pipeline/suite.py); each prints its
+    slowest tests (the suite's time is budgeted: CI <= 30 min). The `download` tests (three more
+    kernel lines downloaded, imported and built) add ~25 min on a fresh clone, which that budget
+    does not have: they run with --download (cheap on a runner whose .cache persists, see the
+    README's CI section)."""
+    from pipeline import PROJECT_ROOT, suite
 
-    rc = subprocess.call(args)
-    if rc:
-        raise Exit(code=rc)
+    halves = suite.plan(PROJECT_ROOT, quick=quick, k=k, m=m, download=download)
+    result = suite.run(halves, PROJECT_ROOT, _progress)
+    if len(halves) > 1:
+        print(suite.describe(result), flush=True)
+    if result.rc:
+        raise Exit(code=result.rc)
 
 
 # ------------------------------------------------------------------ lab
 
 
-@task(help={"force": "rebuild even if the recipe and package versions are unchanged"})
+LAB_HOST_HELP = "the inventory lab host (default lab; lab-xen4.14, lab-xen4.20: other Xen, see config.show)"
+
+
+def _lab_settings(c, host: str):
+    """The settings of inventory lab host `host` (its suite and folder: pipeline/labsuites.py)."""
+    from pipeline.labsuites import for_name
+
+    return for_name(_settings(c), host or "lab")
+
+
+@task(help={"force": "rebuild even if the recipe and package versions are unchanged", "host": LAB_HOST_HELP})
 @cli
-def lab_build(c, force=False):
-    """Build the Xen 4.17 lab: dom0 image, boot files, test guest (no-op when inputs are unchanged)."""
+def lab_build(c, force=False, host="lab"):
+    """Build a Xen lab (default the Xen 4.17 one): dom0 image, boot files, test guest (no-op when inputs are unchanged)."""
     from pipeline import lab
 
-    info = lab.build(_settings(c), progress=_progress, force=force)
+    info = lab.build(_lab_settings(c, host), progress=_progress, force=force)
     m = info.manifest
     print(
         f"{'built' if info.rebuilt else 'up to date'}: dom0 {m['dom0_kernel_release']}, Xen {m['xen_version']}, {m['image']}"
     )
 
 
-@task
+@task(help={"host": LAB_HOST_HELP})
 @cli
-def lab_up(c):
+def lab_up(c, host="lab"):
     """Boot the lab under QEMU (or return the running one) and wait until SSH and `xl info` answer."""
     from pipeline import lab
 
-    host = lab.up(_settings(c), progress=_progress)
-    print(f"lab up: ssh {host.user}@{host.address} -p {host.port} (dom0 {host.kernel_release}); `invoke lab.ssh`")
+    h = lab.up(_lab_settings(c, host), progress=_progress)
+    print(f"lab up: ssh {h.user}@{h.address} -p {h.port} (dom0 {h.kernel_release}); `invoke lab.ssh`")
 
 
-@task
+@task(help={"host": LAB_HOST_HELP})
 @cli
-def lab_down(c):
+def lab_down(c, host="lab"):
     """Power the lab off; kills only the lab's own QEMU (by its pid file) if it does not stop."""
     from pipeline import lab
 
-    lab.down(_settings(c), progress=_progress)
+    lab.down(_lab_settings(c, host), progress=_progress)
 
 
-@task(help={"probe": "ask dom0 over SSH whether it answers (default on)"})
+@task(help={"probe": "ask dom0 over SSH whether it answers (default on)", "host": LAB_HOST_HELP})
 @cli
-def lab_status(c, probe=True):
+def lab_status(c, probe=True, host="lab"):
     """Whether the lab runs, its SSH port, uptime and dom0 kernel release."""
     from pipeline import lab
 
-    s = lab.status(_settings(c), probe=probe)
+    s = lab.status(_lab_settings(c, host), probe=probe)
     if s.running:
         print(
             f"running: pid {s.pid} (QEMU {s.qemu}), port {s.port}, up {s.uptime_s:.0f}s, kernel {s.kernel_release}, ssh {'ok' if s.ssh_ok else 'no'} {s.detail}".rstrip()
@@ -322,32 +349,38 @@ def lab_status(c, probe=True):
         raise Exit(code=1)
 
 
-@task(help={"c": "run this command in dom0 instead of an interactive shell"})
+@task(help={"c": "run this command in dom0 instead of an interactive shell", "host": LAB_HOST_HELP})
 @cli
-def lab_ssh(c, c_=None):
+def lab_ssh(c, c_=None, host="lab"):
     """Open a shell in the lab's dom0, or run one command there (-c CMD)."""
     import subprocess
 
     from pipeline import lab
 
-    settings = _settings(c)
+    settings = _lab_settings(c, host)
     if not lab.status(settings, probe=False).running:
         raise Exit("error: the lab is not running: `invoke lab.up`", code=8)
-    host = lab.host_config(settings)
+    host = lab.host_config(settings, host)
     argv = lab.ssh_argv(host, tty=c_ is None and sys.stdin.isatty())
     rc = subprocess.call(argv + ([c_] if c_ else []))
     if rc:
         raise Exit(code=rc)
 
 
-@task(help={"lines": "how many lines (default 40)", "follow": "keep printing new lines (Ctrl-C ends)"})
+@task(
+    help={
+        "lines": "how many lines (default 40)",
+        "follow": "keep printing new lines (Ctrl-C ends)",
+        "host": LAB_HOST_HELP,
+    }
+)
 @cli
-def lab_console(c, lines=None, follow=False):  # untyped: Invoke would cast `--lines x` with a traceback
+def lab_console(c, lines=None, follow=False, host="lab"):  # untyped: Invoke would cast `--lines x` with a traceback
     """Print the end of the lab's serial console log (Xen and dom0 boot messages)."""
     from pipeline import lab
     from pipeline.util import follow as follow_file
 
-    settings = _settings(c)
+    settings = _lab_settings(c, host)
     print(lab.console_tail(settings, int_option("--lines", lines) or 40))
     if follow:
         for line in follow_file(lab.paths(settings).console):
@@ -364,7 +397,7 @@ def lab_console(c, lines=None, follow=False):  # untyped: Invoke would cast `--l
         "fail_on": "exit 10 when a kernel's verdict is one of these (default: pv.fail_on), as `verify --fail-on`",
         "merge": "make one run of these runs of one series revision (repeatable; a results root means all its runs)",
         "tested_only": "with --merge: only runs that ran the VF tests (as CI's report job posts)",
-        "json": "print the run's results.json on stdout",
+        "json": "print the run's results.json on stdout (with --compare: what changed, per kernel)",
     },
     iterable=["merge"],
     positional=[],  # Invoke has no optional positionals: RUN is --run/-r
@@ -374,7 +407,7 @@ def report(c, run=None, compare=None, fail_on=None, merge=None, tested_only=Fals
     """Re-render the reports of an earlier run (--run), compare two (`--compare RUN_A --run RUN_B`),
     or merge per-kernel runs into one (`--merge RUN --merge RUN`)."""
     from pipeline.report import compare as compare_runs
-    from pipeline.report import format_table
+    from pipeline.report import comparison, format_table
     from pipeline.runs import load_run, merged_or_loaded, rerender
     from pipeline.verdict import gate_status
 
@@ -382,7 +415,11 @@ def report(c, run=None, compare=None, fail_on=None, merge=None, tested_only=Fals
     gate = _fail_on(settings, fail_on)
     run_dir, result = merged_or_loaded(settings, run, merge, tested_only, _progress)
     if compare:
-        print(compare_runs(load_run(settings, compare)[1], result), end="")
+        earlier = load_run(settings, compare)[1]
+        if json:
+            _print_json(comparison(earlier, result))
+        else:
+            print(compare_runs(earlier, result), end="")
         return
     rerender(settings, run_dir, result, _progress, reports=not merge)
     if json:
@@ -490,7 +527,7 @@ def ci_poll(c, patchwork=None, project=None, state=None, trigger=False):
 
 ns = Collection(verify, test)
 ns.add_collection(Collection("config", show=config_show))
-ns.add_collection(Collection("hosts", check=hosts_check))
+ns.add_collection(Collection("hosts", check=hosts_check, run=hosts_run))
 ns.add_collection(Collection("source", **{"import": source_import}))
 ns.add_collection(Collection("series", show=series_show))
 ns.add_collection(

@@ -32,6 +32,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # labmodules
+
+from labmodules import build_pair  # noqa: E402
 
 from pipeline import absorbed, lab, provision  # noqa: E402
 from pipeline.config import project_settings  # noqa: E402
@@ -39,7 +42,6 @@ from pipeline.deploy import deploy, preflight, restore  # noqa: E402
 from pipeline.errors import HostError, LabError  # noqa: E402
 from pipeline.host import Host  # noqa: E402
 from pipeline.hostlock import HostLock  # noqa: E402
-from pipeline.labmod import build_pair  # noqa: E402
 from pipeline.providers import run_guest  # noqa: E402
 from pipeline.statuses import Outcome  # noqa: E402
 from pipeline.vftest import vf_boot  # noqa: E402
@@ -179,8 +181,7 @@ def run_build(settings, name: str, n: int, vfs: int, tmp: Path) -> Tally:
     hc = lab.ensure_up(settings, say)
     st = lab.status(settings, probe=False)
     t = Tally(name, st.qemu)
-    release = hc.kernel_release or lab.kernel_release(settings) or ""
-    mods = build_pair(release, tmp, say)
+    mods = build_pair(settings, tmp, say)
     b = mods["series"]
     started = st.pid
     with (

@@ -3,7 +3,7 @@
 
     .venv/bin/python bench/soak_vf.py [-n 20] [--keep-lab]
 
-Boots (or reuses) the built-in lab, builds both modules against the lab dom0's headers,
+Boots (or reuses) the built-in lab, builds both modules as `invoke verify` builds the lab's line,
 deploys each in turn, runs vf-boot-3 N times, restores the original module, and prints
 pass/fail counts and the median time per test case. Target: fixed 20/20 pass, control
 20/20 fail, 0 faults absorbed (printed, each with where and how) — a single flake in either is
@@ -20,14 +20,16 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # labmodules
 
+
+from labmodules import build_pair  # noqa: E402
 
 from pipeline import absorbed, lab, provision  # noqa: E402
 from pipeline.config import project_settings  # noqa: E402
 from pipeline.deploy import deploy, preflight, restore  # noqa: E402
 from pipeline.host import Host  # noqa: E402
 from pipeline.hostlock import HostLock  # noqa: E402
-from pipeline.labmod import build_pair  # noqa: E402
 from pipeline.providers import run_guest  # noqa: E402
 from pipeline.vftest import vf_boot  # noqa: E402
 
@@ -46,12 +48,11 @@ def main() -> int:
     settings = project_settings()
     was_running = lab.status(settings, probe=False).running
     hc = lab.ensure_up(settings, say)
-    release = hc.kernel_release or lab.kernel_release(settings) or ""
     rows: list[tuple] = []
     faults: list = []
     try:
         with tempfile.TemporaryDirectory(prefix="soak-vf-") as tmp:
-            mods = build_pair(release, Path(tmp), say)
+            mods = build_pair(settings, Path(tmp), say)
             # the guest a run would make (pv.guest_kernel), and every fault the retries absorb
             guests = provision.RunGuests(settings, f"soak-vf-{os.getpid()}", {}, say)
             # the host lock, like a pipeline run: a `verify` started meanwhile waits instead of

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from . import PROJECT_ROOT
 from .results import AdaptedForm, ApplyResult, FetchResult, PatchApply, PatchInfo, SeriesInfo
-from .statuses import UpstreamEvidence
+from .statuses import ApplyStatus, PatchStatus, UpstreamEvidence
 
 _HUNK_RE = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@.*$", re.M)
 _FAILED_RE = re.compile(r"^error: patch failed: (.+):(\d+)$", re.M)
@@ -258,7 +258,7 @@ def apply_series(
     conflicted = False
     with tempfile.TemporaryDirectory(prefix="pv-apply-") as tmp:
         for i, patch in enumerate(series.patches, 1):
-            pa = PatchApply(subject=patch.subject, status="not-attempted")
+            pa = PatchApply(subject=patch.subject, status=PatchStatus.NOT_ATTEMPTED)
             result.patches.append(pa)
             if conflicted:
                 pa.detail = "an earlier patch of the series conflicts"
@@ -270,39 +270,39 @@ def apply_series(
                 am = _git(wt, "am", "--keep-cr", "--quiet", str(pfile), check=False)
                 if am.returncode == 0:
                     offset = bool(_OFFSET_RE.search(check.stderr + check.stdout))
-                    pa.status = "applied-offset" if offset else "applied"
+                    pa.status = PatchStatus.APPLIED_OFFSET if offset else PatchStatus.APPLIED
                     pa.commit = _git(wt, "rev-parse", "HEAD").stdout.strip()
                     pa.detail = "hunks applied at an offset" if offset else "applies cleanly"
                     progress(f"apply {label}: [{i}/{len(series.patches)}] {pa.status}: {patch.subject}")
                     continue
                 _git(wt, "am", "--abort", check=False)
             if _git(wt, "apply", "--check", "--reverse", str(pfile), check=False).returncode == 0:
-                pa.status, pa.evidence = "already-applied", UpstreamEvidence.REVERSE_APPLY
+                pa.status, pa.evidence = PatchStatus.ALREADY_APPLIED, UpstreamEvidence.REVERSE_APPLY
                 pa.upstream_commit = _history_match(wt, patch)
                 pa.detail = "the tree already has this change (the patch reverse-applies)"
                 if pa.upstream_commit:
                     pa.detail += f"; upstream commit {pa.upstream_commit[:12]}"
             elif sha := _history_match(wt, patch):
-                pa.status, pa.upstream_commit, pa.evidence = "already-applied", sha, UpstreamEvidence.HISTORY
+                pa.status, pa.upstream_commit, pa.evidence = PatchStatus.ALREADY_APPLIED, sha, UpstreamEvidence.HISTORY
                 pa.detail = f"upstream commit {sha[:12]} has the same subject or patch-id"
             elif form := next(
                 (f for r in reverts if (f := adapted_form(wt, patch, r, revert_name, pfile.with_suffix(".revert")))),
                 None,
             ):
-                pa.status, pa.evidence, pa.adapted = "already-applied", UpstreamEvidence.CONTROL_REVERT, form
+                pa.status, pa.evidence, pa.adapted = PatchStatus.ALREADY_APPLIED, UpstreamEvidence.CONTROL_REVERT, form
                 pa.detail = _adapted_detail(form)
             elif change_present(wt, patch.text):
-                pa.status, pa.evidence = "already-applied", UpstreamEvidence.CONTENT
+                pa.status, pa.evidence = PatchStatus.ALREADY_APPLIED, UpstreamEvidence.CONTENT
                 pa.detail = "matched by content: the tree has this change in another form (no commit found in history)"
             else:
                 am = _git(wt, "am", "--keep-cr", "--quiet", "-3", str(pfile), check=False)
                 if am.returncode == 0:
-                    pa.status = "applied-3way"
+                    pa.status = PatchStatus.APPLIED_3WAY
                     pa.commit = _git(wt, "rev-parse", "HEAD").stdout.strip()
                     pa.detail = "applied with a 3-way merge"
                 else:
                     _git(wt, "am", "--abort", check=False)
-                    pa.status = "conflict"
+                    pa.status = PatchStatus.CONFLICT
                     pa.files, pa.hunks = _conflict_detail(patch.text, check.stderr)
                     pa.detail = "does not apply: " + (
                         "; ".join(pa.hunks) or ", ".join(pa.files) or check.stderr.strip()[-200:]
@@ -320,12 +320,12 @@ def apply_series(
     return result
 
 
-def rollup(statuses: list[str]) -> str:
+def rollup(statuses: list[PatchStatus]) -> ApplyStatus:
     """Series status on one kernel from its patches' statuses."""
     if not statuses:
-        return "not-run"
-    if "conflict" in statuses:
-        return "conflict"
-    if all(s == "already-applied" for s in statuses):
-        return "already-applied"
-    return "applied"
+        return ApplyStatus.NOT_RUN
+    if PatchStatus.CONFLICT in statuses:
+        return ApplyStatus.CONFLICT
+    if all(s == PatchStatus.ALREADY_APPLIED for s in statuses):
+        return ApplyStatus.ALREADY_APPLIED
+    return ApplyStatus.APPLIED

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .aptsources import host_apt_entries, resolve_mirror
 from .config import Settings
 from .errors import FetchError
 from .util import noprogress
@@ -43,14 +44,13 @@ DISTS = {
     "bullseye": Dist("bullseye", ("bullseye",), ("bullseye-security",)),
     "bookworm": Dist("bookworm", ("bookworm", "bookworm-updates"), ("bookworm-security",)),
     "bookworm-backports": Dist("bookworm-backports", ("bookworm-backports",)),  # the lab's QEMU 10
+    "trixie": Dist("trixie", ("trixie", "trixie-updates"), ("trixie-security",)),  # the Xen 4.20 lab
     "sid": Dist("sid", ("sid",)),
 }
 
 
 def mirrors(settings: Settings) -> tuple[str, str, str]:
     """(main archive, security archive, keyring) from the host's apt configuration, as the lab picks them."""
-    from .lab.recipe import host_apt_entries, resolve_mirror  # not the package: its QEMU part uses this module
-
     entries = host_apt_entries()
     main = resolve_mirror(settings, entries).rstrip("/")
     security = next((e.uri for e in entries if any(s.endswith("-security") for s in e.suites)), DEFAULT_SECURITY)

@@ -31,7 +31,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from . import sandbox
+from . import kernelsrc, sandbox
 from .buildfull import full_target
 from .buildheaders import headers_target
 from .buildlog import first_errors, new_warnings, parse_diagnostics
@@ -51,6 +51,7 @@ from .checkpatch import run_checkpatch
 from .config import KernelConfig, Settings
 from .errors import BuildSetupError
 from .results import BuildResult, PatchInfo, timed
+from .statuses import BuildStatus
 from .util import Progress
 
 
@@ -113,7 +114,7 @@ def build_kernel(
             res.config_warnings = prep.config_warnings
             res.prepared_reused = prep.reused
             if prep.module_symbol != "m":
-                res.status = "error"
+                res.status = BuildStatus.ERROR
                 res.detail = (
                     f"{MODULE_SYMBOL} is {prep.module_symbol} after olddefconfig, not m: the module cannot be built"
                 )
@@ -134,10 +135,10 @@ def build_kernel(
             series = build_module(target, run, worktree_sources(worktree), role, "module: series")
         res.warnings = series.warnings
         if not series.ok:
-            res.status = "build-failed"
+            res.status = BuildStatus.BUILD_FAILED
             res.errors = series.errors
         else:
-            res.status = "ok"
+            res.status = BuildStatus.OK
             res.module = str(out_dir / MODULE_NAME)
             shutil.copy2(series.ko, res.module)
             res.srcversion, res.vermagic = series.srcversion, series.vermagic
@@ -159,7 +160,7 @@ def build_kernel(
         # unchanged: the series build is the baseline, nothing is new
 
         progress(f"{kcfg.name}: build: negative control (module without the fix)")
-        revert = settings.path(kcfg.control_revert)
+        revert = kernelsrc.control_revert(settings, kcfg)
 
         def control_files() -> tuple[dict[str, bytes] | None, str]:
             # one staging folder per control entry: two rows never patch the same files
@@ -185,15 +186,15 @@ def build_kernel(
             if note:
                 notes.append(note)
     except BuildTimeout as e:
-        res.status = "build-failed"
+        res.status = BuildStatus.BUILD_FAILED
         res.errors = [f"{e}: killed after the time limit of {kcfg.build.timeout_s} s"]
         res.limit = sandbox.Limit.TIME.value
     except LimitHit as e:
-        res.status = "build-failed"
+        res.status = BuildStatus.BUILD_FAILED
         res.errors = [str(e)]
         res.limit = e.limit.value
     except StepFailed as e:
-        res.status = "build-failed" if res.status in ("not-run", "ok") else res.status
+        res.status = BuildStatus.BUILD_FAILED if res.status in (BuildStatus.NOT_RUN, BuildStatus.OK) else res.status
         _, errors = parse_diagnostics(e.output, [(worktree, "")])
         first = first_errors(e.output, errors)  # the real error first, with the step it stopped
         res.errors = [f"{e.step} failed: {first[0]}", *first[1:]] if first else [f"{e.step} failed"]
@@ -201,7 +202,7 @@ def build_kernel(
         pool.shutdown(wait=True)
         res.duration_s = round(time.monotonic() - start, 2)
         res.sandbox = run.info()
-    if res.status == "build-failed" and not res.detail:
+    if res.status is BuildStatus.BUILD_FAILED and not res.detail:
         notes.insert(0, f"build failed: {res.errors[0] if res.errors else 'see ' + str(log)}")
     if res.new_warnings:
         notes.append(f"{len(res.new_warnings)} new warning(s)")

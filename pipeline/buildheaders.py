@@ -13,22 +13,13 @@ import re
 import shutil
 from pathlib import Path
 
-from . import debheaders
+from . import debheaders, providers
 from .buildmodule import Target, hash_key, kernel_release_of
 from .buildrun import Runner
 from .config import KernelConfig, Settings
 from .errors import BuildSetupError
 from .toolchain import cc_identity, check_toolchain, headers_cc, make_cc
 from .util import Progress
-
-
-def _lab_release(settings: Settings) -> str | None:
-    try:
-        from . import lab
-
-        return lab.kernel_release(settings) or None
-    except (ImportError, AttributeError):
-        return None
 
 
 def _release_key(name: str) -> list:
@@ -54,7 +45,7 @@ def resolve_headers(settings: Settings, kcfg: KernelConfig, progress: Progress =
                 f"for a Debian kernel as root run: apt-get install -y linux-headers-{release}"
             )
         return path
-    release = _lab_release(settings)
+    release = providers.builtin_lab(settings).kernel_release()
     if release:
         path = Path(f"/usr/src/linux-headers-{release}")
         if not (path / "Makefile").exists():

@@ -5,16 +5,14 @@ build log; and the typed ways a step ends the build (time limit, another sandbox
 
 from __future__ import annotations
 
-import fcntl
 import shlex
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from . import sandbox
 from .config import Settings
 from .errors import BuildSetupError
+from .util import file_lock
 
 
 class BuildTimeout(Exception):
@@ -111,16 +109,9 @@ class Runner:
         return res.returncode, res.output
 
 
-@contextmanager
-def locked(path: Path) -> Iterator[None]:
+def locked(path: Path):
     """Exclusive lock between concurrent builds (threads or processes) using one cache entry."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return file_lock(path)
 
 
 class StepFailed(Exception):

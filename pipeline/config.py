@@ -26,6 +26,7 @@ LAB_QEMU_BUILDS = (
 )  # fmt: skip
 GUEST_KERNELS = ("tiny", "host")
 LAB_DEVICES = ("nvme", "igb")  # pipeline/lab/devices.py DEVICES (checked by a test)
+LAB_SUITES = ("bullseye", "bookworm", "trixie")  # pipeline/labsuites.py SUITES (checked by a test)
 
 
 @dataclass
@@ -47,8 +48,10 @@ class KernelConfig:
     ref: str
     build: BuildConfig = field(default_factory=BuildConfig)
     hosts: list[str] = field(default_factory=list)
-    # patch reverting the fix, used for the negative control where the fix is already in
-    control_revert: str = "patches/controls/revert-c81d3d246025.patch"
+    # patch reverting the fix, used for the negative control where the fix is already in (and as the
+    # evidence of the fix in the line's own form); empty: the Debian line's revert for a debian-X.Y
+    # ref (kernelsrc.LINES, the one source of truth), else upstream's (kernelsrc.control_revert)
+    control_revert: str = ""
 
 
 @dataclass
@@ -66,6 +69,9 @@ class HostConfig:
     max_vfs: int = 0  # 0: the PF's sriov_totalvfs; lower caps it
     kernel_release: str = ""  # expected running release; empty: ask the host
     lab: bool = False  # the built-in QEMU lab fills address/port/key/known_hosts itself
+    # a lab host's Debian suite (its Xen: pipeline/labsuites.py); empty: pv.lab.suite. Each suite
+    # is its own image, folder and QEMU (bullseye: .cache/lab-xen4.14)
+    lab_suite: str = ""
     lock_timeout_s: int = 1800  # how long a run waits for another run's lock on this host
     lock_stale_s: int = 43200  # a lock older than this (of a run on another machine) is broken
 
@@ -76,10 +82,13 @@ class LabConfig:
     vfs: int = 3
     memory: str = "3G"
     smp: int = 2
+    # the boot's budget in QEMU's own CPU seconds per vCPU (a busy machine slows a boot, not fails it),
+    # and a quarter of its wall-time limit: pipeline/lab/lifecycle.py boot_overdue
     boot_timeout_s: int = 300
     mirror: str = "auto"  # Debian mirror for debootstrap; auto: the host's apt configuration
     qemu: str = "10.0"  # the QEMU build that runs the lab: pipeline/lab/emulator.py EMULATORS
     device: str = "nvme"  # the SR-IOV PF: nvme or igb (a NIC, QEMU >= 8): pipeline/lab/devices.py
+    suite: str = "bookworm"  # the dom0 root's Debian suite, i.e. its Xen: pipeline/labsuites.py SUITES
 
 
 @dataclass
@@ -296,6 +305,15 @@ def load_settings(config: Any = None, data: dict | None = None, matrix: str | No
         validator.fail("pv.lab.qemu", f"expected one of {', '.join(LAB_QEMU_BUILDS)}, got {settings.lab.qemu!r}")
     if settings.lab.device not in LAB_DEVICES:
         validator.fail("pv.lab.device", f"expected one of {', '.join(LAB_DEVICES)}, got {settings.lab.device!r}")
+    if settings.lab.suite not in LAB_SUITES:
+        validator.fail("pv.lab.suite", f"expected one of {', '.join(LAB_SUITES)}, got {settings.lab.suite!r}")
+    for hname, h in settings.hosts.items():
+        if h.lab_suite and not h.lab:
+            validator.fail(f"pv.hosts.{_part(hname)}.lab_suite", "only a lab host (lab: true) has a suite")
+        if h.lab_suite and h.lab_suite not in LAB_SUITES:
+            validator.fail(
+                f"pv.hosts.{_part(hname)}.lab_suite", f"expected one of {', '.join(LAB_SUITES)}, got {h.lab_suite!r}"
+            )
     if settings.jobs < 1:
         validator.fail("pv.jobs", f"expected an integer >= 1, got {settings.jobs}")
     from .verdict import SEVERITY

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .report import _env
 from .results import RunResult, atomic_write_text, load_results
-from .verdict import STATE, rank, verdict_of
+from .verdict import STATE, Change, change, verdict_of
 
 
 @dataclass
@@ -25,7 +25,7 @@ class Cell:
     state: str  # success | warning | fail (colour)
     run_id: str
     link: str  # relative to the dashboard's folder
-    change: str = ""  # better | worse | same | new ("" in the first revision)
+    change: Change | str = ""  # better | worse | same | new ("" in the first revision)
     before: str = ""  # the previous revision's verdict
 
 
@@ -72,19 +72,17 @@ def grids(runs: list[tuple[Path, RunResult]], out_dir: Path) -> list[SeriesGrid]
             lines = []
             for name in g.kernels:
                 cell, old = g.cells.get((name, rev)), g.cells.get((name, prev))
-                if cell is None:
-                    if old is not None:
-                        lines.append(f"GONE {name}: {old.verdict}")
+                if cell is None and old is None:
                     continue
-                if old is None:
-                    cell.change = "new"
+                ch = change(old and old.verdict, cell and cell.verdict)
+                if ch is Change.GONE:
+                    lines.append(f"GONE {name}: {old.verdict}")
+                    continue
+                cell.change, cell.before = ch, old.verdict if old else ""
+                if ch is Change.NEW:
                     lines.append(f"NEW {name}: {cell.verdict}")
-                    continue
-                ra, rb = rank(old.verdict), rank(cell.verdict)
-                cell.change = "better" if rb < ra else "worse" if rb > ra else "same"
-                cell.before = old.verdict
-                if cell.change != "same":
-                    lines.append(f"{cell.change.upper()} {name}: {old.verdict} -> {cell.verdict}")
+                elif ch is not Change.SAME:
+                    lines.append(f"{ch.upper()} {name}: {old.verdict} -> {cell.verdict}")
             g.changes[rev] = lines or ["no verdict changed"]
     return sorted(by_series.values(), key=lambda g: g.name)
 

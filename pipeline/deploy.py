@@ -11,15 +11,18 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from . import absorbed
 from .dom0 import assignable_devices, destroy_test_domains, live_domids, pci_backend_domids
 from .errors import HostError, without_host
 from .host import Host
 from .interrupt import deferred_sigint
 from .results import BuildResult, DeployResult, Refusal, now_iso, timed
+from .statuses import BuildStatus, DeployStatus, FaultKind
 from .util import STATE_DIR
 from .util import noprogress as _noprogress
 
@@ -30,6 +33,39 @@ STAGING = f"{MARKER_DIR}/stage"
 SYS_MODULE = "/sys/module/xen_pciback"
 
 Progress = Callable[[str], None]
+
+
+def changed_bytes(built: bytes, staged: bytes) -> str:
+    """What differs between the built module and the copy on the host, for the record: how many
+    bytes, where, in how many 4 KiB pages (a whole page points at DMA or a page reused under us)."""
+    if len(built) != len(staged):
+        return f"size {len(staged)} on the host, {len(built)} built"
+    diff = [i for i, (a, b) in enumerate(zip(built, staged, strict=True)) if a != b]
+    if not diff:
+        return "no byte differs (the checksum itself was wrong)"
+    pages = sorted({i // 4096 for i in diff})
+    return (
+        f"{len(diff)} byte(s) differ, offsets {diff[0]:#x}..{diff[-1]:#x}, in {len(pages)} page(s) "
+        f"({', '.join(f'{p:#x}' for p in pages[:8])}{', ...' if len(pages) > 8 else ''})"
+    )
+
+
+def _upload_again(host: Host, module_path: str, staged: str, digest: str, progress: Progress) -> None:
+    """The staged copy changed between the upload and the load: nobody else can write the staging
+    directory, so the host changed it (measured once in the lab, after VFs were released). On record
+    with what changed, uploaded again and loaded only if the new copy holds."""
+    built = Path(module_path).read_bytes()
+    with tempfile.TemporaryDirectory(prefix="pv-staged-") as d:
+        try:
+            host.get(staged, Path(d) / "staged.ko")
+            evidence = changed_bytes(built, (Path(d) / "staged.ko").read_bytes())
+        except HostError as e:
+            evidence = f"not read back: {e.message}"
+    progress(f"{host.name}: staged module changed since the upload ({evidence}); uploading it again")
+    absorbed.record(FaultKind.STAGED_CHANGED, host.name, f"load of {staged}", evidence)
+    host.put(module_path, staged)
+    if remote_sha256(host, staged) != digest:
+        raise HostError(f"staged module {staged}: sha256 changed since the upload ({evidence}) and again; not loaded")
 
 
 def vermagic_release(vermagic: str) -> str:
@@ -264,7 +300,7 @@ def preflight(host: Host, build: BuildResult, max_vfs_needed: int) -> Refusal | 
     Never changes anything on the host.
     """
     name = host.name
-    if build.status != "ok" or not build.module:
+    if build.status is not BuildStatus.OK or not build.module:
         return Refusal(f"no module to deploy (build {build.status})", HostError.exit_code)
     if not Path(build.module).is_file():
         return Refusal(f"module file {build.module} missing", HostError.exit_code)
@@ -338,7 +374,7 @@ def deploy(host: Host, module_path: Path, srcversion: str, progress: Progress = 
     held: list[str] = []
     touched = False
     if not srcversion:
-        res.status = "failed"
+        res.status = DeployStatus.FAILED
         res.detail = (
             "module has no srcversion: build it with CONFIG_MODULE_SRCVERSION_ALL=y, else the load cannot be verified"
         )
@@ -347,7 +383,7 @@ def deploy(host: Host, module_path: Path, srcversion: str, progress: Progress = 
         with timed(res.steps, "recover"):
             recover(host, progress)  # an earlier run left the host modified: put it back first
     except HostError as e:
-        res.status = "failed"
+        res.status = DeployStatus.FAILED
         res.detail = f"could not undo what an earlier run left on the host: {e.message}"
         return res
     try:
@@ -390,7 +426,7 @@ def deploy(host: Host, module_path: Path, srcversion: str, progress: Progress = 
         progress(f"{host.name}: insmod {staged}")
         with timed(res.steps, "load"):
             if remote_sha256(host, staged) != digest:  # right before the load: nothing swapped it meanwhile
-                raise HostError(f"staged module {staged}: sha256 changed since the upload; not loaded")
+                _upload_again(host, module_path, staged, digest, progress)
             host.run(["insmod", staged], timeout=120)
         with timed(res.steps, "check"):
             now = loaded_srcversion(host)
@@ -400,7 +436,7 @@ def deploy(host: Host, module_path: Path, srcversion: str, progress: Progress = 
             failed = _readd(host, held)
             if failed:
                 raise HostError(f"could not make {', '.join(failed)} assignable again")
-        res.status = "ok"
+        res.status = DeployStatus.OK
         res.detail = f"xen_pciback {srcversion} loaded (was {res.original})"
         progress(f"{host.name}: {res.detail}")
     except KeyboardInterrupt:
@@ -408,7 +444,7 @@ def deploy(host: Host, module_path: Path, srcversion: str, progress: Progress = 
         _undo_deploy(host, res.original, touched, held, progress)
         raise
     except HostError as e:
-        res.status = "failed"
+        res.status = DeployStatus.FAILED
         res.detail = e.message
         why = without_host(e, host.name)
         progress(f"{host.name}: deploy failed: {why}; restoring {res.original or 'original'}")
@@ -461,7 +497,7 @@ def restore(host: Host, deploy: DeployResult, progress: Progress = _noprogress) 
 
 
 def _restore(host: Host, deploy: DeployResult, progress: Progress) -> None:
-    if deploy.status not in ("ok", "failed") or deploy.restored:
+    if deploy.status not in (DeployStatus.OK, DeployStatus.FAILED) or deploy.restored:
         return
     with timed(deploy.steps, "restore"):
         original = deploy.original or "stock"

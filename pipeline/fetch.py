@@ -24,6 +24,7 @@ from . import interrupt
 from .config import KernelConfig, Settings
 from .errors import FetchError, UnknownRef
 from .results import FetchResult
+from .statuses import FetchStatus
 
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 
@@ -70,6 +71,9 @@ def _remote_name(url: str) -> str:
 FETCH_TIMEOUT_S = 1800  # a first fetch of a kernel.org branch over a slow line
 GIT_TIMEOUT_S = 600  # local git work: worktree add, sparse checkout, count-objects
 LOCK_TIMEOUT_S = 3600  # longer than any fetch plus checkout another run may be doing
+
+# what a headers-mode build reads from its tree (a run checks out these and its series' files)
+HEADERS_MODE_PATHS = ("/drivers/xen/xen-pciback/", "/scripts/", "/Makefile")
 
 
 @contextmanager
@@ -211,7 +215,7 @@ def fetch_kernel(
     result.sparse = list(sparse or [])
     result.checkout_s = round(time.monotonic() - t_checkout, 2)
     result.worktree = str(wt)
-    result.status = "ok"
+    result.status = FetchStatus.OK
     result.duration_s = round(time.monotonic() - t0, 2)
     result.detail = f"{fullref} at {sha[:12]}, {result.objects_received} new objects"
     return result

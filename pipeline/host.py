@@ -422,7 +422,10 @@ class Host:
             while chan.recv_stderr_ready():
                 err += chan.recv_stderr(65536)
                 progressed = True
-            if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+            # done at the channel's EOF, not at the exit status: sshd sends that when the process
+            # exits, and output still in its pipes follows (a loaded dom0 lost `readlink`'s answer)
+            ended = chan.exit_status_ready() and (chan.eof_received or chan.closed)
+            if ended and not chan.recv_ready() and not chan.recv_stderr_ready():
                 break
             if not chan.get_transport().is_active():
                 self.close()

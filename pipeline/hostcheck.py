@@ -47,10 +47,13 @@ class HostCheck:
     guest: str = ""  # where the test guest comes from, or why it cannot be made
     lock: str = ""  # free | held by ... (| stale: ...)
     rows: list[RowCheck] = field(default_factory=list)
+    # a host the pipeline starts itself (a built-in lab) that is down and that no row of the selected
+    # matrix uses: nothing to check, and nothing stands in the way of the run
+    idle: bool = False
 
     @property
     def ok(self) -> bool:
-        return self.reachable and self.dom0 and not self.pf_refusal and not self.error
+        return self.idle or (self.reachable and self.dom0 and not self.pf_refusal and not self.error)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "ok": self.ok}
@@ -71,12 +74,14 @@ def check_host(settings: Settings, name: str) -> HostCheck:
         provider=provider.kind,
         pf_bdf=provider.config.pf_bdf,
     )
-    _probe(settings, provider, res)
+    running = _probe(settings, provider, res)
     res.rows = rows_for(settings, name, res.kernel_release)
+    res.idle = not running and provider.restartable and not res.rows
     return res
 
 
-def _probe(settings: Settings, provider: providers.HostProvider, res: HostCheck) -> None:
+def _probe(settings: Settings, provider: providers.HostProvider, res: HostCheck) -> bool:
+    """Fill `res` from the host; False when it is not running (a provider's host that is down)."""
     from . import deploy, provision, sriov
     from .host import Host, HostKeyError, resolve
     from .hostlock import LOCK_DIR, HostLock, _describe
@@ -84,24 +89,24 @@ def _probe(settings: Settings, provider: providers.HostProvider, res: HostCheck)
     cfg = provider.running_config()  # reads only: a host that is not up is not started
     if cfg is None:
         res.error = provider.not_running
-        return
+        return False
     try:
         *jumps, target = resolve(cfg)
         via = f" via {', '.join(j.label() for j in jumps)}" if jumps else ""
         res.ssh = f"{target.user}@{target.hostname}:{target.port}{via}"
     except PipelineError as e:
         res.error = e.message
-        return
+        return True
     host = Host(cfg, connect_timeout=10)
     try:
         host.connect()
     except HostKeyError as e:
         res.host_key = e.kind if not e.jump else f"{e.kind} (jump host)"
         res.error = e.message
-        return
+        return True
     except PipelineError as e:
         res.error = e.message
-        return
+        return True
     res.reachable, res.host_key = True, "known"
     with host:
         try:
@@ -134,6 +139,7 @@ def _probe(settings: Settings, provider: providers.HostProvider, res: HostCheck)
                 res.lock = f"held by {_describe(owner)}" + (f" (stale: {stale})" if stale else "")
         except PipelineError as e:
             res.error = res.error or e.message
+    return True
 
 
 def _pf(host, cfg: HostConfig, res: HostCheck, sriov) -> None:
@@ -237,6 +243,8 @@ def format_check(c: HostCheck) -> str:
         add(f"  row {r.kernel:<20} {'runs here' if r.runs else 'not here'}: {r.why}")
     if not c.rows:
         add("  rows           none of the selected matrix names this host")
+    if c.idle:
+        add("  idle           down, and no row of the selected matrix uses it (a run that needs it boots it)")
     return "\n".join(lines)
 
 

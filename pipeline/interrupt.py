@@ -83,6 +83,8 @@ def watch_sigint() -> Iterator[None]:
             _already_stopping()
             return
         _requested.set()
+        # said at once, like the deferred case: the host's cleanup that follows can take a while
+        _to_stderr("Ctrl-C: stopping, putting back what the run changed first")
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGINT, note)

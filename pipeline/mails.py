@@ -18,9 +18,11 @@ from pathlib import Path
 
 import jinja2
 
+from .redact import redact
 from .report import stable_version
 from .reproduce import recipes
 from .results import KernelResult, PatchInfo, RunResult
+from .statuses import BuildStatus, PatchStatus
 from .util import templates
 from .verdict import verdict_of
 
@@ -80,7 +82,7 @@ def subject_line(kind: str, patch: PatchInfo, k: KernelResult) -> str:
     tail = {
         "apply": f"failed to apply to {version}-stable tree",
         "build": f"fails to build on {version}-stable tree"
-        if k.build.status != "ok"
+        if k.build.status is not BuildStatus.OK
         else f"adds build warnings on {version}-stable tree",
         "test": f"fails its VF test on {version}",
         "error": f"could not be verified on {version}",
@@ -95,7 +97,7 @@ def build_mail(
     kind = KIND.get(v)
     if not kind or not run.series.patches:
         return None
-    conflicting = {p.subject for p in k.apply.patches if p.status == "conflict"}
+    conflicting = {p.subject for p in k.apply.patches if p.status is PatchStatus.CONFLICT}
     patch = next((p for p in run.series.patches if p.subject in conflicting), run.series.patches[0])
     deps: list[str] = []
     has_history = False
@@ -104,7 +106,7 @@ def build_mail(
         if repo is not None:
             has_history = _git(repo, "rev-parse", "--verify", "-q", f"{k.fetch.commit}^").returncode == 0
             for pa in k.apply.patches:
-                if pa.status == "conflict":
+                if pa.status is PatchStatus.CONFLICT:
                     deps += [d for d in dependencies(repo, k.fetch.commit, pa.files, pa.hunks) if d not in deps]
     msgid = patch.message_id.strip()
     if msgid and not msgid.startswith("<"):
@@ -138,7 +140,9 @@ def build_mail(
         msg["In-Reply-To"] = msgid
         msg["References"] = msgid
     msg["X-Pciback-Verify-Verdict"] = v
-    msg.set_content(body)
+    # the redaction of atomic_write_text, before the body is encoded (base64 would hide a value):
+    # a CI remote's URL carries CI_JOB_TOKEN, and `invoke report` writes mails outside any verify
+    msg.set_content(redact(body))
     return msg
 
 

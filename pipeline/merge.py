@@ -17,8 +17,11 @@ import shutil
 from pathlib import Path
 
 from .errors import ConfigError
+from .redact import redact_tree
 from .results import KernelResult, Outcome, RunDir, RunResult, load_results, now_iso, write_results
 from .reuse import _moved
+from .runlog import RunLog, stamp
+from .statuses import BuildStatus, RunStatus
 
 _ORDER = ["series", "fetch", "apply", "build", "deploy", "test", "report"]
 
@@ -50,7 +53,9 @@ def run_dirs(paths: list[str | Path], tested_only: bool = False) -> list[Path]:
 
 def _progress_of(k: KernelResult) -> tuple[int, int, int]:
     tested = [t for t in k.tests if t.outcome not in (Outcome.INTERRUPTED, Outcome.SKIPPED)]
-    return (len(tested), len(k.deploy), {"ok": 2, "build-failed": 1}.get(k.build.status, 0))
+    # a module that built beats a build that failed (a result of the series), which beats the rest
+    build_rank = {BuildStatus.OK: 2, BuildStatus.BUILD_FAILED: 1}.get(k.build.status, 0)
+    return (len(tested), len(k.deploy), build_rank)
 
 
 def _series_key(run: RunResult) -> str:
@@ -74,12 +79,17 @@ def merge_runs(sources: list[Path], results_root: Path, progress=print) -> tuple
                 chosen[k.name] = (d, r, k)
 
     rd = RunDir(results_root)
+    log = RunLog(progress)  # the merge's own lines, stamped, after the sources' logs in its run.log
     first = runs[0][1]
     merged = RunResult(run_id=rd.run_id, series=first.series)
     merged.merged_from = [r.run_id for _, r in runs]
     statuses = {r.status for _, r in runs}
     merged.status = (
-        "interrupted" if "interrupted" in statuses else "complete" if statuses == {"complete"} else "incomplete"
+        RunStatus.INTERRUPTED
+        if RunStatus.INTERRUPTED in statuses
+        else RunStatus.COMPLETE
+        if statuses == {RunStatus.COMPLETE}
+        else RunStatus.INCOMPLETE
     )
     merged.started = min((r.started for _, r in runs if r.started), default=now_iso())
     merged.finished = max((r.finished for _, r in runs if r.finished), default=now_iso())
@@ -94,16 +104,19 @@ def merge_runs(sources: list[Path], results_root: Path, progress=print) -> tuple
         for attr in ("module", "control_module", "log"):
             setattr(k.build, attr, _moved(getattr(k.build, attr), r, d, rd.path))
         merged.kernels.append(k)
-        progress(f"{name}: from run {r.run_id}")
-    with open(rd.path / "run.log", "w", encoding="utf-8") as log:
+        log(f"{name}: from run {r.run_id}")
+    with open(rd.path / "run.log", "w", encoding="utf-8") as fh:
         for d, r in runs:
-            log.write(f"==== run {r.run_id} ({', '.join(k.name for k in r.kernels)})\n")
+            fh.write(f"{stamp()} ==== run {r.run_id} ({', '.join(k.name for k in r.kernels)}): its run.log\n")
             if (d / "run.log").is_file():
-                log.write((d / "run.log").read_text(encoding="utf-8", errors="replace"))
+                fh.write((d / "run.log").read_text(encoding="utf-8", errors="replace"))
+    log.open(rd.path / "run.log")
     from . import report, verdict
 
     verdict.apply_verdicts(merged.kernels)
     report.write_reports(merged, rd.path)
     write_results(rd.path, merged)
     rd.point_latest()
+    log(f"merged run {merged.run_id}: {rd.path}")
+    redact_tree(rd.path)  # the sources' logs and build files, against this job's secret variables too
     return rd.path, merged

@@ -2,9 +2,10 @@
 
 The state that says "this revision was polled" lives where it survives: on patchwork itself. A
 revision counts as polled when any of its patches carries a `pciback-verify/...` check (a queued,
-pending or finished one); when poll starts a pipeline it posts a pending check per kernel
-("queued: pipeline N") before anything else can fail. The local file (CI cache) is only a
-shortcut that saves the check look-ups: losing it re-triggers nothing. Without a patchwork token
+pending or finished one); when poll starts a pipeline it writes the local file, then posts a
+pending check per kernel ("queued: pipeline N"). The local file (CI cache) is only a shortcut that
+saves the check look-ups: losing it re-triggers nothing. A check that cannot be posted (patchwork
+refuses the token) is said on stderr and leaves the local file as the only record. Without a patchwork token
 nothing can be posted, and the local file is all there is (said so on stderr).
 """
 
@@ -21,7 +22,7 @@ import requests
 from .config import Settings
 from .errors import ConfigError
 from .intake import _pw_get, patchwork_new_series
-from .post import CONTEXT_PREFIX, Check, Patchwork, trigger_pipeline
+from .post import CONTEXT_PREFIX, Check, Patchwork, PostError, trigger_pipeline
 from .results import atomic_write_text
 
 
@@ -104,14 +105,23 @@ def poll(
             remember(k)
             continue
         pid = trigger(item) if trigger else 0
-        if pw is not None:
-            desc = f"queued: pipeline {pid}" if pid else "queued"
-            for patch in patch_ids(item):
-                for kern in kernels:
-                    pw.post_check(patch, Check(kern, f"{CONTEXT_PREFIX}/{kern}", "pending", desc, ""))
-        out.append(Polled(int(item["id"]), version, name, "triggered" if trigger else "listed", pid))
+        # remembered before posting: a pipeline started is never started again because a check
+        # could not be posted (a token without maintainer rights on the project gets 403)
         remember(k)
+        out.append(Polled(int(item["id"]), version, name, "triggered" if trigger else "listed", pid))
+        if pw is not None:
+            _queued(pw, item, kernels, f"queued: pipeline {pid}" if pid else "queued", progress)
     return out
+
+
+def _queued(pw: Patchwork, item: dict, kernels: list[str], desc: str, progress: Callable[[str], None]) -> None:
+    """The pending check per patch and kernel that marks the revision as polled on patchwork."""
+    try:
+        for patch in patch_ids(item):
+            for kern in kernels:
+                pw.post_check(patch, Check(kern, f"{CONTEXT_PREFIX}/{kern}", "pending", desc, ""))
+    except PostError as e:
+        progress(f"series {key(item)}: no queued check posted ({e.message}): only the local state file remembers it")
 
 
 def poll_ci(

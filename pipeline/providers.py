@@ -55,6 +55,10 @@ class HostProvider:
         (hosts.check reads only); None: it is not running, `not_running` says what to do."""
         return self.config
 
+    def kernel_release(self) -> str:
+        """The kernel release the host runs, as known without connecting ("": only the host can tell)."""
+        return self.config.kernel_release
+
     @property
     def not_running(self) -> str:
         return f"host {self.name} is not running"
@@ -106,35 +110,62 @@ class LabProvider(HostProvider):
 
     @property
     def machine(self) -> str:
-        return "lab"  # one lab per project, whatever the inventory calls it
+        # one lab per suite: inventory names of the same suite are one QEMU (today's `lab` stays "lab")
+        d = self.lab_settings().lab.dir if self.settings is not None else ""
+        return "lab" if self.settings is None or d == self.settings.lab.dir else f"lab:{d}"
 
     def _settings(self) -> Settings:
         if self.settings is None:
             raise HostError("the built-in lab needs the settings", host=self.name)
-        return self.settings
+        return self.lab_settings()
+
+    def lab_settings(self) -> Settings:
+        """The settings of this host's own lab (its suite, its folder): what every lab function gets."""
+        from .labsuites import for_host
+
+        assert self.settings is not None
+        return for_host(self.settings, self.config)
+
+    def _named(self, settings: Settings) -> HostConfig:
+        from . import lab
+
+        return lab.host_config(settings, self.name)  # under this inventory name, not `lab`
 
     def ensure_running(self, progress: Progress = _noprogress, steps: dict[str, float] | None = None) -> HostConfig:
         from . import lab
 
-        return lab.ensure_up(self._settings(), progress, steps)
+        s = self._settings()
+        lab.ensure_up(s, progress, steps)
+        return self._named(s)
 
     def running_config(self) -> HostConfig | None:
         from . import lab
 
         if not lab.status(self._settings(), probe=False).running:
             return None
-        return lab.host_config(self._settings(), self.name)
+        return self._named(self._settings())
 
     @property
     def not_running(self) -> str:
-        return "the built-in lab is not running (`invoke lab.up`)"
+        if self.machine == "lab":
+            return "the built-in lab is not running (`invoke lab.up`)"
+        return f"the built-in lab {self.name} is not running (`invoke lab.up --host {self.name}`)"
+
+    def kernel_release(self) -> str:
+        # the dom0 kernel the last lab build installed (its manifest): no boot needed
+        if self.settings is None:
+            return super().kernel_release()
+        from . import lab
+
+        return lab.kernel_release(self.lab_settings()) or ""
 
     def restart(self, why: str, progress: Progress = _noprogress, steps: dict[str, float] | None = None) -> HostConfig:
         from . import lab
 
         progress(f"{self.name}: not answering ({why}); restarting the lab")
         lab.down(self._settings(), progress)
-        return lab.ensure_up(self._settings(), progress, steps)
+        lab.ensure_up(self._settings(), progress, steps)
+        return self._named(self._settings())
 
     def stop(self, progress: Progress = _noprogress) -> None:
         from . import lab
@@ -150,7 +181,7 @@ class LabProvider(HostProvider):
             return super().guest_image()
         from . import lab
 
-        files = lab.guest_files(self.settings)
+        files = lab.guest_files(self.lab_settings())
         return GuestImage(kernel=files.kernel, ramdisk=files.initrd)
 
     def describe(self) -> str:
@@ -179,6 +210,13 @@ def default_guest(host: Host, settings: Settings | None) -> GuestImage:
 def run_guest(guests: RunGuests, host: Host) -> GuestImage:
     """The test guest a run uses on `host` (connected, its config as the provider yielded it)."""
     return provider_for(guests.settings, host.config).run_guest(guests, host)
+
+
+def builtin_lab(settings: Settings) -> LabProvider:
+    """The built-in lab's provider (the inventory's entry for it, else the lab as `lab.host_config`
+    names it): what headers `auto` and the 6.1 source import ask for the lab's dom0 release."""
+    name, config = next(((n, h) for n, h in settings.hosts.items() if kind_of(h) == LabProvider.kind), ("lab", None))
+    return LabProvider(settings, config or HostConfig(name=name, lab=True))
 
 
 def of_host(settings: Settings, name: str) -> HostProvider:

@@ -3,7 +3,8 @@
 `write_reports(run, run_dir)` writes, atomically, next to results.json:
   junit.xml     one test case per kernel x stage/test (GitLab's `artifacts:reports:junit`)
   kcidb.json    KernelCI KCIDB v5 (checkouts with patchset_hash, builds, tests): pipeline/kcidb.py
-  summary.md    stable-backport readiness, with a Greg-KH-style section per branch the series does not apply to
+  summary.md    stable-backport readiness (a line per branch: pipeline/readiness.py), with a Greg-KH-style
+                section per branch the series does not apply to
   summary.html  colour-coded matrix kernels x stages, with links to the logs in the run directory
 `format_table(run)` is the terminal summary `invoke verify` prints; `compare(a, b)` says what changed
 between two revisions of a series. Templates: pipeline/templates/report/.
@@ -24,6 +25,7 @@ import jinja2
 
 from . import absorbed
 from .kcidb import patchset_hash, render_kcidb, validate_kcidb
+from .readiness import control_cell, host_control, readiness
 from .results import (
     ApplyStatus,
     BuildStatus,
@@ -36,7 +38,7 @@ from .results import (
 )
 from .statuses import Kind
 from .util import templates, xmlsafe
-from .verdict import STATE, control_not_applicable, rank, verdict_of
+from .verdict import STATE, Change, change, verdict_of
 from .xsobserve import describe as describe_creation
 
 STAGES = ("fetch", "apply", "build", "checkpatch", "deploy", "tests", "control")
@@ -72,15 +74,6 @@ def _series_tests(k: KernelResult) -> list[TestResult]:
 
 def _controls(k: KernelResult) -> list[TestResult]:
     return [t for t in k.tests if t.module == "control" and t.outcome not in _NOT_RUN]
-
-
-def _control_cell(ctl: list[TestResult]) -> tuple[str, str]:
-    """(text, class) of the negative control: it must fail; passing or erroring proves nothing."""
-    if any(t.outcome is Outcome.FAIL for t in ctl):
-        return "fails (as it must)", "ok"
-    if any(t.outcome is Outcome.PASS for t in ctl):
-        return "passes (inconclusive)", "warn"
-    return "error (inconclusive)", "warn"
 
 
 def _test_id(t: TestResult) -> str:
@@ -193,7 +186,7 @@ def stage_cells(k: KernelResult, run_dir: Path | None = None) -> dict[str, dict[
 
     ctl = _controls(k)
     if ctl:
-        text, cls = _control_cell(ctl)
+        text, cls = control_cell(ctl)
         c["control"] = _cell(text, cls, "; ".join(f"{_test_id(t)}: {t.seen}/{t.expected} {t.outcome}" for t in ctl))
     else:
         c["control"] = _cell("not-run", "skip")
@@ -218,6 +211,7 @@ def _row(k: KernelResult, run: RunResult, run_dir: Path | None) -> dict[str, Any
         "expected": sum(t.expected for t in st),
         "version": stable_version(k),
         "conflicts": [p for p in k.apply.patches if p.status is PatchStatus.CONFLICT],
+        "readiness": readiness(k),
     }
 
 
@@ -249,28 +243,42 @@ def format_table(run: RunResult) -> str:
     return "\n".join([title, *lines, absorbed.tally(run.faults_absorbed)]) + "\n"
 
 
-def compare(run_a: RunResult, run_b: RunResult) -> str:
-    """What changed from run A to run B (e.g. series v1 -> v2): per kernel better / worse / same / new / gone."""
+def comparison(run_a: RunResult, run_b: RunResult) -> dict[str, Any]:
+    """What changed from run A to run B (e.g. series v1 -> v2), as data (`report --compare --json`):
+    per kernel its Change, the verdict before and after, and the later run's detail."""
     a = {k.name: verdict_of(k) for k in run_a.kernels}
     b = {k.name: verdict_of(k) for k in run_b.kernels}
-    lines = [
-        f"{run_a.series.name} v{run_a.series.revision} ({run_a.run_id}) -> "
-        f"{run_b.series.name} v{run_b.series.revision} ({run_b.run_id})"
-    ]
-    counts = {"better": 0, "worse": 0, "same": 0, "new": 0, "gone": 0}
-    for name in list(dict.fromkeys([*a, *b])):
-        if name not in a:
-            change, text = "new", f"{b[name][0]}"
-        elif name not in b:
-            change, text = "gone", f"{a[name][0]}"
-        else:
-            ra, rb = rank(a[name][0]), rank(b[name][0])
-            change = "better" if rb < ra else "worse" if rb > ra else "same"
-            text = f"{a[name][0]} -> {b[name][0]}"
-        counts[change] += 1
-        detail = f"  ({b[name][1]})" if change in ("better", "worse", "new") and b.get(name, ("", ""))[1] else ""
-        lines.append(f"  {change.upper():6}  {name}: {text}{detail}")
-    lines.append("  " + ", ".join(f"{n} {c}" for c, n in counts.items() if n))
+    kernels = []
+    for name in dict.fromkeys([*a, *b]):
+        before, after = a.get(name, (None, ""))[0], b.get(name, (None, ""))[0]
+        kernels.append(
+            {
+                "kernel": name,
+                "change": change(before, after),
+                "before": before,
+                "after": after,
+                "detail": b[name][1] if name in b else "",
+            }
+        )
+    counts = {c.value: sum(1 for k in kernels if k["change"] is c) for c in Change}
+
+    def side(run: RunResult) -> dict[str, Any]:
+        return {"run_id": run.run_id, "series": run.series.name, "revision": run.series.revision}
+
+    return {"from": side(run_a), "to": side(run_b), "kernels": kernels, "counts": counts}
+
+
+def compare(run_a: RunResult, run_b: RunResult) -> str:
+    """`comparison` as text: per kernel better / worse / same / new / gone."""
+    data = comparison(run_a, run_b)
+    fa, fb = data["from"], data["to"]
+    lines = [f"{fa['series']} v{fa['revision']} ({fa['run_id']}) -> {fb['series']} v{fb['revision']} ({fb['run_id']})"]
+    for k in data["kernels"]:
+        ch = k["change"]
+        text = {Change.NEW: k["after"], Change.GONE: k["before"]}.get(ch, f"{k['before']} -> {k['after']}")
+        shown = ch in (Change.BETTER, Change.WORSE, Change.NEW) and k["detail"]
+        lines.append(f"  {ch.upper():6}  {k['kernel']}: {text}" + (f"  ({k['detail']})" if shown else ""))
+    lines.append("  " + ", ".join(f"{n} {c}" for c, n in data["counts"].items() if n))
     return "\n".join(lines) + "\n"
 
 
@@ -413,18 +421,12 @@ def host_grid(run: RunResult) -> dict[str, Any]:
             seen = max(boots, key=lambda t: t.expected) if boots else None
             tool = next((t.toolstack for t in ts if t.toolstack.xen_version), ts[0].toolstack)
             series = [t for t in ts if t.module in ("series", "stock")]
-            ctl = [t for t in ts if t.module == "control"]
-            excused = [why for t in ctl if (why := control_not_applicable(t))]
-            if excused and not any(t.outcome is Outcome.FAIL for t in ctl):
-                control = f"not-applicable ({excused[0]})"
-            else:
-                control = _control_cell(ctl)[0] if ctl else "not run"
             cells[h] = {
                 "xen": tool.xen_version or "?",
                 "xl": tool.xl_version,
                 "pattern": describe_creation(seen.xs_creation) if seen else "no vf-boot case",
                 "series": f"{sum(t.passed for t in series)}/{len(series)} pass",
-                "control": control,
+                "control": host_control(ts),
             }
         rows.append({"name": k.name, "cells": cells})
     return {"hosts": hosts, "rows": rows}

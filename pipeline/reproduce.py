@@ -1,10 +1,11 @@
 """A reproduce recipe for every failure of a row, whatever the stage (fetch, apply, build, deploy,
 test, the negative control, a pipeline error): the commands a maintainer types to see it again.
 
-Each recipe ends with the `invoke verify --kernel X --until STAGE` line that reruns the pipeline
+Each recipe has the `invoke verify --kernel X --until STAGE` line that reruns the pipeline
 up to the failing stage; an apply conflict also gets the git commands (fetch, checkout, `b4 am`
 or `git am -3`); a failed VF test the xl config the guest was created with, copied into the run
 directory (`repro/<kernel>/<test>-<module>.cfg`), and the `xl create` line for the host.
+Which statuses get one is decided by their kind (FAIL or ERROR), never by their words.
 `annotate(run, run_dir)` fills KernelResult.reproduce; the summaries and the mails show them.
 """
 
@@ -13,7 +14,13 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+from . import PROJECT_ROOT
 from .results import KernelResult, Outcome, Reproduce, RunResult, SeriesInfo, atomic_write_text
+from .statuses import Kind, PatchStatus
+
+# a stage status or test outcome of these kinds gets a recipe: a failure of the series (FAIL) or a
+# stage that could not be carried out (ERROR); each status is mapped by its kind, never its word
+FAILING = (Kind.FAIL, Kind.ERROR)
 
 # the first stage each verdict-relevant failure is seen at, for the --until of its invoke line
 _UNTIL = {"fetch": "fetch", "apply": "apply", "build": "build", "deploy": "deploy", "test": "test", "control": "test"}
@@ -48,6 +55,14 @@ def checkout_commands(k: KernelResult) -> list[str]:
     ]
 
 
+def _from_project(run_dir: Path | None) -> str:
+    """The run directory as `invoke` (run in the project) reaches it: relative when under the project."""
+    if run_dir is None:
+        return ""
+    d = Path(run_dir).resolve()
+    return f"{d.relative_to(PROJECT_ROOT)}/" if d.is_relative_to(PROJECT_ROOT) else f"{d}/"
+
+
 def _save_config(run_dir: Path | None, k: KernelResult, t) -> str:
     if run_dir is None or not t.xl_config:
         return ""
@@ -59,7 +74,7 @@ def _save_config(run_dir: Path | None, k: KernelResult, t) -> str:
 def recipes(run: RunResult, k: KernelResult, run_dir: Path | None = None) -> list[Reproduce]:
     out: list[Reproduce] = []
     f, a, b = k.fetch, k.apply, k.build
-    if f.status == "failed":
+    if f.status.kind in FAILING:
         out.append(
             Reproduce(
                 "fetch",
@@ -67,8 +82,8 @@ def recipes(run: RunResult, k: KernelResult, run_dir: Path | None = None) -> lis
                 [f"git ls-remote {_q(k.remote)} {_q(k.ref)}", invoke_line(run, k, "fetch")],
             )
         )
-    conflicts = [p for p in a.patches if p.status == "conflict"]
-    if a.status in ("conflict", "failed", "error") or conflicts:
+    conflicts = [p for p in a.patches if p.status is PatchStatus.CONFLICT]
+    if a.status.kind in FAILING or conflicts:
         where = "; ".join(f"{p.subject}: {', '.join(p.files) or 'conflict'}" for p in conflicts) or a.detail
         out.append(
             Reproduce(
@@ -77,10 +92,10 @@ def recipes(run: RunResult, k: KernelResult, run_dir: Path | None = None) -> lis
                 [*checkout_commands(k), *am_commands(run.series), invoke_line(run, k, "apply")],
             )
         )
-    if b.status in ("build-failed", "error", "failed") or (b.status == "ok" and b.new_warnings):
+    if b.status.kind in FAILING or (b.status.kind is Kind.OK and b.new_warnings):
         what = (
             (b.errors[0] if b.errors else b.detail or f"build {b.status}")
-            if b.status != "ok"
+            if b.status.kind is not Kind.OK
             else f"{len(b.new_warnings)} new warning(s): {b.new_warnings[0]}"
         )
         cmds = [*checkout_commands(k), *am_commands(run.series)] if b.mode == "full" else []
@@ -90,21 +105,20 @@ def recipes(run: RunResult, k: KernelResult, run_dir: Path | None = None) -> lis
             )
         )
     for d in k.deploy:
-        if d.status == "failed":
+        if d.status.kind in FAILING:
             out.append(Reproduce("deploy", f"deploy to {d.host}: {d.detail}", [invoke_line(run, k, "deploy")]))
     for t in k.tests:
-        if t.outcome in (Outcome.INTERRUPTED, Outcome.SKIPPED):
-            continue
-        failed = not t.passed if t.module != "control" else False
-        if not failed:
-            continue
+        if t.module == "control" or t.outcome.kind not in FAILING:
+            continue  # a control is expected to fail; a passing control is a recipe of its own below
         cfg = _save_config(run_dir, k, t)
         cmds = [invoke_line(run, k, "test")]
         if cfg:
-            cmds += [
-                f"scp {_q(cfg)} root@{t.host}:/tmp/{t.name}.cfg   # the xl config this test used",
-                f"xl create /tmp/{t.name}.cfg   # in dom0 of {t.host}, with {t.module} xen-pciback.ko loaded",
-            ]
+            # the guest as this test created it, on the same inventory host (lab or real: hostcmd.py)
+            remote = f"/tmp/{t.name}.cfg"
+            cmds.append(
+                f"invoke hosts.run --host {_q(t.host)} --put {_q(f'{_from_project(run_dir)}{cfg}:{remote}')} "
+                f"-c {_q(f'xl create {remote}')}   # with the {t.module} xen-pciback.ko loaded"
+            )
         out.append(
             Reproduce(
                 "test",
@@ -126,8 +140,7 @@ def recipes(run: RunResult, k: KernelResult, run_dir: Path | None = None) -> lis
             )
         )
     if k.error and not out:
-        stage = k.error.split(":", 1)[0]
-        out.append(Reproduce("error", k.error, [invoke_line(run, k, stage)]))
+        out.append(Reproduce("error", k.error, [invoke_line(run, k, k.failed_stage or "report")]))
     return out
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 from .results import KernelResult, RunResult, load_results
+from .statuses import BuildStatus
 
 
 def _runs_under(path: Path) -> list[Path]:
@@ -41,7 +42,7 @@ def find_builds(path: Path, kernels: list[str], patchset: str) -> dict[str, tupl
         if patchset and run.series.patchset_hash and run.series.patchset_hash != patchset:
             continue
         for k in run.kernels:
-            if k.name in kernels and k.name not in found and k.build.status == "ok" and k.build.module:
+            if k.name in kernels and k.name not in found and k.build.status is BuildStatus.OK and k.build.module:
                 found[k.name] = (run_dir, run, k)
     missing = [k for k in kernels if k not in found]
     if missing:

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 
-def _stamp() -> str:
+def stamp() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
@@ -43,7 +43,7 @@ class RunLog:
 
     def write_only(self, msg: str) -> None:
         """Into the log file, not to the terminal."""
-        lines = "".join(f"{_stamp()} {line}\n" for line in str(msg).splitlines() or [""])
+        lines = "".join(f"{stamp()} {line}\n" for line in str(msg).splitlines() or [""])
         with self.lock:
             if self.path is None:
                 self.pending.append(lines)

@@ -14,12 +14,18 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from . import absorbed, interrupt, kernelsrc, providers, provision, report, verdict
+from . import absorbed, build, deploy, interrupt, kernelsrc, providers, provision, report, reuse, sriov, verdict, vftest
+from .apply import apply_series
 from .config import HostConfig, KernelConfig, Settings
 from .dom0 import boot_id
 from .errors import ConfigError, HostError, InternalError, Interrupted, PipelineError, without_host
-from .fetch import remove_worktree, sweep_run
+from .fetch import HEADERS_MODE_PATHS, fetch_kernel, remove_worktree, sweep_run
+from .host import Host
+from .hostlock import HostLock
 from .interrupt import stop_children
+from .mails import git_dirs, write_mails
+from .redact import redact_tree
+from .report import patchset_hash
 from .results import (
     ApplyStatus,
     BuildResult,
@@ -41,6 +47,8 @@ from .results import (
     timed,
     write_results,
 )
+from .runlog import RunLog
+from .series import load_series
 
 STAGES = ["series", "fetch", "apply", "build", "deploy", "test", "report"]
 # exit codes of a row that never reached a defined status, by the stage that failed
@@ -71,9 +79,6 @@ class _Run:
     # ------------------------------------------------------------ per-kernel rows
 
     def row(self, kcfg: KernelConfig, kr: KernelResult) -> None:
-        from .apply import apply_series
-        from .fetch import fetch_kernel
-
         p = self.progress
         stage = "fetch"  # the stage running now: a PipelineError is put on its record
         try:
@@ -92,7 +97,7 @@ class _Run:
             if not _wants(self.until, "apply") or self.stop.is_set():
                 return
             stage = "apply"
-            revert = self.settings.path(kcfg.control_revert)  # the line's revert: evidence of its form of the fix
+            revert = kernelsrc.control_revert(self.settings, kcfg)  # the line's revert: evidence of its form of the fix
             kr.apply = apply_series(
                 kr.fetch, self.series, self.run.run_id, progress=p, label=kcfg.name, control_revert=revert
             )
@@ -138,11 +143,9 @@ class _Run:
         if kcfg.build.mode != "headers":
             return None
         files = {f for p in self.series.patches for f in p.files}
-        return sorted({"/drivers/xen/xen-pciback/", "/scripts/", "/Makefile"} | {f"/{f}" for f in files})
+        return sorted({*HEADERS_MODE_PATHS} | {f"/{f}" for f in files})
 
     def build(self, kcfg: KernelConfig, kr: KernelResult) -> BuildResult:
-        from . import build
-
         return build.build_kernel(
             self.settings,
             kcfg,
@@ -160,11 +163,6 @@ class _Run:
         return providers.of_host(self.settings, name).ensure_running(self.progress, self.run.steps)
 
     def host_stages(self, pairs: list[tuple[KernelConfig, KernelResult]], keep: bool) -> None:
-        from . import deploy as deploy_mod
-        from . import vftest
-        from .host import Host
-        from .hostlock import HostLock
-
         by_host: dict[str, list[tuple[KernelConfig, KernelResult]]] = {}
         for kcfg, kr in pairs:
             for h in kcfg.hosts:
@@ -178,7 +176,7 @@ class _Run:
             try:
                 host = Host(self.host_config(hname))
                 # before the lock: a host that is no dom0 must not get even a lock directory written
-                why = deploy_mod.not_dom0_reason(host)
+                why = deploy.not_dom0_reason(host)
                 if why:
                     self.refuse_host(host, ready, why)
                     host.close()
@@ -188,7 +186,7 @@ class _Run:
                     lock = HostLock(host, self.run.run_id, self.progress).acquire()
                 try:
                     with timed(self.run.steps, "host_recover"):
-                        deploy_mod.recover(host, self.progress)
+                        deploy.recover(host, self.progress)
                     provision.remove_leftovers(host, self.progress)
                 except PipelineError:
                     lock.release()
@@ -202,24 +200,24 @@ class _Run:
                 continue
             with host, lock:
                 try:
-                    self.rows_on_host(host, ready, keep, deploy_mod, vftest)
+                    self.rows_on_host(host, ready, keep)
                 finally:
                     if _wants(self.until, "test"):
                         with interrupt.deferred_sigint(self.progress):
                             self.guests.remove(host)
 
-    def rows_on_host(self, host, ready, keep: bool, deploy_mod, vftest) -> None:
+    def rows_on_host(self, host, ready, keep: bool) -> None:
         for kcfg, kr in ready:
             if self.stop.is_set():
                 return
             try:
                 with absorbed.about(kernel=kcfg.name):
-                    self.kernel_on_host(host, kcfg, kr, keep, deploy_mod, vftest)
+                    self.kernel_on_host(host, kcfg, kr, keep)
             except KeyboardInterrupt:
                 self.interrupted_on_host(host, kr)
                 raise
             except Exception as e:  # noqa: BLE001 - one kernel's host failure never ends the run
-                self.host_row_failed(host, kcfg, kr, e, deploy_mod)
+                self.host_row_failed(host, kcfg, kr, e)
                 if interrupt.requested():  # a cleanup error hid the Ctrl-C: still stop
                     self.interrupted_on_host(host, kr)
                     raise KeyboardInterrupt from e
@@ -288,14 +286,12 @@ class _Run:
         absorbed.record(FaultKind.HOST_REBOOTED, host.name, f"deploy {module}", f"boot id {was} -> {now}")
         self.progress(f"{host.name}: the host rebooted under the case (new boot id); loading the {module} module again")
         self.booted[host.name] = now
-        from . import deploy as deploy_mod
-
-        d = deploy_mod.deploy(host, Path(path), srcversion, self.progress)
+        d = deploy.deploy(host, Path(path), srcversion, self.progress)
         if d.status is not DeployStatus.OK:
             raise HostError(f"after the host rebooted: {d.detail}", host=host.name)
         self.guest_image(host)  # uploads the guest's files again when they are gone
 
-    def host_row_failed(self, host, kcfg: KernelConfig, kr: KernelResult, e: Exception, deploy_mod) -> None:
+    def host_row_failed(self, host, kcfg: KernelConfig, kr: KernelResult, e: Exception) -> None:
         """Record the failure on the row and put the host back (fresh connection) before the next kernel."""
         msg = without_host(e, host.name) if isinstance(e, PipelineError) else f"{type(e).__name__}: {e}"
         stage = Stage.DEPLOY if (self.host_step or ("",))[0] in ("deploy", "restore") else Stage.TEST
@@ -309,11 +305,11 @@ class _Run:
         for dep in reversed(kr.deploy):
             if dep.status is DeployStatus.OK and not dep.restored:
                 try:
-                    deploy_mod.restore(host, dep, self.progress)
+                    deploy.restore(host, dep, self.progress)
                 except Exception as re:  # noqa: BLE001 - the marker file lets the next run finish the job
                     self.progress(f"{host.name}: restore failed ({re}); the next run restores from the host's marker")
 
-    def kernel_on_host(self, host, kcfg, kr: KernelResult, keep: bool, deploy_mod, vftest) -> None:
+    def kernel_on_host(self, host, kcfg, kr: KernelResult, keep: bool) -> None:
         """Series module: vf-boot-N; control module: vf-boot-3; series again: vf-hotplug, last,
         because hot-plug is the step that has crashed the emulated lab (QEMU's NVMe VFs).
         `host_step` names what runs, so that a Ctrl-C can be put on record (interrupted_on_host)."""
@@ -324,7 +320,7 @@ class _Run:
         need = max(self.settings.vf_counts, default=1)
         # an explicit max_vfs is a promise about the host; without one, counts above the PF's are skipped
         cap = host.config.max_vfs
-        reason = deploy_mod.preflight(host, b, min(need, cap) if cap else 1)
+        reason = deploy.preflight(host, b, min(need, cap) if cap else 1)
         if reason:
             self.refuse_host(host, [(kcfg, kr)], reason)
             return
@@ -339,9 +335,9 @@ class _Run:
                 self.refuse_host(host, [(kcfg, kr)], Refusal(f"cannot make the test guest: {why}", e.exit_code))
                 return
 
-        def deploy(module: str, path: str, srcversion: str):
+        def deploy_module(module: str, path: str, srcversion: str):
             self.host_step = ("deploy", module)
-            d = deploy_mod.deploy(host, Path(path), srcversion, p)
+            d = deploy.deploy(host, Path(path), srcversion, p)
             if module == "control":
                 d.detail = ("control module; " + d.detail).strip("; ")
             kr.deploy.append(d)
@@ -355,11 +351,11 @@ class _Run:
             # through this restore) stays that test's
             outer = self.host_step
             self.host_step = outer or ("restore", module)
-            deploy_mod.restore(host, d, p)
+            deploy.restore(host, d, p)
             self.host_step = outer
 
         # the series' module (for an already-applied kernel: the tree's own module, the fix included)
-        dep = deploy("series", b.module, b.srcversion)
+        dep = deploy_module("series", b.module, b.srcversion)
         if dep.status is DeployStatus.OK:
             try:
                 if testing:
@@ -383,7 +379,7 @@ class _Run:
                 )
             )
         else:
-            cdep = deploy("control", b.control_module, b.control_srcversion)
+            cdep = deploy_module("control", b.control_module, b.control_srcversion)
             if cdep.status is DeployStatus.OK:
                 try:
                     case = lambda: vftest.vf_boot(host, n, "control", image, p)  # noqa: E731
@@ -395,7 +391,7 @@ class _Run:
             return
         self.ensure_host(host)
         image = self.guest_image(host) if image is not None else None  # again if the host restarted
-        hdep = deploy("series", b.module, b.srcversion)
+        hdep = deploy_module("series", b.module, b.srcversion)
         if hdep.status is not DeployStatus.OK:
             return
         cycles = self.settings.hotplug_cycles
@@ -410,8 +406,6 @@ class _Run:
     def use_pf_limit(self, host) -> None:
         """From here on max_vfs is what the PF offers (sriov_totalvfs, or the VFs that exist), capped by
         the inventory's max_vfs: the VF counts above it are skipped, not failed."""
-        from . import sriov
-
         state = sriov.read_pf(host, host.config.pf_bdf)
         usable = sriov.usable_vfs(state, host.config.max_vfs)
         if usable != host.config.max_vfs:
@@ -420,8 +414,6 @@ class _Run:
     def ensure_host(self, host) -> None:
         """A host whose provider can restart it (the built-in lab: its QEMU died) is started again;
         the marker file on its disk drives recovery."""
-        from .errors import HostError
-
         try:
             host.run(["true"], timeout=30)
             return
@@ -432,11 +424,9 @@ class _Run:
                 raise
             why = e.message
             absorbed.record(FaultKind.LAB_RESTARTED, host.name, "lab restart", why)
-        from . import deploy as deploy_mod
-
         host.close()
         host.config = provider.restart(why, self.progress, self.run.steps)
-        deploy_mod.recover(host, self.progress)
+        deploy.recover(host, self.progress)
 
 
 def _stage_obj(kr: KernelResult, stage: str):
@@ -456,10 +446,6 @@ def verify(
 ) -> Verified:
     """`builds`: a run (or results root) whose modules to deploy instead of building (reuse.py). Once the run
     has a directory, what cuts it short (Ctrl-C: `Interrupted`, an error) is kept in the `Verified`, not raised."""
-    from .report import patchset_hash
-    from .runlog import RunLog
-    from .series import load_series
-
     progress = RunLog(progress)
 
     until = until or "report"
@@ -475,8 +461,6 @@ def verify(
     progress(f"series: {series.name} v{series.revision}, {len(series.patches)} patch(es)")
     found = {}
     if builds:
-        from . import reuse
-
         found = reuse.find_builds(settings.path(builds), [k.name for k in kcfgs], patchset_hash(series))
 
     rd = RunDir(settings.path(settings.results_root))
@@ -486,8 +470,6 @@ def verify(
     run.hosts = sorted({h for k in kcfgs for h in k.hosts})
     ctx = _Run(settings, run, rd.path, series, until, progress)
     if found:
-        from . import reuse
-
         ctx.reused = {name: reuse.adopt(d, r, k, rd.path) for name, (d, r, k) in found.items()}
     ctx.save()
     rd.point_latest()
@@ -562,15 +544,11 @@ def _finish(settings: Settings, run: RunResult, run_dir: Path, progress) -> None
     verdict.apply_verdicts(run.kernels)
     try:
         report.write_reports(run, run_dir)  # before results.json: it fills series.patchset_hash
-        from .mails import git_dirs, write_mails
-
         for path in write_mails(run, run_dir, git_dirs(settings, run)):
             progress(f"mail for the maintainer: {path}")
     except Exception as e:  # reports are derived; results.json must still be written
         progress(f"report: failed: {e}")
     write_results(run_dir, run)
-    from .redact import redact_tree
-
     for path in redact_tree(run_dir):  # build logs, run.log, mails: whatever a step printed
         progress(f"redacted a secret value from {path}")
     for k in run.kernels:

@@ -12,6 +12,7 @@ from .mails import git_dirs, write_mails
 from .merge import merge_runs, run_dirs
 from .report import write_reports
 from .results import RunResult, load_results
+from .runlog import RunLog
 
 
 def find_run(settings: Settings, run: str | None) -> Path:
@@ -41,15 +42,16 @@ def merged_or_loaded(
     if not merge:
         return load_run(settings, run)
     root = settings.path(settings.results_root)
-    run_dir, result = merge_runs(run_dirs([settings.path(m) for m in merge], tested_only), root, progress)
-    progress(f"merged run {result.run_id}: {run_dir}")
-    return run_dir, result
+    return merge_runs(run_dirs([settings.path(m) for m in merge], tested_only), root, progress)
 
 
 def rerender(
     settings: Settings, run_dir: Path, result: RunResult, progress: Callable[[str], None], reports: bool = True
 ) -> None:
-    """Write the run's reports again (unless `reports` is false: a merged run has fresh ones) and its mails."""
+    """Write the run's reports again (unless `reports` is false: a merged run has fresh ones) and its mails;
+    what it says goes on the run's run.log too, stamped."""
+    progress = RunLog(progress)
+    progress.open(run_dir / "run.log")
     if reports:
         for p in write_reports(result, run_dir):
             progress(f"wrote {p}")

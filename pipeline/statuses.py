@@ -137,6 +137,7 @@ class FaultKind(enum.StrEnum):
     LAB_RESTARTED = "lab-restarted"  # the built-in lab stopped answering mid-run and was booted again
     CASE_RERUN = "case-rerun"  # a VF test case errored (no guest result) and ran once more
     HOST_REBOOTED = "host-rebooted"  # the host rebooted under a case (new boot id): module and guest loaded again
+    STAGED_CHANGED = "staged-changed"  # the staged module's bytes changed on the host before the load: uploaded again
 
 
 _K = Kind

@@ -1,9 +1,11 @@
 """Small helpers several modules share: the progress callback type and its no-op, the Jinja2
 environment for pipeline/templates, the host's state directory, XML-safe text, following a growing
-file, the HTTP retry policy."""
+file, the HTTP retry policy, an exclusive file lock between processes."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import re
 import time
 import urllib.parse
@@ -25,6 +27,25 @@ Progress = Callable[[str], None]
 
 def noprogress(msg: str) -> None:
     """The progress callback of a caller that wants no messages."""
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, waiting: Callable[[], None] | None = None) -> Iterator[None]:
+    """Exclusive flock on `path` (made with its folder when missing) until the block ends, between
+    processes and between threads (each open is its own lock); `waiting` is called once when another
+    holder makes this one wait."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting:
+                waiting()
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def templates(folder: str = "", autoescape: Any = False) -> jinja2.Environment:
@@ -51,17 +72,28 @@ def xmlsafe(value: Any) -> str:
     return _CTRL.sub("", str(value))
 
 
-def follow(path: Path, sleep: Callable[[float], None] = time.sleep, every_s: float = 0.5) -> Iterator[str]:
-    """The lines appended to `path` from now on, as they come (`tail -f`; ends only when the caller
-    stops, e.g. Ctrl-C). Nothing when the file does not exist."""
+def follow(
+    path: Path,
+    sleep: Callable[[float], None] = time.sleep,
+    every_s: float = 0.5,
+    from_start: bool = False,
+    until: Callable[[], bool] | None = None,
+) -> Iterator[str]:
+    """The lines appended to `path` from now on (`from_start`: from its first line), as they come
+    (`tail -f`). Ends when the caller stops (e.g. Ctrl-C), or once `until()` is true and what was
+    written before it has been read. Nothing when the file does not exist."""
     if not path.exists():
         return
     with open(path, encoding="utf-8", errors="replace") as fh:
-        fh.seek(0, 2)
+        if not from_start:
+            fh.seek(0, 2)
         while True:
             line = fh.readline()
             if line:
                 yield line
+            elif until is not None and until():
+                yield from iter(fh.readline, "")  # written between the last read and the end
+                return
             else:
                 sleep(every_s)
 

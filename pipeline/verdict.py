@@ -23,6 +23,8 @@ Verdicts, most severe first (SEVERITY):
 
 from __future__ import annotations
 
+import enum
+
 from .results import (
     ApplyStatus,
     BuildStatus,
@@ -62,6 +64,27 @@ STATE = {
     "build-fails": "fail",
     "error": "fail",
 }
+
+
+class Change(enum.StrEnum):
+    """How a kernel's verdict moved from one run (or series revision) to the next: `report --compare`
+    and the dashboard."""
+
+    BETTER = "better"
+    WORSE = "worse"
+    SAME = "same"
+    NEW = "new"  # not in the earlier run
+    GONE = "gone"  # not in the later run
+
+
+def change(before: str | None, after: str | None) -> Change:
+    """The Change from verdict `before` to `after` (None: the kernel was not in that run)."""
+    if before is None:
+        return Change.NEW
+    if after is None:
+        return Change.GONE
+    ra, rb = rank(before), rank(after)
+    return Change.BETTER if rb < ra else Change.WORSE if rb > ra else Change.SAME
 
 
 def rank(verdict_name: str) -> int:

@@ -260,8 +260,10 @@ def vf_boot(
                 t_create = time.monotonic()
                 res.toolstack = xsobserve.toolstack(host)
                 xslog = xsobserve.Cursor(host)  # the access log's end: only this creation's lines are read
-                domid = guest.create()
-                res.xl_config = guest.config_text
+                try:
+                    domid = guest.create()
+                finally:  # also when xl create fails: the failure's reproduce line needs it most
+                    res.xl_config = guest.config_text
                 marker = guest.wait_devices(n, timeout=marker_timeout)
                 res.metrics["marker_s"] = round(time.monotonic() - t_create, 1)
                 res.backend = guest.backend()  # before teardown: late devices appear while dying
@@ -330,8 +332,10 @@ def vf_hotplug(
             with Guest(host, f"pvtest-{name}", image, vfs[:1], 1, name, res.steps) as guest:
                 progress(f"{host.name}: {name} [{module_label}]: xl create with {vfs[0]}")
                 res.toolstack = xsobserve.toolstack(host)
-                guest.create()
-                res.xl_config = guest.config_text
+                try:
+                    guest.create()
+                finally:
+                    res.xl_config = guest.config_text
                 seq = 0
 
                 def step(label: str, want: int) -> None:

@@ -107,9 +107,10 @@ def pytest_terminal_summary(terminalreporter):
 
 def _lab_hosts() -> list:
     try:
+        from pipeline import providers
         from pipeline.config import project_settings
 
-        return [h for h in project_settings().hosts.values() if h.lab]
+        return [h for h in project_settings().hosts.values() if providers.kind_of(h) == providers.LabProvider.kind]
     except Exception:  # noqa: BLE001 - a summary line must not fail the session
         return []
 
@@ -190,6 +191,9 @@ class _LabBoot:
     before the first lab test (builds, CLI checks): CI's time is tight. `lab_host` waits for it."""
 
     thread: threading.Thread | None = None
+    guest_thread: threading.Thread | None = None
+    extra_thread: threading.Thread | None = None
+    extra: tuple[str, ...] = ()  # inventory labs besides `lab` the tests name (`@pytest.mark.labs`)
     host = None
     error: BaseException | None = None
     was_running = True
@@ -206,36 +210,84 @@ class _LabBoot:
         def boot() -> None:
             try:
                 lab.build(settings, _lab_progress)
+                if cls.extra:
+                    cls.extra_thread = threading.Thread(target=extra_images, name="extra-labs", daemon=True)
+                    cls.extra_thread.start()
                 cls.host = lab.up(settings, _lab_progress)
             except BaseException as e:  # noqa: BLE001 - re-raised in the test that needs the lab
                 cls.error = e
 
+        def extra_images() -> None:
+            # the other labs' images (debootstrap: mostly downloads and dpkg) while the lab boots and
+            # the first tests run; their test boots them. An error is that test's to report (it builds again)
+            from pipeline import labsuites
+
+            for name in cls.extra:
+                try:
+                    lab.build(labsuites.for_name(settings, name), _lab_progress)
+                except Exception as e:  # noqa: BLE001
+                    _lab_progress(f"{name}: image build beside the lab failed: {e}")
+
+        def guest_kernel() -> None:
+            # the run's tiny guest kernel (minutes on a fresh machine) beside the image build, which
+            # mostly downloads and unpacks: the first verify finds it cached (an error is the run's to report)
+            from pipeline import provision
+
+            provision.RunGuests(settings, "lab-boot", {}, _lab_progress).prepare()
+
         cls.thread = threading.Thread(target=boot, name="lab-boot", daemon=True)
         cls.thread.start()
+        cls.guest_thread = threading.Thread(target=guest_kernel, name="guest-kernel", daemon=True)
+        cls.guest_thread.start()
 
     @classmethod
     def wait(cls):
+        # not the guest kernel: most lab tests use the lab's own guest, and they run while it builds
         cls.thread.join()
         if cls.error is not None:
             raise cls.error
         return cls.host
+
+    @classmethod
+    def wait_guest(cls) -> None:
+        if cls.guest_thread is not None:
+            cls.guest_thread.join()
 
 
 def _lab_progress(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+LAB_SETUP_TIMEOUT_S = 3600
+
+
+def pytest_collection_modifyitems(session, config, items):
+    # the lab tests that run `invoke verify` (the tiny guest kernel) after the other lab tests, which
+    # then run while that kernel still builds beside them: on a fresh machine it is ready minutes
+    # after the lab is (CI's time is tight); stable otherwise
+    items.sort(key=lambda item: "tiny_guest" in getattr(item, "fixturenames", ()))
+    # the first lab test's setup waits for the lab image build and boot, which a busy machine slows
+    # 2-3x (CI2 here: build 603 s, boot past 587 s): its own limit; the per-test one stays the hang guard
+    first_lab = next((item for item in items if item.get_closest_marker("lab")), None)
+    if first_lab is not None and not first_lab.get_closest_marker("timeout"):
+        first_lab.add_marker(pytest.mark.timeout(LAB_SETUP_TIMEOUT_S))
+
+
 def pytest_collection_finish(session):
     if session.config.option.collectonly or not any(i.get_closest_marker("lab") for i in session.items):
         return
+    _LabBoot.extra = tuple(dict.fromkeys(n for i in session.items for m in i.iter_markers("labs") for n in m.args))
     _LabBoot.start()
 
 
 def pytest_sessionfinish(session):
+    if _LabBoot.extra_thread is not None:  # never a debootstrap cut off by the interpreter's exit
+        _LabBoot.extra_thread.join()
     # a session that ended before its first lab test still powers off the lab it booted
     if _LabBoot.thread is None or _LabBoot.used:
         return
     _LabBoot.thread.join()
+    _LabBoot.guest_thread.join()
     if not _LabBoot.was_running and _LabBoot.error is None:
         from pipeline import lab
         from pipeline.config import project_settings
@@ -262,18 +314,24 @@ def lab_host(lab_settings):
 
 @pytest.fixture(scope="session")
 def lab_modules(lab_host, lab_settings, tmp_path_factory):
-    """xen-pciback.ko for the lab's kernel, with the fix ("series") and without ("control"), built once."""
-    from pipeline import lab
-    from pipeline.labmod import build_pair
+    """xen-pciback.ko for the lab's kernel, with the fix ("series") and without ("control"), built once
+    by the pipeline's build stage as `invoke verify` builds the lab's line (tests/labmodules.py)."""
+    from labmodules import build_pair
 
-    release = lab_host.kernel_release or lab.kernel_release(lab_settings)
-    assert release, "lab kernel release unknown"
-    mods = build_pair(release, tmp_path_factory.mktemp("modules"))
+    mods = build_pair(lab_settings, tmp_path_factory.mktemp("modules"), _lab_progress)
     for label, b in mods.items():
-        assert b.status == "ok", f"{label}: {b.log}"
+        assert b.status == "ok", f"{label}: {b.detail}; {b.errors}; see {b.log}"
         assert b.srcversion, f"{label} built without srcversion"
+    assert mods["series"].kernel_release == lab_host.kernel_release, "not built for the lab's kernel"
     assert mods["series"].srcversion != mods["control"].srcversion
     return mods
+
+
+@pytest.fixture(scope="session")
+def tiny_guest(lab_host) -> None:
+    """The tiny test-guest kernel `invoke verify` boots (pipeline/guestkernel.py), built beside the
+    lab boot: a test that runs verify on the lab waits for it (a run would wait on its lock anyway)."""
+    _LabBoot.wait_guest()
 
 
 @dataclass
@@ -285,7 +343,7 @@ class VerifyRun:
 
 
 @pytest.fixture(scope="session")
-def default_verify(lab_host, tmp_path_factory) -> VerifyRun:
+def default_verify(lab_host, tiny_guest, tmp_path_factory) -> VerifyRun:
     """`invoke verify` of the default matrix on the lab (the README's main job), run once per session:
     test_verify_e2e judges it, test_plain_host compares a plain-host run with it (CI's time is tight)."""
     import json

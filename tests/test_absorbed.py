@@ -156,7 +156,7 @@ def test_a_run_with_two_faults_says_so_in_markdown_html_and_the_terminal():
 
 def test_verify_lists_what_was_absorbed_during_the_run_in_results_json(tmp_path, monkeypatch):
     """runner.verify opens the run's collector: a fault recorded anywhere in the run is in its results."""
-    from pipeline import series as series_mod
+    from pipeline import runner
     from pipeline.config import KernelConfig, Settings
     from pipeline.runner import verify
 
@@ -166,7 +166,7 @@ def test_verify_lists_what_was_absorbed_during_the_run_in_results_json(tmp_path,
         absorbed.record(FaultKind.SFTP_RETRY, "lab", "sftp read /x", "SSHException: Garbage packet received")
         roll_up(kernels)
 
-    monkeypatch.setattr(series_mod, "load_series", lambda path: series())
+    monkeypatch.setattr(runner, "load_series", lambda path: series())
     monkeypatch.setattr(verdict, "apply_verdicts", apply_verdicts)
     settings = Settings(results_root=str(tmp_path / "runs"), matrices={"default": [KernelConfig("a", "r", "a")]})
     done = verify(settings, until="series", progress=lambda msg: None)

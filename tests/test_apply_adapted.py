@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from markupsafe import escape
 from sample_runs import sample_run
 
 from pipeline import PROJECT_ROOT, report
@@ -158,11 +159,11 @@ def test_adapted_fix_with_its_control_revert_is_already_upstream_with_evidence(t
     # what a stable maintainer reads: the readiness line names the revert, the evidence the lines
     k.verdict, k.verdict_detail = v, detail
     md = report.render_markdown(run)
-    line = "already upstream in this line's form (its revert of c81d3d246025 applies: " + a.revert + ")"
+    line = f"already upstream in this line's form (its revert of c81d3d246025 applies: {a.revert}; 1 line adapted)"
     assert f"- debian-7.2: {line}; " in md
     assert "    - the series adds `if (xenbus_read_driver_state(pdev->xdev->nodename) != state)`\n" in md
     assert "    - this tree has `if (xenbus_read_driver_state(pdev->xdev, pdev->xdev->nodename) != state)`" in md
-    assert line in report.render_html(run)
+    assert str(escape(line)) in report.render_html(run)  # escaped as every value in the HTML
     (case,) = [c for c in report.junit_cases(run) if c["name"] == "apply"]
     assert f"in this line's form: {a.revert} applies" in case["out"]
 

@@ -235,6 +235,17 @@ FAILURES = {
 }
 
 
+# the failure's reproduce recipe: (its stage, the --until of its invoke line, the xl config kept)
+RECIPES = {
+    "deploy": ("deploy", "deploy", None),
+    "vf-create": ("test", "test", None),  # no VFs, no guest configured
+    "guest": ("test", "test", "repro/fake-6.1/vf-boot-3-series.cfg"),
+    "control": ("deploy", "deploy", None),
+    "hotplug": ("test", "test", "repro/fake-6.1/vf-hotplug-series.cfg"),
+    "restore": ("error", "deploy", None),
+}
+
+
 @pytest.mark.parametrize("step", STEPS)
 def test_a_failure_at_each_step_still_restores_the_host(tmp_path, dom0, step):
     before = _as_found(dom0)
@@ -255,6 +266,17 @@ def test_a_failure_at_each_step_still_restores_the_host(tmp_path, dom0, step):
     if step == "restore":  # a deploy-stage failure, the host named once
         assert str(k.failed_stage) == "deploy" and k.error.startswith("deploy: host fakedom0: "), k.error
         assert "fakedom0: host fakedom0" not in k.error and "fakedom0: fakedom0" not in k.error, k.error
+    # a reproduce recipe for the failure, with the invoke line up to its stage; a case whose
+    # guest was configured keeps its xl config (also when `xl create` itself failed)
+    stage, until, cfg = RECIPES[step]
+    (rp,) = k.reproduce
+    assert (rp.stage, rp.files) == (stage, [cfg] if cfg else []), rp
+    assert f"scripted failure at {step}" in rp.what, rp.what
+    assert rp.commands[0] == f"invoke verify --kernel {KERNEL} --series {done.run.series.source} --until {until}"
+    if cfg:
+        guest_name = "pvtest-" + cfg.rsplit("/", 1)[1].removesuffix("-series.cfg")
+        assert f'name = "{guest_name}"' in (done.run_dir / cfg).read_text().splitlines(), cfg
+        assert rp.commands[1].startswith(f"invoke hosts.run --host fakedom0 --put {done.run_dir}/{cfg}:/tmp/")
     assert _as_found(dom0) == before
 
 
@@ -331,4 +353,23 @@ def test_a_host_that_reboots_under_a_case_gets_its_module_and_guest_again(tmp_pa
     kinds = [str(f.what) for f in done.run.faults_absorbed]
     assert "host-rebooted" in kinds and "case-rerun" in kinds, kinds
     assert any("the host rebooted under the case" in m for m in said), said
+    assert _as_found(dom0) == before
+
+
+def test_a_staged_module_that_changes_before_the_load_is_uploaded_again_and_on_record(tmp_path, dom0):
+    """The staged copy's bytes change on the host between the upload and the load (seen once in the
+    lab): the byte that changed is on record, the module is uploaded again, checked, then loaded."""
+    before = _as_found(dom0)
+    dom0.scribble("rmmod ")  # the first deploy's unload of the stock module
+    done, said = _verify(tmp_path, dom0)
+    done.raise_if_stopped()
+    k = _row(done)
+    ev = dom0.events()
+    scribbled = next(i for i, e in enumerate(ev) if e.startswith("scribble "))
+    loads = [i for i, e in enumerate(ev) if e == f"load series {SERIES_SRC}"]
+    assert scribbled < loads[0], ev  # the changed copy was never loaded
+    assert k.verdict == "ready", k.verdict_detail
+    (fault,) = [f for f in done.run.faults_absorbed if str(f.what) == "staged-changed"]
+    assert fault.evidence.startswith("1 byte(s) differ, offsets "), fault.evidence
+    assert any("staged module changed since the upload" in m for m in said), said
     assert _as_found(dom0) == before

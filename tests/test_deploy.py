@@ -1,7 +1,7 @@
 """Deploy stage and VF tests against the built-in Xen lab (marked `lab`), plus fast unit tests.
 
-The lab tests build the fixed and the reverted (control) module from Debian's source against
-the lab dom0's headers (pipeline.labmod), load them with deploy(), run the real tests and
+The lab tests build the fixed and the reverted (control) module with the pipeline's build stage
+for the lab dom0's kernel (conftest `lab_modules`), load them with deploy(), run the real tests and
 check that the host is left exactly as found.
 """
 
@@ -72,9 +72,9 @@ def test_preflight_ok_and_other_release_refused(host, lab_modules, tmp_path):
     assert other != release and len(other) == len(release)
     ko = tmp_path / "xen-pciback.ko"
     _edit_ko(Path(series.module), ko, release.encode() + b" ", other.encode() + b" ")
-    from pipeline.labmod import _modinfo
+    from pipeline.buildmodule import modinfo
 
-    foreign = BuildResult(status="ok", module=str(ko), vermagic=_modinfo(ko, "vermagic"), srcversion=series.srcversion)
+    foreign = BuildResult(status="ok", module=str(ko), vermagic=modinfo(ko, "vermagic"), srcversion=series.srcversion)
     assert vermagic_release(foreign.vermagic) == other
     before = _host_state(host)
     reason = preflight(host, foreign, 3)
@@ -131,3 +131,14 @@ def test_staging_path_made_by_another_user_is_refused(host, lab_modules):
         assert _host_state(host) == before
     finally:
         host.run(["rm", "-rf", "--", D.STAGING])
+
+
+def test_changed_bytes_says_how_many_where_and_in_which_pages():
+    from pipeline.deploy import changed_bytes
+
+    built = bytes(3 * 4096)
+    staged = bytearray(built)
+    staged[5] = staged[4096 + 7] = staged[4096 + 9] = 1
+    assert changed_bytes(built, bytes(staged)) == "3 byte(s) differ, offsets 0x5..0x1009, in 2 page(s) (0x0, 0x1)"
+    assert changed_bytes(built, built[:-1]).startswith("size 12287 on the host")
+    assert changed_bytes(built, built) == "no byte differs (the checksum itself was wrong)"

@@ -78,3 +78,14 @@ def test_test_job_deploys_the_build_artifact_and_report_posts_the_merged_run():
     assert report[0] == "invoke report --merge runs --tested-only"
     assert all("for d in runs" not in line for line in report)  # no per-run posting
     assert any("invoke post --run latest" in line for line in report)
+
+
+def test_report_runs_after_a_failed_test_job():
+    """A verdict in FAIL_ON fails its test job (exit 10): the report job still merges and posts it
+    (`when: always` runs a job whatever its needs ended as), never in a scheduled poll pipeline."""
+    j = jobs(load())
+    assert "--fail-on" in " ".join(j["test"]["script"]) and j["test"]["artifacts"]["when"] == "always"
+    assert j["report"]["rules"] == [
+        {"if": '$CI_PIPELINE_SOURCE == "schedule"', "when": "never"},
+        {"when": "always"},
+    ]

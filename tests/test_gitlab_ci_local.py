@@ -123,7 +123,7 @@ def test_gitlab_pipeline_to_the_build_job(tmp_path):
 
 @pytest.mark.lab
 @pytest.mark.skipif(os.environ.get("PV_GCL_LAB") != "1", reason="opt-in until run against the lab (PV_GCL_LAB=1)")
-def test_gitlab_pipeline_runs_locally(lab_host, tmp_path):
+def test_gitlab_pipeline_runs_locally(lab_host, tiny_guest, tmp_path):
     from pipeline.host import Host
 
     with Host(lab_host) as h:

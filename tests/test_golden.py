@@ -16,14 +16,14 @@ import os
 from pathlib import Path
 
 import pytest
-from sample_runs import build_only_run, sample_run
+from sample_runs import build_only_run, lines_run, sample_run
 
 from pipeline.report import write_reports
 from pipeline.runner import Verified
 
 GOLDEN = Path(__file__).parent / "golden"
 REGEN = os.environ.get("PV_REGEN_GOLDEN") == "1"
-SAMPLES = {"matrix": sample_run, "build-only": build_only_run}
+SAMPLES = {"matrix": sample_run, "build-only": build_only_run, "lines": lines_run}
 FILES = ["summary.md", "junit.xml", "table.txt"]
 
 

@@ -36,6 +36,15 @@ def test_a_command_killed_by_a_signal_is_told_apart_from_an_exit_code(sshd):
         assert host.run(["sh", "-c", "exit 3"], check=False)[0] == 3
 
 
+def test_output_that_comes_after_the_exit_status_is_read(sshd):
+    """sshd sends exit-status when the command's process exits; output still in flight (here a child
+    that holds stdout, as a loaded host's pipe can) follows it. All of it is read, up to the EOF."""
+    with Host(sshd.host_config) as host:
+        rc, out, err = host.run(["sh", "-c", "(sleep 1; echo late; echo late-err >&2) & echo early"])
+        assert (rc, out.split(), err.split()) == (0, ["early", "late"], ["late-err"])
+        assert host.out(["sh", "-c", "(sleep 1; readlink /proc/self/exe) &"]).endswith("readlink")
+
+
 def test_ctrl_c_waits_for_the_remote_command_in_flight(sshd, tmp_path):
     """A Ctrl-C while a host command runs lets it finish (nothing half-done on the host), then stops."""
     done = tmp_path / "done"

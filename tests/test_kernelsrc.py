@@ -8,6 +8,7 @@ cache it checks and writes nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import subprocess
@@ -19,7 +20,15 @@ import yaml
 
 from pipeline import PROJECT_ROOT
 from pipeline.config import load_settings
-from pipeline.kernelsrc import LINES, import_lines, line_of_ref, lines_for_refs, repo_path
+from pipeline.kernelsrc import (
+    LINES,
+    REVERT_PATCH,
+    control_revert,
+    import_lines,
+    line_of_ref,
+    lines_for_refs,
+    repo_path,
+)
 from pipeline.sysdeps import dpkg_version
 
 XENBUS = "drivers/xen/xen-pciback/xenbus.c"
@@ -126,3 +135,65 @@ def test_matrix_refs_name_their_lines():
     assert line_of_ref("debian-4.19") is None and line_of_ref("v6.1.192-prefix") is None
     # any other ref on the Debian remote (a tag, a commit) is served by the default line
     assert lines_for_refs(["debian-6.12-prefix", "debian-6.12", "v6.1.192", "debian-7.2"]) == ["6.12", "6.1", "7.2"]
+
+
+def test_a_rows_control_revert_is_its_lines_unless_configured(settings):
+    """kernelsrc.LINES is the one place a Debian line's revert is named: every row of invoke.yaml on a
+    debian-X.Y ref gets it (none repeats or contradicts it), any other row upstream's revert."""
+    for matrix, kernels in settings.matrices.items():
+        for k in kernels:
+            line = line_of_ref(k.ref)
+            assert not k.control_revert or (line and settings.path(k.control_revert) == LINES[line].revert), (
+                f"{matrix}/{k.name}: control_revert {k.control_revert} repeats or contradicts kernelsrc.LINES"
+            )
+            assert control_revert(settings, k) == (LINES[line].revert if line else REVERT_PATCH)
+    seven = settings.matrices["debian"][-1]
+    assert seven.ref == "debian-7.2-prefix" and control_revert(settings, seven).name == "revert-c81d3d246025-7.2.patch"
+    own = dataclasses.replace(seven, control_revert="patches/controls/revert-c81d3d246025.patch")
+    assert control_revert(settings, own) == REVERT_PATCH  # configured: the row's own wins
+    assert all(ln.revert.is_file() for ln in LINES.values())
+
+
+@pytest.mark.kernel
+@pytest.mark.download
+def test_an_imported_line_is_packed_not_left_loose(imported, settings):
+    from pipeline.kernelsrc import LOOSE_LIMIT, loose_objects
+
+    assert loose_objects(repo_path(settings)) < LOOSE_LIMIT
+
+
+def test_pack_loose_packs_what_the_commits_reach_before_any_ref_does(tmp_path):
+    """As an import does it: objects written, no ref yet (`git repack` would pack nothing)."""
+    from pipeline.kernelsrc import _pack_loose, loose_objects
+
+    repo = tmp_path / "r.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(repo)], check=True)
+    work = tmp_path / "w"
+    (work / "d").mkdir(parents=True)
+    for i in range(20):
+        (work / "d" / f"f{i}.c").write_text(f"int f{i};\n")
+    env = {**os.environ, "GIT_INDEX_FILE": str(tmp_path / "index"), "GIT_WORK_TREE": str(work)}
+    ident = {"GIT_AUTHOR_NAME": "a", "GIT_AUTHOR_EMAIL": "a@b", "GIT_COMMITTER_NAME": "a", "GIT_COMMITTER_EMAIL": "a@b"}
+    run = lambda *a: subprocess.run(  # noqa: E731
+        ["git", f"--git-dir={repo}", *a], env={**env, **ident}, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    run("add", "-A", ".")
+    commit = run("commit-tree", run("write-tree"), "-m", "import")
+    assert loose_objects(repo) == 20 + 2 + 1  # blobs, two trees, the commit
+    _pack_loose(repo, [commit])
+    assert loose_objects(repo) == 0
+    assert run("cat-file", "-p", f"{commit}:d/f7.c") == "int f7;"
+    # a second line's import packs only its own new objects
+    (work / "d" / "new.c").write_text("int n;\n")
+    run("add", "-A", ".")
+    second = run("commit-tree", run("write-tree"), "-p", commit, "-m", "next")
+    _pack_loose(repo, [second])
+    sizes = sorted(
+        len(
+            subprocess.run(
+                ["git", "show-index"], stdin=idx.open("rb"), capture_output=True, check=True
+            ).stdout.splitlines()
+        )
+        for idx in (repo / "objects" / "pack").glob("*.idx")
+    )
+    assert loose_objects(repo) == 0 and sizes == [4, 23]  # new.c, two trees, the commit

@@ -192,6 +192,35 @@ def test_the_readiness_probe_asks_dom0_over_the_pipelines_ssh(tmp_path, monkeypa
     assert faults == []
 
 
+def test_a_missed_probe_on_a_lab_booted_long_ago_waits_afresh(tmp_path, monkeypatch):
+    """`up` on a running lab whose probe misses once (a loaded machine): a fresh wait that ends when
+    dom0 answers again. It used to wait until started + boot_timeout, a deadline long past, and
+    killed the lab (seen under load in a toolstacks verify: the 4.14 lab, up for 30 min)."""
+    s = _settings(tmp_path, boot_timeout_s=60)
+    p = lab.paths(s)
+    p.dir.mkdir(parents=True)
+    killed = []
+    with fake_dom0(tmp_path / "dom0") as d:
+        real_ready, probes = lifecycle._ready, []
+
+        def ready(host):  # the first probe misses, then the real one answers
+            probes.append(host.port)
+            return None if len(probes) == 1 else real_ready(host)
+
+        monkeypatch.setattr(lifecycle, "_ready", ready)
+        monkeypatch.setattr(lifecycle, "is_built", lambda settings: True)
+        monkeypatch.setattr(lifecycle, "our_pid", lambda paths: os.getpid())
+        monkeypatch.setattr(lifecycle, "is_our_qemu", lambda pid, paths: True)
+        monkeypatch.setattr(lifecycle, "kill", lambda pid, paths: killed.append(pid))
+        monkeypatch.setattr(lifecycle, "machine_change", lambda recorded, settings: "")
+        monkeypatch.setattr(lifecycle, "write_known_hosts", lambda settings, port: None)
+        monkeypatch.setattr(lifecycle, "host_config", lambda settings, name="lab": d.host_config)
+        started = time.time() - 3600
+        p.state.write_text(json.dumps({"pid": os.getpid(), "port": d.server.port, "started_epoch": started}))
+        assert lifecycle.up(s) == d.host_config
+    assert killed == [] and len(probes) == 2
+
+
 # ------------------------------------------------------------------ the real lab
 
 
@@ -224,6 +253,11 @@ def test_lab_dom0_runs_the_recorded_kernel(lab_host, lab_settings):
     assert Path(f"/usr/src/linux-headers-{m['dom0_kernel_release']}").is_dir()
     assert _sh(lab_host, f"test -s {lab.GUEST_INITRD} && test -e {m['guest']['kernel']} && echo ok").strip() == "ok"
     assert _sh(lab_host, "modprobe -n -v nvme >/dev/null && modprobe -n xen-pciback && echo ok").strip() == "ok"
+    # QEMU loaded no module of another build (QEMU 10 from the cache probing the system 7.2's audio modules)
+    qemu_log = lab.paths(lab_settings).qemu_log.read_text(errors="replace")
+    assert "Only modules from the same build" not in qemu_log and "failed to open module" not in qemu_log, qemu_log[
+        :500
+    ]
 
 
 @pytest.mark.lab
@@ -326,3 +360,25 @@ def test_down_frees_everything_and_up_recovers_after_kill9(lab_host, lab_setting
     assert host2.port == host.port  # the freed port is taken again: known_hosts entries stay valid
     assert len(_our_qemus(lab_settings)) == 1
     assert "xen_version" in _sh(host2, "xl info")
+
+
+def test_a_boot_is_given_up_by_qemus_cpu_time_not_by_a_busy_machines_clock():
+    from pipeline.lab.lifecycle import WALL_FACTOR, boot_overdue
+
+    assert boot_overdue(cpu_s=100, wall_s=290, budget_s=300, smp=2) == ""
+    # a machine busy with other work: 3x the budget in wall time, QEMU had a fraction of it: go on
+    assert boot_overdue(cpu_s=150, wall_s=900, budget_s=300, smp=2) == ""
+    assert "601 CPU s (300 s x 2 vCPUs)" in boot_overdue(cpu_s=601, wall_s=400, budget_s=300, smp=2)
+    # a guest halted for good uses no CPU: the wall-time backstop ends it
+    assert f"({WALL_FACTOR} x 300 s" in boot_overdue(cpu_s=20, wall_s=300 * WALL_FACTOR + 1, budget_s=300, smp=2)
+
+
+def test_cpu_seconds_of_a_process_and_of_one_that_is_gone():
+    import subprocess
+    import sys
+
+    from pipeline.lab.qemu import cpu_seconds
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    assert cpu_seconds(os.getpid()) > 0
+    assert cpu_seconds(int(gone.stdout)) == 0.0

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from pipeline import lab
 from pipeline.lab import qemu
 
@@ -46,3 +48,53 @@ def test_a_qemu_started_through_a_symlinked_cache_is_ours_from_both_paths(tmp_pa
     finally:
         proc.kill()
         proc.wait()
+
+
+def _lab_settings(tmp_path, **lab_kw):
+    from pipeline.config import LabConfig, Settings
+
+    return Settings(cache_dir=str(tmp_path / "cache"), lab=LabConfig(dir=str(tmp_path / "lab"), **lab_kw))
+
+
+def test_the_machine_change_names_what_differs(tmp_path):
+    base = qemu.machine(_lab_settings(tmp_path, qemu="system"))
+    assert qemu.machine_change(base, _lab_settings(tmp_path, qemu="system")) == ""
+    assert qemu.machine_change(base, _lab_settings(tmp_path, qemu="10.0")) == "QEMU 'system' -> '10.0'"
+    assert (
+        qemu.machine_change(base, _lab_settings(tmp_path, qemu="system", device="igb", vfs=7))
+        == "device 'nvme' -> 'igb', VFs '3' -> '7'"
+    )
+    # a lab booted before the eager-FPU setting: its Xen line lacked it
+    older = base.replace(" spec-ctrl=eager-fpu", "")
+    assert qemu.machine_change(older, _lab_settings(tmp_path, qemu="system")) == "Xen command line +spec-ctrl=eager-fpu"
+    assert qemu.machine_change(None, _lab_settings(tmp_path)) == "no machine recorded (booted by an older pipeline)"
+
+
+def test_up_restarts_a_running_lab_once_naming_what_differs(tmp_path, monkeypatch):
+    """One check in lab.up: a lab running as another machine is stopped (and booted again), the
+    same machine is used as it is."""
+    from pipeline.config import HostConfig
+    from pipeline.lab import lifecycle
+
+    class Stop(Exception):
+        pass
+
+    said: list[str] = []
+    booted_as = qemu.machine(_lab_settings(tmp_path, qemu="system"))
+    monkeypatch.setattr(lifecycle, "is_built", lambda s: True)
+    monkeypatch.setattr(lifecycle, "our_pid", lambda p: 4242)
+    monkeypatch.setattr(lifecycle, "read_state", lambda p: {"port": 2222, "qemu": "system", "machine": booted_as})
+    monkeypatch.setattr(lifecycle, "host_config", lambda s: HostConfig(name="lab", port=2222, lab=True))
+    monkeypatch.setattr(lifecycle, "write_known_hosts", lambda s, port: None)
+    monkeypatch.setattr(lifecycle, "_ready", lambda host: "6.1.0-57-amd64")
+
+    def down(settings, progress):
+        raise Stop  # the boot after it is lab.up's own path, not this test's
+
+    monkeypatch.setattr(lifecycle, "_down", down)
+    assert lifecycle._up(_lab_settings(tmp_path, qemu="system"), said.append).port == 2222
+    assert said == ["lab: already running (pid 4242, port 2222)"]
+    said.clear()
+    with pytest.raises(Stop):
+        lifecycle._up(_lab_settings(tmp_path, qemu="10.0", device="igb"), said.append)
+    assert said == ["lab: running as another machine (QEMU 'system' -> '10.0', device 'nvme' -> 'igb'): restarting"]

@@ -78,21 +78,26 @@ def test_paths_come_from_gits_parser(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def trees(tmp_path_factory):
+def trees():
+    """Sparse worktrees of both default rows from the project's own object cache: a fresh clone's
+    first fetch into it is shared with every other test and run that fetches (CI's time is tight)."""
     from pipeline.config import project_settings
-    from pipeline.fetch import fetch_kernel, remove_worktree
+    from pipeline.fetch import cache_repo, fetch_kernel, remove_worktree
     from pipeline.kernelsrc import import_debian_source
 
     settings = project_settings()
     src = import_debian_source(settings, progress=lambda m: print(m, file=sys.stderr))
-    cache = tmp_path_factory.mktemp("cache")
     kernels = [dataclasses.replace(k, remote=str(src.repo)) for k in settings.matrices["default"]]
-    settings = dataclasses.replace(settings, cache_dir=str(cache), matrices={"default": kernels})
+    settings = dataclasses.replace(settings, matrices={"default": kernels})
     sparse = ["/drivers/xen/xen-pciback/", "/scripts/", "/Makefile"]
     out = {k.name: fetch_kernel(settings, k, "mailforms", progress=print, sparse=sparse) for k in kernels}
     yield out
     for f in out.values():
         remove_worktree(settings, f.worktree)
+    # the apply branches of the forms (refs/heads/pv/mf-*): the project's cache is left as found
+    repo = cache_repo(settings)
+    for ref in repo.git.for_each_ref("--format=%(refname)", "refs/heads/pv/mf-").split():
+        repo.git.update_ref("-d", ref)
 
 
 @pytest.mark.kernel

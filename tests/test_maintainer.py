@@ -245,6 +245,19 @@ def test_json_outputs_parse(tmp_path):
     # report re-renders the mails too
     assert sorted(p.name for p in (d / "mails").iterdir()) == ["5.10.y.eml", "5.4.y.eml"]
 
+    # --compare --json: what changed from v1 to v2, per kernel (the text form says the same)
+    v2 = tmp_path / "runs"
+    _revision(v2, 2, "20250102T000000-2", lambda r: setattr(r.kernels[3].build, "status", "ok"))
+    cmp = json.loads(_invoke("report", "--compare", str(d), "--run", str(v2 / "20250102T000000-2"), "--json").stdout)
+    assert (cmp["from"]["revision"], cmp["to"]["revision"]) == (1, 2)
+    assert [(k["kernel"], k["change"], k["before"], k["after"]) for k in cmp["kernels"]] == [
+        ("debian-6.1", "same", "already-upstream", "already-upstream"),
+        ("debian-6.1-prefix", "same", "ready", "ready"),
+        ("5.4.y", "same", "needs-backport", "needs-backport"),
+        ("5.10.y", "better", "build-fails", "ready-untested"),
+    ]
+    assert cmp["counts"] == {"better": 1, "worse": 0, "same": 3, "new": 0, "gone": 0}
+
 
 def test_verify_json_run_log_and_summary_path(tmp_path):
     root = tmp_path / "runs"
@@ -330,3 +343,18 @@ def test_build_failure_recipe_links_its_log(tmp_path):
     (rp,) = run.kernels[0].reproduce
     assert rp.stage == "build" and rp.files == ["5.10.y/build.log"]
     assert rp.commands[-1] == "invoke verify --kernel 5.10.y --series patches/xen-pciback-reconfigure --until build"
+
+
+def test_a_mail_holds_no_secret_value(tmp_path, monkeypatch):
+    """A GitLab runner's remote carries the job token (CI_REPOSITORY_URL's form); `invoke report` writes
+    mails outside any verify run, so the mail itself is redacted, before its body is encoded."""
+    token = "glcbt-64-s3cr3t-job-token-value"
+    monkeypatch.setenv("CI_JOB_TOKEN", token)
+    run = sample_run()
+    run.kernels[2].remote = f"https://gitlab-ci-token:{token}@gitlab.example.org/xen/linux.git"
+    run.series.patches[0].author = "Jürgen Groß <jgross@suse.com>"  # non-ASCII: the body may be encoded
+    (path,) = [p for p in write_mails(run, tmp_path) if p.stem == "5.4.y"]
+    assert token.encode() not in path.read_bytes()
+    body = _mail(path).get_content()
+    assert "git fetch https://gitlab-ci-token:[redacted:CI_JOB_TOKEN]@gitlab.example.org/xen/linux.git" in body
+    assert token not in body

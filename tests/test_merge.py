@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -72,8 +73,10 @@ def test_merged_run_equals_one_run_of_both(tmp_path):
     b = _split(whole, {"debian-6.1-prefix", "5.10.y"}, "20250101T000200-3")
     root = tmp_path / "ci"
     da, db = _write(root, a), _write(root, b)
+    (da / "run.log").write_text("2025-01-01T00:01:00.000+00:00 series: xen-pciback-reconfigure v1\n")
 
-    merged_dir, merged = merge_runs([db, da], root, progress=lambda m: None)
+    said: list[str] = []
+    merged_dir, merged = merge_runs([db, da], root, progress=said.append)
     assert merged_dir.parent == root and merged_dir not in (da, db)
     assert merged.merged_from == ["20250101T000200-3", "20250101T000100-2"]
     again = load_results(merged_dir)
@@ -89,6 +92,17 @@ def test_merged_run_equals_one_run_of_both(tmp_path):
         if k.build.module:
             assert k.build.module.startswith(str(merged_dir)) and os.path.isfile(k.build.module)
     assert (root / "latest").resolve() == merged_dir.resolve()
+    # its run.log: each source's run.log under a header, then every line the merge said, all stamped
+    log = (merged_dir / "run.log").read_text().splitlines()
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00 "
+    assert all(re.match(stamp, line) for line in log), log
+    assert [line.split(" ", 1)[1] for line in log] == [
+        "==== run 20250101T000200-3 (debian-6.1-prefix, 5.10.y): its run.log",
+        "==== run 20250101T000100-2 (debian-6.1, 5.4.y): its run.log",
+        "series: xen-pciback-reconfigure v1",
+        *said,
+    ]
+    assert said[-1] == f"merged run {merged.run_id}: {merged_dir}"
 
 
 def test_merge_refuses_another_revision_and_selects_tested_runs(tmp_path):

@@ -202,7 +202,9 @@ def test_verify_on_the_lab_as_a_plain_host_matches_the_lab(lab_host, plain, defa
 @pytest.mark.lab
 @pytest.mark.kernel
 @pytest.mark.build
-def test_a_pf_whose_vf_a_non_test_domain_uses_is_refused_and_nothing_changes(lab_host, lab_settings, tmp_path):
+def test_a_pf_whose_vf_a_non_test_domain_uses_is_refused_and_nothing_changes(
+    lab_host, tiny_guest, lab_settings, tmp_path
+):
     if not (DEBIAN / "HEAD").exists():
         pytest.skip("Debian 6.1 source not imported: `invoke source.import`")
     from pipeline import lab

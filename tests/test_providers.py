@@ -113,7 +113,8 @@ def test_hosts_check_asks_the_provider(tmp_path):
     (c,) = hostcheck.check_hosts(s)
     assert (c.lab, c.provider, c.reachable) == (True, "lab", False)
     assert c.error == "the built-in lab is not running (`invoke lab.up`)"
-    assert hostcheck.format_check(c).startswith("lab (built-in lab): NOT READY")
+    # down and named by no row of the matrix: nothing stands in the way of a run (a run that needs it boots it)
+    assert hostcheck.format_check(c).startswith("lab (built-in lab): ok") and c.idle
     box = hostcheck.HostCheck(name="box", lab=False, provider="ssh")
     assert hostcheck.format_check(box).startswith("box: NOT READY")
     s.hosts["box"] = _plain(tmp_path, address="10.0.0.7")
@@ -170,3 +171,17 @@ def test_the_runner_connects_with_what_the_provider_yields(tmp_path, monkeypatch
     monkeypatch.setattr(providers.LabProvider, "ensure_running", lambda self, progress, steps: up)
     ctx = _run(s, tmp_path, [])
     assert ctx.host_config("lab") is up and ctx.host_config("box") is s.hosts["box"]
+
+
+def test_the_kernel_release_known_without_connecting_comes_from_the_provider(tmp_path):
+    s = _settings(
+        tmp_path, box=_plain(tmp_path, kernel_release="6.1.0-9-amd64"), mylab=HostConfig(name="mylab", lab=True)
+    )
+    assert providers.of_host(s, "box").kernel_release() == "6.1.0-9-amd64"
+    # the lab's is its image's dom0 (the manifest), whatever the inventory entry is called
+    assert providers.builtin_lab(s).name == "mylab" and providers.builtin_lab(s).kernel_release() == ""
+    _built_lab(s)
+    lab.paths(s).manifest.write_text(json.dumps({"dom0_kernel_release": "6.1.0-57-amd64"}))
+    assert providers.of_host(s, "mylab").kernel_release() == "6.1.0-57-amd64"
+    # headers `auto` and the 6.1 source import ask it: an inventory without a lab entry still finds a built lab
+    assert providers.builtin_lab(_settings(tmp_path)).kernel_release() == "6.1.0-57-amd64"

@@ -200,4 +200,6 @@ def test_readiness_line_per_branch_in_md_and_html(run_dir):
     assert lines["5.4.y"].startswith("needs backport: drivers/xen/xen-pciback/xenbus.c")
     assert "build fails" in lines["5.10.y"]
     assert any("VF tests" in v and " pass on " in v and "Xen " in v for v in lines.values())
-    assert "<h2>Readiness per branch</h2>" in html and "<b>5.4.y</b>: needs backport" in html
+    assert "<h2>Readiness per branch</h2>" in html
+    assert '<li class="branch needs-backport" data-kernel="5.4.y" data-state="needs-backport">' in html
+    assert '<b>5.4.y</b>: <span class="apply">needs backport: drivers/xen/xen-pciback/xenbus.c' in html

@@ -51,5 +51,8 @@ def test_report_rerenders_a_run_and_merges_runs(root):
     rerender(settings, run_dir, result, said.append)
     assert {p.name for p in run_dir.iterdir()} >= {"junit.xml", "kcidb.json", "summary.md", "summary.html"}
     assert f"wrote {run_dir / 'summary.md'}" in said
+    # what the re-render said is on the run's run.log, stamped
+    log = (run_dir / "run.log").read_text().splitlines()
+    assert [line.split(" ", 1)[1] for line in log] == said and all(line[:4].isdigit() for line in log)
     merged_dir, merged = merged_or_loaded(settings, None, [str(run_dir)], False, said.append)
     assert merged_dir != run_dir and merged.merged_from and f"merged run {merged.run_id}: {merged_dir}" in said

@@ -66,3 +66,10 @@ def test_after_the_first_ctrl_c_more_only_say_that_the_run_is_stopping(capsys):
                 cleaned.append("host put back")
     assert cleaned == ["host put back"]
     assert "already stopping, putting the host back first" in capsys.readouterr().err
+
+
+def test_the_first_ctrl_c_outside_a_host_step_is_acknowledged_at_once(capsys):
+    with interrupt.watch_sigint():
+        with pytest.raises(KeyboardInterrupt):
+            _ctrl_c()
+    assert capsys.readouterr().err == "Ctrl-C: stopping, putting back what the run changed first\n"

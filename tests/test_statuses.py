@@ -11,7 +11,7 @@ import xml.etree.ElementTree as ET
 import pytest
 from sample_runs import k_prefix, sample_run
 
-from pipeline import kcidb, report
+from pipeline import kcidb, report, reproduce
 from pipeline.results import DeployResult, KernelResult, PatchApply, TestResult, load_results, write_results
 from pipeline.statuses import STAGE_STATUSES, ApplyStatus, BuildStatus, Kind, Outcome, RunStatus, Stage
 from pipeline.verdict import SEVERITY, STATE, apply_verdicts, verdict
@@ -40,6 +40,7 @@ def _row(stage: str, status) -> KernelResult:
             if t.module == "series":
                 t.outcome = status
                 t.reason = f"case {status}"
+                t.xl_config = f'name = "pvtest-{t.name}"\n'
     k.verdict, k.verdict_detail = verdict(k)
     return k
 
@@ -110,6 +111,20 @@ def test_every_status_through_every_report(stage, status, tmp_path):
         assert status.value in table
     if stage == "test":
         assert (status.value.upper() if status is not Outcome.PASS else "pass") in md
+
+    # reproduce: a failure (FAIL) or a stage not carried out (ERROR) gets its stage's recipe with the
+    # invoke line up to that stage (a test case also the xl config it used); any other status none
+    got = reproduce.recipes(run, k, tmp_path)
+    if kind not in (Kind.FAIL, Kind.ERROR):
+        assert got == [], got
+    else:
+        rstage = "apply" if stage == "patch" else stage
+        assert {rp.stage for rp in got} == {rstage}, got
+        line = f"invoke verify --kernel {k.name} --series {run.series.source} --until {rstage}"
+        assert all(line in rp.commands and rp.what for rp in got), got
+        if stage == "test":
+            assert [rp.files for rp in got] == [[f"repro/{k.name}/{t.name}-series.cfg"] for t in k.tests[:3]]
+            assert (tmp_path / got[0].files[0]).read_text() == k.tests[0].xl_config
 
 
 def test_setup_error_build_is_a_failure_everywhere():

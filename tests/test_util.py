@@ -39,3 +39,31 @@ def test_retry_after_is_bounded_and_falls_back():
     assert retry_after(resp, 1.0) == RETRY_AFTER_MAX_S
     resp.headers["Retry-After"] = "Wed, 21 Oct 2015 07:28:00 GMT"
     assert retry_after(resp, 1.5) == 1.5
+
+
+def test_file_lock_makes_a_second_holder_wait_and_says_so_once(tmp_path):
+    import threading
+
+    from pipeline.util import file_lock
+
+    lock = tmp_path / "sub" / "x.lock"  # its folder is made
+    events, said = [], []
+    inside = threading.Event()
+
+    def second() -> None:
+        inside.wait()
+        with file_lock(lock, lambda: said.append("waiting")):
+            events.append("second in")
+
+    t = threading.Thread(target=second)
+    t.start()
+    with file_lock(lock):
+        inside.set()
+        while not said:  # the second holder found the lock taken
+            threading.Event().wait(0.01)
+        events.append("first out")
+    t.join()
+    assert events == ["first out", "second in"] and said == ["waiting"]
+    with file_lock(lock, lambda: said.append("again")):  # free now: no waiting said
+        pass
+    assert said == ["waiting"]

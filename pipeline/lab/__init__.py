@@ -16,6 +16,7 @@ off. `host_config()` turns the lab into the inventory host `lab`. By concern:
 Callers use the names below (`from pipeline import lab; lab.up(...)`).
 """
 
+from ..aptsources import AptEntry, host_apt_entries, parse_apt_sources, resolve_mirror
 from .guestfiles import GUEST_DIR, GUEST_INITRD, GuestFiles, guest_files
 from .image import BuildInfo, build
 from .layout import LabPaths, is_built, kernel_release, paths, read_manifest
@@ -31,16 +32,7 @@ from .lifecycle import (
     write_known_hosts,
 )
 from .qemu import QEMU, free_port, port_in_use, qemu_argv
-from .recipe import (
-    AptEntry,
-    chroot_apt_entries,
-    host_apt_entries,
-    input_hash,
-    parse_apt_sources,
-    recipe_files,
-    render,
-    resolve_mirror,
-)
+from .recipe import chroot_apt_entries, input_hash, recipe_files, render
 from .ssh import ssh_argv
 
 __all__ = [

@@ -32,12 +32,13 @@ class QemuBin:
     version: str = ""  # "10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)"
     xen_args: tuple[str, ...] = ()  # what Xen needs on this build's machine
     accel: str = "tcg,thread=multi"  # QEMU's -accel: one host thread per vCPU unless a build says otherwise
+    extra_args: tuple[str, ...] = ()  # what this build needs on every command line
 
     def argv(self) -> list[str]:
         out = [self.binary]
         for d in self.data_dirs:
             out += ["-L", d]
-        return out
+        return [*out, *self.extra_args]
 
 
 def _version(binary: str) -> str:
@@ -111,7 +112,11 @@ class BackportQemu(Emulator):
         # its own firmware first (the packages' symlinks point at the system's ipxe ROMs,
         # found through QEMU's default firmware path)
         dirs = tuple(str(d) for d in (root / "usr/share/qemu", root / "usr/share/seabios") if d.is_dir())
-        return QemuBin(self.name, str(binary), dirs, _version(str(binary)), self.xen_args)
+        # no audio backend: probing one made this build load the system QEMU's modules (another
+        # build: "Only modules from the same build can be loaded", five lines in every qemu.log)
+        return QemuBin(
+            self.name, str(binary), dirs, _version(str(binary)), self.xen_args, extra_args=("-audio", "none")
+        )
 
 
 class Variant(Emulator):

@@ -21,25 +21,24 @@ from typing import Any
 from .. import util
 from ..config import Settings
 from ..errors import LabError
+from ..labsuites import suite_of
 from ..results import atomic_write_text, now_iso
 from ..util import noprogress as _quiet
 from .guestfiles import GUEST_DIR, GUEST_INITRD, guest_initramfs
 from .layout import LabPaths, Progress, du, is_built, locked, paths, read_manifest, tail
 from .qemu import QEMU, our_pid
 from .recipe import (
-    DEBOOTSTRAP_PACKAGES,
     ENABLED_UNITS,
     HOSTNAME,
     IMAGE_SIZE,
     KERNEL_PACKAGE,
     LAB_TEMPLATES,
     MASKED_UNITS,
-    SUITE,
-    VERSIONED_PACKAGES,
     AptEntry,
     collect_inputs,
     input_hash,
     render,
+    versioned_packages,
 )
 
 
@@ -181,7 +180,8 @@ def _build(b: _Builder, inputs: dict[str, Any], h: str) -> dict[str, Any]:
     (out / "boot").mkdir(parents=True)
     env = util.templates("lab")
 
-    b.say(f"debootstrap {SUITE} minbase from {inputs['mirror']} (about 1-2 min)")
+    suite = suite_of(b.settings)
+    b.say(f"debootstrap {suite.name} minbase (Xen {suite.xen}) from {inputs['mirror']} (about 1-2 min)")
     # downloaded .debs are kept: a rebuild after a recipe change does not fetch them again
     debs = p.dir / "debs"
     debs.mkdir(exist_ok=True)
@@ -190,8 +190,8 @@ def _build(b: _Builder, inputs: dict[str, Any], h: str) -> dict[str, Any]:
             "debootstrap",
             "--variant=minbase",
             f"--cache-dir={debs.resolve()}",
-            "--include=" + ",".join(DEBOOTSTRAP_PACKAGES),
-            SUITE,
+            "--include=" + ",".join(inputs["debootstrap_packages"]),
+            suite.name,
             str(root),
             inputs["mirror"],
         ]
@@ -211,18 +211,32 @@ def _build(b: _Builder, inputs: dict[str, Any], h: str) -> dict[str, Any]:
     policy = root / "usr/sbin/policy-rc.d"
     policy.write_text(render("policy-rc.d.j2"), encoding="utf-8")
     policy.chmod(0o755)
-    # seed apt's lists from the host's (same suites): `apt-get update` then only checks InRelease
-    lists = root / "var/lib/apt/lists"
-    for f in Path("/var/lib/apt/lists").glob("*_dists_*"):
-        if f.is_file():
-            shutil.copy2(f, lists / f.name)
+    if not suite.foreign_kernel:
+        # seed apt's lists from the host's (same suites): `apt-get update` then only checks InRelease
+        lists = root / "var/lib/apt/lists"
+        for f in Path("/var/lib/apt/lists").glob("*_dists_*"):
+            if f.is_file():
+                shutil.copy2(f, lists / f.name)
 
     kver = inputs["candidates"][KERNEL_PACKAGE]
-    b.say(f"installing {KERNEL_PACKAGE}={kver} and updates from the host's suites in the chroot")
+    # another suite's root gets the host suite's very kernel .debs (the variable held fixed), the
+    # meta package and the image it depends on, resolved by apt inside the chroot from local files
+    local_debs = _host_suite_kernel_debs(b, kver, root) if suite.foreign_kernel else []
+    b.say(f"installing {KERNEL_PACKAGE}={kver} and updates in the chroot")
     with _mounted(b, root):
+        apt_get = ["chroot", str(root), "apt-get", "-y", "--no-install-recommends"]
         b.run(["chroot", str(root), "apt-get", "update"])
-        b.run(["chroot", str(root), "apt-get", "-y", "--no-install-recommends", "install", f"{KERNEL_PACKAGE}={kver}"])
-        b.run(["chroot", str(root), "apt-get", "-y", "--no-install-recommends", "upgrade"])
+        if local_debs:
+            # upgrade first: the suite's own linux-image-amd64 (trixie's 6.12) must not replace the
+            # host suite's; held, so an apt run in the lab keeps it too
+            b.run([*apt_get, "upgrade"])
+            b.run([*apt_get, "install", *local_debs])
+            b.run(["chroot", str(root), "apt-mark", "hold", KERNEL_PACKAGE])
+            for deb in local_debs:
+                (root / deb.lstrip("/")).unlink()
+        else:
+            b.run([*apt_get, "install", f"{KERNEL_PACKAGE}={kver}"])
+            b.run([*apt_get, "upgrade"])
         b.run(["chroot", str(root), "apt-get", "clean"])
         b.run(["chroot", str(root), "systemctl", "enable", *ENABLED_UNITS])
         b.run(["chroot", str(root), "systemctl", "mask", *MASKED_UNITS])
@@ -234,7 +248,7 @@ def _build(b: _Builder, inputs: dict[str, Any], h: str) -> dict[str, Any]:
                 "-W",
                 "-f",
                 "${Package} ${Version}\\n",
-                *[x for x in VERSIONED_PACKAGES if x != "busybox-static"],
+                *[x for x in versioned_packages(suite) if x != "busybox-static"],
                 "busybox",
             ],
             capture=True,
@@ -262,9 +276,9 @@ def _build(b: _Builder, inputs: dict[str, Any], h: str) -> dict[str, Any]:
     shutil.copy2(str(hk) + ".pub", out / "host_ed25519.pub")
 
     b.say("boot files: uncompressed Xen ELF for multiboot, dom0 vmlinuz and initrd")
-    xens = sorted((root / "boot").glob("xen-4.17*.gz"))
+    xens = sorted((root / "boot").glob(f"xen-{suite.xen}*.gz"))
     if not xens:
-        raise LabError("no /boot/xen-4.17*.gz in the dom0 image")
+        raise LabError(f"no /boot/xen-{suite.xen}*.gz in the dom0 image")
     with gzip.open(xens[-1], "rb") as src, open(out / "boot/xen", "wb") as dst:
         shutil.copyfileobj(src, dst)
     shutil.copy2(root / f"boot/vmlinuz-{release}", out / "boot/vmlinuz")
@@ -290,11 +304,12 @@ def _build(b: _Builder, inputs: dict[str, Any], h: str) -> dict[str, Any]:
     b.say("removing the build directory")
     _rmtree_unmounted(work)
 
-    xen_pkg = installed.get("xen-hypervisor-4.17-amd64", "")
+    xen_pkg = installed.get(suite.hypervisor_package, "")
     return {
         "schema": 1,
         "input_hash": h,
         "inputs": inputs,
+        "suite": suite.name,
         "built_at": now_iso(),
         "dom0_kernel_release": release,
         "kernel_package_version": installed.get(KERNEL_PACKAGE, ""),
@@ -312,6 +327,30 @@ def _build(b: _Builder, inputs: dict[str, Any], h: str) -> dict[str, Any]:
         "ssh": {"key": str(p.key), "host_key_pub": str(p.host_key_pub), "user": "root"},
         "build_log": str(p.build_log),
     }
+
+
+def _host_suite_kernel_debs(b: _Builder, kver: str, root: Path) -> list[str]:
+    """The host suite's KERNEL_PACKAGE=kver and the linux-image it depends on, downloaded through the
+    project's private apt state (never the system's) and copied into the chroot's /tmp: their paths
+    there, for `apt-get install` (which resolves their dependencies from the chroot's own suite)."""
+    from ..aptfetch import AptDir
+    from ..errors import FetchError
+    from ..labsuites import HOST_SUITE
+
+    apt = AptDir(b.settings, HOST_SUITE)
+    try:
+        meta = apt.download(KERNEL_PACKAGE, kver, progress=b.say)
+        image = apt.depends_of(KERNEL_PACKAGE, kver).split(",")[0].split("(")[0].strip()
+        if not image.startswith("linux-image-"):
+            raise LabError(f"{KERNEL_PACKAGE} {kver} depends on {image!r}, not a linux-image package")
+        debs = [meta, apt.download(image, kver, progress=b.say)]
+    except FetchError as e:
+        raise LabError(f"the {HOST_SUITE} dom0 kernel for the {suite_of(b.settings).name} lab: {e.message}") from None
+    out = []
+    for deb in debs:
+        shutil.copy2(deb, root / "tmp" / deb.name)
+        out.append(f"/tmp/{deb.name}")
+    return out
 
 
 def _rmtree_unmounted(path: Path) -> None:

@@ -18,19 +18,19 @@ image.py writes the image files and the manifest, lifecycle.py the files of the 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..config import Settings
 from ..errors import LabError
+from ..util import file_lock
 
 Progress = Callable[[str], None]
 
@@ -155,18 +155,9 @@ def read_state(p: LabPaths) -> dict[str, Any]:
         return {}
 
 
-@contextlib.contextmanager
-def locked(settings: Settings, progress: Progress) -> Iterator[None]:
+def locked(settings: Settings, progress: Progress):
     """One lab command at a time across processes (two test sessions must not both start QEMU)."""
-    d = paths(settings).dir
-    d.mkdir(parents=True, exist_ok=True)
-    with open(d / "lock", "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            progress("lab: waiting for another lab command to finish")
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        yield  # released when the file is closed
+    return file_lock(paths(settings).dir / "lock", lambda: progress("lab: waiting for another lab command to finish"))
 
 
 def tail(path: Path, n: int) -> str:

@@ -22,11 +22,13 @@ from .image import build
 from .layout import Progress, du, is_built, kernel_release, locked, paths, read_state, tail
 from .qemu import (
     cleanup_stale,
+    cpu_seconds,
     free_port,
     is_our_qemu,
     kill,
     last_port,
     machine,
+    machine_change,
     our_pid,
     qemu_argv,
     qmp_command,
@@ -114,15 +116,9 @@ def _up(settings: Settings, progress: Progress = _quiet) -> HostConfig:
         raise LabError("the lab is not built: run `invoke lab.build`")
     pid = our_pid(p)
     state = read_state(p)
-    if pid and state.get("port") and state.get("qemu", "system") != settings.lab.qemu:
-        progress(
-            f"lab: running on QEMU {state.get('qemu', 'system')!r}, pv.lab.qemu asks {settings.lab.qemu!r}: restarting"
-        )
-        _down(settings, progress)
-        pid, state = 0, read_state(p)
-    elif pid and state.get("port") and state.get("machine") != machine(settings):
-        # e.g. a lab booted before Xen's eager-FPU setting, or with another pv.lab.device
-        progress("lab: running with another machine (device, VFs, memory or Xen/dom0 command line): restarting")
+    if pid and state.get("port") and (change := machine_change(state.get("machine"), settings)):
+        # e.g. another pv.lab.qemu or pv.lab.device, or a lab booted before Xen's eager-FPU setting
+        progress(f"lab: running as another machine ({change}): restarting")
         _down(settings, progress)
         pid, state = 0, read_state(p)
     if pid and state.get("port"):
@@ -132,7 +128,12 @@ def _up(settings: Settings, progress: Progress = _quiet) -> HostConfig:
             progress(f"lab: already running (pid {pid}, port {host.port})")
             return host
         progress(f"lab: QEMU pid {pid} runs but dom0 is not ready yet; waiting")
-        return _wait_ready(settings, pid, float(state.get("started_epoch", time.time())), progress)
+        since, cpu0 = float(state.get("started_epoch", time.time())), 0.0
+        if boot_overdue(cpu_seconds(pid), time.time() - since, settings.lab.boot_timeout_s, settings.lab.smp):
+            # past a whole boot's budget: it booted before and one probe missed (a loaded machine);
+            # a fresh budget from now, not one already spent, which killed a lab answering a moment later
+            since, cpu0 = time.time(), cpu_seconds(pid)
+        return _wait_ready(settings, pid, since, progress, cpu0)
     if pid:  # ours but without state: cannot know its port
         kill(pid, p)
     if p.pidfile.exists() or p.qmp.exists() or p.state.exists():
@@ -184,26 +185,47 @@ def _up(settings: Settings, progress: Progress = _quiet) -> HostConfig:
     raise LabError(f"QEMU did not start: {last_err}")
 
 
-def _wait_ready(settings: Settings, pid: int, t0: float, progress: Progress) -> HostConfig:
+# a boot that has had this many times its budget in wall time is given up even if QEMU got little
+# CPU (a guest halted for good uses none)
+WALL_FACTOR = 4
+
+
+def boot_overdue(cpu_s: float, wall_s: float, budget_s: float, smp: int) -> str:
+    """Why a lab boot is given up, or "": past its budget in QEMU's own CPU time (`budget_s` per
+    vCPU), so that a machine busy with other work slows the boot without failing it, or past
+    WALL_FACTOR x budget_s of wall time."""
+    if cpu_s > budget_s * smp:
+        return f"QEMU used {cpu_s:.0f} CPU s ({budget_s:.0f} s x {smp} vCPUs) in {wall_s:.0f} s"
+    if wall_s > budget_s * WALL_FACTOR:
+        return f"{wall_s:.0f} s passed ({WALL_FACTOR} x {budget_s:.0f} s; QEMU had {cpu_s:.0f} CPU s)"
+    return ""
+
+
+def _wait_ready(settings: Settings, pid: int, t0: float, progress: Progress, cpu0: float = 0.0) -> HostConfig:
+    """Until dom0 answers, within a boot's budget counted from `t0` and `cpu0` (QEMU's CPU seconds then)."""
     p = paths(settings)
     host = host_config(settings)
-    deadline = t0 + settings.lab.boot_timeout_s
     next_report = time.time() + 10
     try:
-        while time.time() < deadline:
+        while not (
+            why := boot_overdue(
+                cpu_seconds(pid) - cpu0, time.time() - t0, settings.lab.boot_timeout_s, settings.lab.smp
+            )
+        ):
             if not is_our_qemu(pid, p):
                 raise LabError(f"QEMU exited while booting; console: {tail(p.console, 8)}")
             release = _ready(host)
             if release:
-                progress(f"lab: ready after {time.time() - t0:.0f}s: dom0 {release}, ssh root@127.0.0.1 -p {host.port}")
+                progress(
+                    f"lab: ready after {time.time() - t0:.0f}s ({cpu_seconds(pid):.0f} CPU s): dom0 {release}, "
+                    f"ssh root@127.0.0.1 -p {host.port}"
+                )
                 return host
             if time.time() >= next_report:
                 progress(f"lab: booting, {time.time() - t0:.0f}s: {tail(p.console, 1)[:100]}")
                 next_report = time.time() + 10
             time.sleep(2)
-        raise LabError(
-            f"the lab did not answer SSH + `xl info` within {settings.lab.boot_timeout_s}s; console: {tail(p.console, 8)}"
-        )
+        raise LabError(f"the lab did not answer SSH + `xl info`: {why}; console: {tail(p.console, 8)}")
     except BaseException:
         # never leave an orphan QEMU behind a failed or interrupted up
         with contextlib.suppress(LabError):

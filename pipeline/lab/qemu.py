@@ -70,12 +70,38 @@ def qemu_argv(settings: Settings, port: int, qemu: QemuBin | None = None) -> lis
     ]  # fmt: skip
 
 
+# what a lab is booted as beyond its port, in the order `machine` records it
+MACHINE_FIELDS = ("QEMU", "device", "VFs", "memory", "vCPUs", "Xen command line", "dom0 command line")
+
+
+def _machine_fields(settings: Settings) -> tuple[str, ...]:
+    return (settings.lab.qemu, settings.lab.device, str(settings.lab.vfs), settings.lab.memory, str(settings.lab.smp),
+            XEN_ARGS, DOM0_ARGS)  # fmt: skip
+
+
 def machine(settings: Settings) -> str:
-    """What a running lab was booted as, beyond its port: a lab booted otherwise is restarted."""
-    return " | ".join(
-        (settings.lab.qemu, settings.lab.device, str(settings.lab.vfs), settings.lab.memory, str(settings.lab.smp),
-         XEN_ARGS, DOM0_ARGS)
-    )  # fmt: skip
+    """What a running lab was booted as, beyond its port (its state records it): a lab booted
+    otherwise is restarted (`machine_change`)."""
+    return " | ".join(_machine_fields(settings))
+
+
+def machine_change(recorded: str | None, settings: Settings) -> str:
+    """What differs between the machine a running lab recorded and the one `settings` ask for, ""
+    when nothing does: "QEMU 'system' -> '10.0'", "Xen command line +spec-ctrl=eager-fpu"."""
+    want = _machine_fields(settings)
+    have = recorded.split(" | ") if recorded else []
+    if len(have) != len(want):
+        return "no machine recorded (booted by an older pipeline)" if not recorded else f"machine {recorded!r}"
+    out = []
+    for name, h, w in zip(MACHINE_FIELDS, have, want, strict=True):
+        if h == w:
+            continue
+        if " " in h or " " in w:  # a command line: the words it lost and gained
+            hw, ww = h.split(), w.split()
+            out.append(" ".join([name, *(f"-{x}" for x in hw if x not in ww), *(f"+{x}" for x in ww if x not in hw)]))
+        else:
+            out.append(f"{name} {h!r} -> {w!r}")
+    return ", ".join(out)
 
 
 def our_pid(p: LabPaths) -> int:
@@ -114,6 +140,16 @@ def is_our_qemu(pid: int, p: LabPaths) -> bool:
             if opt.startswith("file=") and os.path.realpath(opt[5:]) == ours:
                 return True
     return False
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) the process has had so far; 0 when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    # after the comm field: state is fields[0], utime and stime are the stat file's fields 14 and 15
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def wait_gone(pid: int, p: LabPaths, timeout: float) -> bool:

@@ -8,20 +8,18 @@ import dataclasses
 import hashlib
 import json
 import os
-import re
 import subprocess
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from .. import TEMPLATES, util
+from ..aptsources import SUITE, AptEntry, host_apt_entries, resolve_mirror
 from ..config import Settings
 from ..errors import LabError
+from ..labsuites import Suite, suite_of
 
 # Bump when the build recipe changes in a way the templates and package list do not show.
 RECIPE_VERSION = 1
-SUITE = "bookworm"
 HOSTNAME = "xen-dom0"
 IMAGE_SIZE = "3G"
 LAB_TEMPLATES = TEMPLATES / "lab"
@@ -69,79 +67,45 @@ VERSIONED_PACKAGES = [
     "busybox-static",  # the guest's busybox comes from the host
 ]
 
+
+def debootstrap_packages(s: Suite) -> list[str]:
+    """DEBOOTSTRAP_PACKAGES with the suite's Xen; another suite than the host's also gets
+    linux-base, which the host suite's kernel .deb depends on (minbase lacks it)."""
+    xen = {"xen-utils-4.17": s.utils_package, "xen-hypervisor-4.17-amd64": s.hypervisor_package}
+    pkgs = [xen.get(p, p) for p in DEBOOTSTRAP_PACKAGES]
+    return [*pkgs, "linux-base"] if s.foreign_kernel else pkgs
+
+
+def versioned_packages(s: Suite) -> list[str]:
+    xen = {"xen-utils-4.17": s.utils_package, "xen-hypervisor-4.17-amd64": s.hypervisor_package}
+    return [xen.get(p, p) for p in VERSIONED_PACKAGES]
+
+
+# from the host suite whatever the lab's suite: the dom0 kernel (the variable held fixed) and the
+# guest's busybox; the rest is the lab suite's
+HOST_VERSIONED = (KERNEL_PACKAGE, "busybox-static")
+
 # Xen: smap=0 avoids the dom0 #PF crash loop under TCG's -cpu max (lab README, traps).
-
-
-@dataclass
-class AptEntry:
-    uri: str
-    suites: list[str]
-    components: list[str] = field(default_factory=lambda: ["main"])
-    signed_by: str = ""
 
 
 def render(template: str, **ctx: Any) -> str:
     return util.render("lab", template, **ctx)
 
 
-def parse_apt_sources(files: dict[str, str]) -> list[AptEntry]:
-    """Debian `deb` entries of the given apt source files (deb822 `.sources` and one-line `.list`)."""
-    entries: list[AptEntry] = []
-    for name, text in sorted(files.items()):
-        if name.endswith(".sources"):
-            for block in re.split(r"\n\s*\n", text):
-                fields: dict[str, str] = {}
-                for line in block.splitlines():
-                    if line.startswith("#") or ":" not in line or line[:1].isspace():
-                        continue
-                    k, v = line.split(":", 1)
-                    fields[k.strip().lower()] = v.strip()
-                if "deb" not in fields.get("types", "").split() or fields.get("enabled", "yes").lower() == "no":
-                    continue
-                for uri in fields.get("uris", "").split():
-                    entries.append(
-                        AptEntry(
-                            uri,
-                            fields.get("suites", "").split(),
-                            fields.get("components", "main").split(),
-                            fields.get("signed-by", ""),
-                        )
-                    )
-        else:
-            for line in text.splitlines():
-                line = line.split("#", 1)[0].strip()
-                parts = line.split()
-                if len(parts) < 3 or parts[0] != "deb":
-                    continue
-                opts = ""
-                if parts[1].startswith("["):
-                    end = next(i for i, p in enumerate(parts) if p.endswith("]"))
-                    opts, parts = " ".join(parts[1 : end + 1]), [parts[0], *parts[end + 1 :]]
-                m = re.search(r"signed-by=(\S+?)\]?(\s|$)", opts)
-                entries.append(AptEntry(parts[1], [parts[2]], parts[3:] or ["main"], m.group(1) if m else ""))
-    # only Debian's own suites of the release the lab uses
-    return [e for e in entries if any(s == SUITE or s.startswith(SUITE + "-") for s in e.suites)]
-
-
-def host_apt_entries() -> list[AptEntry]:
-    files: dict[str, str] = {}
-    for p in [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]:
-        if p.is_file() and (p.name.endswith(".list") or p.name.endswith(".sources")):
-            files[str(p)] = p.read_text(encoding="utf-8", errors="replace")
-    return parse_apt_sources(files)
-
-
-def resolve_mirror(settings: Settings, entries: list[AptEntry] | None = None) -> str:
-    if settings.lab.mirror != "auto":
-        return settings.lab.mirror
-    for e in entries if entries is not None else host_apt_entries():
-        if SUITE in e.suites:
-            return e.uri
-    raise LabError(f"lab.mirror is auto but the host's apt configuration has no `{SUITE}` suite; set pv.lab.mirror")
-
-
 def chroot_apt_entries(settings: Settings, entries: list[AptEntry]) -> list[AptEntry]:
-    """The dom0's apt sources: the host's bookworm suites; an explicit mirror replaces the main archive."""
+    """The dom0's apt sources: the host's bookworm suites; an explicit mirror replaces the main archive.
+    A lab of another suite: that suite's (main and security, as the project's private apt has them)
+    on the host's mirrors."""
+    s = suite_of(settings)
+    if s.name != SUITE:
+        from ..aptfetch import DISTS, mirrors
+
+        main, security, keyring = mirrors(settings)
+        dist = DISTS[s.name]
+        return [
+            AptEntry(main, list(dist.suites), ["main"], keyring),
+            AptEntry(security, list(dist.security), ["main"], keyring),
+        ]
     out = []
     for e in entries:
         e = dataclasses.replace(e, suites=[s for s in e.suites if s == SUITE or s.startswith(SUITE + "-")])
@@ -184,18 +148,41 @@ def input_hash(inputs: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
 
+def suite_candidates(settings: Settings) -> dict[str, str]:
+    """The candidate version of every package the image's content depends on: the host's apt for the
+    host suite, the project's private apt state (aptfetch) for another suite; the dom0 kernel and the
+    guest's busybox always from the host's."""
+    s = suite_of(settings)
+    pkgs = versioned_packages(s)
+    if s.name == SUITE:
+        return apt_candidates(pkgs)
+    from ..aptfetch import AptDir
+    from ..errors import FetchError
+
+    apt = AptDir(settings, s.name)
+    out = apt_candidates([p for p in pkgs if p in HOST_VERSIONED])
+    for p in pkgs:
+        if p not in HOST_VERSIONED:
+            try:
+                out[p] = apt.candidate(p).version
+            except FetchError as e:
+                raise LabError(f"lab suite {s.name}: {e.message}") from None
+    return {p: out[p] for p in pkgs}
+
+
 def collect_inputs(settings: Settings, key_pub: str) -> dict[str, Any]:
     entries = host_apt_entries()
+    s = suite_of(settings)
     return {
         "recipe_version": RECIPE_VERSION,
-        "suite": SUITE,
-        "debootstrap_packages": DEBOOTSTRAP_PACKAGES,
+        "suite": s.name,
+        "debootstrap_packages": debootstrap_packages(s),
         "kernel_package": KERNEL_PACKAGE,
         "units": {"enabled": ENABLED_UNITS, "masked": MASKED_UNITS},
         "templates": {k: hashlib.sha256(v.encode()).hexdigest() for k, v in recipe_files().items()},
         "mirror": resolve_mirror(settings, entries),
         "apt_sources": [dataclasses.asdict(e) for e in chroot_apt_entries(settings, entries)],
-        "candidates": apt_candidates(VERSIONED_PACKAGES),
+        "candidates": suite_candidates(settings),
         "image_size": IMAGE_SIZE,
         "authorized_key": key_pub.strip(),
     }

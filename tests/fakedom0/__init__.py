@@ -87,6 +87,11 @@ class FakeDom0:
         /run gone, the stock module loaded, a new boot id."""
         self._rule(start, end, skip, 1, action="reboot")
 
+    def scribble(self, start: str, end: str = "", skip: int = 0, times: int = 1) -> None:
+        """A byte of every staged module flips under the matching command (which then runs), as the
+        lab's tmpfs copy once changed between upload and load."""
+        self._rule(start, end, skip, times, action="scribble")
+
     def interrupt(self, start: str, end: str = "", skip: int = 0) -> None:
         """Ctrl-C (SIGINT to this process) while the matching command runs; the command then runs."""
         self._rule(start, end, skip, 1, action="sigint", pid=os.getpid())

@@ -12,6 +12,7 @@ that command runs on the host); its first `skip` matches excepted, `times` times
 """
 
 import fcntl
+import glob
 import marshal
 import os
 import subprocess
@@ -433,6 +434,14 @@ def scripted(st, line):
         if rule["action"] == "sigint":
             event(f"sigint at {line}")
             os.kill(rule["pid"], SIGINT)
+        elif rule["action"] == "scribble":
+            for path in sorted(glob.glob("/run/pciback-verify/stage/*/xen-pciback.ko")):
+                with open(path, "r+b") as fh:
+                    data = bytearray(fh.read())
+                    data[len(data) // 2] ^= 0xFF
+                    fh.seek(0)
+                    fh.write(data)
+                event(f"scribble {path} at {line.split()[0]}")
         elif rule["action"] == "reboot":
             event(f"reboot at {line}")
             reboot(st)
