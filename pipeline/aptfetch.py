@@ -63,7 +63,6 @@ class Package:
     name: str
     version: str
     size: int  # bytes of the .deb
-    filename: str  # path in the archive pool
 
 
 class AptDir:
@@ -166,7 +165,7 @@ class AptDir:
         for block in proc.stdout.split("\n\n"):
             fields = dict(re.findall(r"^([\w-]+): (.*)$", block, re.M))
             if fields.get("Package") == package and "Version" in fields:
-                pkgs.append(Package(package, fields["Version"], int(fields.get("Size", 0)), fields.get("Filename", "")))
+                pkgs.append(Package(package, fields["Version"], int(fields.get("Size", 0))))
         return pkgs
 
     def candidate(self, package: str) -> Package:
@@ -194,19 +193,6 @@ class AptDir:
         return m.group(1) if m else ""
 
     # ---------------------------------------------------------------- download
-
-    def deb_path(self, package: str, version: str) -> Path:
-        # apt's file name: the epoch's colon escaped
-        return (
-            self.archives
-            / f"{package}_{urllib.parse.quote(version, safe='~+.-')}_{self._arch_of(package, version)}.deb"
-        )
-
-    def _arch_of(self, package: str, version: str) -> str:
-        for p in self.archives.glob(f"{package}_{urllib.parse.quote(version, safe='~+.-')}_*.deb"):
-            return p.name.rsplit("_", 1)[1].removesuffix(".deb")
-        pkg = self.find(package, version)
-        return pkg.filename.rsplit("_", 1)[1].removesuffix(".deb") if pkg.filename else "all"
 
     def cached(self, package: str, version: str) -> Path | None:
         hits = sorted(self.archives.glob(f"{package}_{urllib.parse.quote(version, safe='~+.-')}_*.deb"))

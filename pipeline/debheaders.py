@@ -104,14 +104,6 @@ def headers_dir(settings: Settings, release: str, progress: Progress = print) ->
     return root / "usr/src" / package
 
 
-def packages_of(kdir: Path) -> list[tuple[str, str]]:
-    """(package, version) unpacked for an extracted headers directory; [] for the system's own."""
-    marker = kdir.parent.parent.parent / _COMPLETE
-    if not marker.is_file():
-        return []
-    return [tuple(line.split(" ", 1)) for line in marker.read_text().splitlines() if " " in line]
-
-
 def extraction_root(kdir: Path) -> list[Path]:
     """[the cache directory an extracted headers dir lives in] (its kbuild links point there), else []."""
     root = kdir.parent.parent.parent
