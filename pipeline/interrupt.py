@@ -17,7 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
-def _children(pid: int) -> list[int]:
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (from /proc)."""
     out = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -33,21 +34,11 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def descendants(pid: int | None = None) -> list[int]:
-    """Every process below `pid` (default: this process), parents before their children."""
-    todo, out = [pid or os.getpid()], []
-    while todo:
-        for c in _children(todo.pop()):
-            out.append(c)
-            todo.append(c)
-    return out
-
-
 def stop_children(sig: int = signal.SIGTERM) -> list[int]:
     """Signal every child of this process; one leading its own process group (a build) as a group."""
     mine = os.getpgid(0)
     hit = []
-    for pid in _children(os.getpid()):
+    for pid in children(os.getpid()):
         try:
             pgid = os.getpgid(pid)
             if pgid == pid and pgid != mine:

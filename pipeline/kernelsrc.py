@@ -70,7 +70,6 @@ DEFAULT_LINE = "6.1"
 # kept for the callers of the 6.1-only version
 SOURCE_PACKAGE = LINES[DEFAULT_LINE].package
 TARBALL = LINES[DEFAULT_LINE].system_tarball
-ALIAS = LINES[DEFAULT_LINE].alias
 NOTE_REF = "refs/notes/debian-package"
 # fixed identity and dates: the same tarball always gives the same commits, so
 # caches keyed by base commit (build baselines, prepared trees) survive a re-import

@@ -188,14 +188,6 @@ _KINDS: dict[type, dict[Any, Kind]] = {
     RunStatus: {"complete": _K.OK, "incomplete": _K.ERROR, "interrupted": _K.INTERRUPTED},
     Stage: {s: _K.ERROR for s in ("", "fetch", "apply", "build", "deploy", "test")},
 }
-STAGE_STATUSES: dict[str, type[_Status]] = {
-    "fetch": FetchStatus,
-    "apply": ApplyStatus,
-    "patch": PatchStatus,
-    "build": BuildStatus,
-    "deploy": DeployStatus,
-    "test": Outcome,
-}
 
 
 class EnumField:

@@ -136,11 +136,6 @@ def describe(x: XsCreation) -> str:
     return f"{x.transactions} transactions wrote num_devs ({vals}): one per device"
 
 
-def per_device(x: XsCreation) -> bool:
-    """The race's precondition, as observed: num_devs grew over more than one commit."""
-    return x.observed and x.transactions > 1
-
-
 def parse_xl_info(text: str) -> dict[str, str]:
     out = {}
     for line in text.splitlines():

@@ -34,7 +34,7 @@ def lab_kernel(settings: Settings) -> KernelConfig:
     return KernelConfig(
         name=NAME,
         remote=str(kernelsrc.repo_path(settings)),
-        ref=kernelsrc.ALIAS,
+        ref=kernelsrc.LINES[kernelsrc.DEFAULT_LINE].alias,
         build=BuildConfig(mode="headers", headers="auto"),
     )
 

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from pipeline import PROJECT_ROOT
-from pipeline.interrupt import descendants
+from pipeline.interrupt import children
 
 pytestmark = pytest.mark.kernel
 
@@ -164,6 +164,16 @@ def _assert_interrupted(proc: subprocess.Popen, root: Path, out: str, cache: Pat
     assert _leftovers(cache, run.name) == []
     assert not (cache / "worktrees" / run.name).exists()
     return res, rest
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`, parents before their children."""
+    todo, out = [pid], []
+    while todo:
+        for c in children(todo.pop()):
+            out.append(c)
+            todo.append(c)
+    return out
 
 
 def _compiling(proc: subprocess.Popen, timeout: float = 120) -> list[int]:

@@ -13,9 +13,28 @@ from sample_runs import k_prefix, sample_run
 
 from pipeline import kcidb, report, reproduce
 from pipeline.results import DeployResult, KernelResult, PatchApply, TestResult, load_results, write_results
-from pipeline.statuses import STAGE_STATUSES, ApplyStatus, BuildStatus, Kind, Outcome, RunStatus, Stage
+from pipeline.statuses import (
+    ApplyStatus,
+    BuildStatus,
+    DeployStatus,
+    FetchStatus,
+    Kind,
+    Outcome,
+    PatchStatus,
+    RunStatus,
+    Stage,
+)
 from pipeline.verdict import SEVERITY, STATE, apply_verdicts, verdict
 
+# the status enum of each stage (and of a patch, a test case), as _row sets them
+STAGE_STATUSES = {
+    "fetch": FetchStatus,
+    "apply": ApplyStatus,
+    "patch": PatchStatus,
+    "build": BuildStatus,
+    "deploy": DeployStatus,
+    "test": Outcome,
+}
 ALL = [(stage, member) for stage, enum in STAGE_STATUSES.items() for member in enum]
 
 
