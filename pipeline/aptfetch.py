@@ -19,16 +19,14 @@ import re
 import shutil
 import subprocess
 import urllib.parse
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from .aptsources import host_apt_entries, resolve_mirror
 from .config import Settings
 from .errors import FetchError
-from .util import noprogress
+from .util import Progress, noprogress
 
-Progress = Callable[[str], None]
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 DEFAULT_SECURITY = "http://security.debian.org/debian-security"
 

@@ -16,14 +16,13 @@ import json
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 from .aptfetch import AptDir, mirrors
 from .config import Settings
 from .errors import BuildSetupError
+from .util import Progress
 
-Progress = Callable[[str], None]
 RECIPE = 1
 # kbuild's own programs (linux-kbuild-*) link against these; make and binutils run the build
 PACKAGES = ("make", "binutils", "libc6-dev", "libelf1t64", "libssl3t64", "zlib1g", "pahole")

@@ -16,14 +16,13 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 from .aptfetch import AptDir, extract
 from .config import Settings
 from .errors import BuildSetupError, FetchError
+from .util import Progress
 
-Progress = Callable[[str], None]
 _COMPLETE = ".pv-headers"  # written last: names the packages unpacked
 
 

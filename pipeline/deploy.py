@@ -13,7 +13,6 @@ import json
 import re
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from . import absorbed
@@ -23,7 +22,7 @@ from .host import Host
 from .interrupt import deferred_sigint
 from .results import BuildResult, DeployResult, Refusal, now_iso, timed
 from .statuses import BuildStatus, DeployStatus, FaultKind
-from .util import STATE_DIR
+from .util import STATE_DIR, Progress
 from .util import noprogress as _noprogress
 
 MARKER_DIR = STATE_DIR
@@ -31,8 +30,6 @@ MARKER = f"{MARKER_DIR}/modified.json"
 # root's alone (0700 under /run, never world-writable /var/tmp); one fresh `mktemp -d` entry per deploy
 STAGING = f"{MARKER_DIR}/stage"
 SYS_MODULE = "/sys/module/xen_pciback"
-
-Progress = Callable[[str], None]
 
 
 def changed_bytes(built: bytes, staged: bytes) -> str:

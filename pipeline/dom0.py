@@ -4,18 +4,16 @@ live domains, pci backends and stale ones, assignable devices, the pipeline's te
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 from . import absorbed
 from .errors import HostError
 from .host import Host
 from .statuses import FaultKind
+from .util import Progress
 from .util import noprogress as _noprogress
 
 PCIBACK_BE = "/local/domain/0/backend/pci"
 TEST_DOMAIN_PREFIX = "pvtest-"
-
-Progress = Callable[[str], None]
 
 
 def boot_id(host: Host) -> str:

@@ -30,13 +30,12 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from .errors import HostError, HostLocked, without_host
 from .host import Host
 from .results import now_iso
-from .util import STATE_DIR
+from .util import STATE_DIR, Progress
 from .util import noprogress as _noprogress
 
 LOCK_PARENT = STATE_DIR
@@ -49,8 +48,6 @@ HEARTBEAT_STALE_S = 300.0  # ten missed beats: the holder is gone (or cut off fr
 OWNERLESS_GRACE_S = 60
 POLL_S = 2.0
 REPORT_EVERY_S = 30.0
-
-Progress = Callable[[str], None]
 
 
 def _pid_alive(pid: int) -> bool:

@@ -23,7 +23,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,10 +32,9 @@ from .config import KernelConfig, Settings
 from .errors import FetchError
 from .providers import builtin_lab
 from .sysdeps import dpkg_version
-from .util import file_lock
+from .util import Progress, file_lock
 
 REVERT_PATCH = PROJECT_ROOT / "patches/controls/revert-c81d3d246025.patch"
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from .errors import ConfigError
 from .intake import _pw_get, patchwork_new_series
 from .post import CONTEXT_PREFIX, Check, Patchwork, PostError, trigger_pipeline
 from .results import atomic_write_text
+from .util import Progress
 
 
 @dataclass
@@ -80,7 +81,7 @@ def poll(
     kernels: list[str],
     trigger: Callable[[dict], int] | None = None,
     token: str | None = None,
-    progress: Callable[[str], None] = print,
+    progress: Progress = print,
 ) -> list[Polled]:
     seen = _load(state)
     pw = None
@@ -114,7 +115,7 @@ def poll(
     return out
 
 
-def _queued(pw: Patchwork, item: dict, kernels: list[str], desc: str, progress: Callable[[str], None]) -> None:
+def _queued(pw: Patchwork, item: dict, kernels: list[str], desc: str, progress: Progress) -> None:
     """The pending check per patch and kernel that marks the revision as polled on patchwork."""
     try:
         for patch in patch_ids(item):
@@ -131,7 +132,7 @@ def poll_ci(
     state: str | None = None,
     trigger: bool = False,
     env: Mapping[str, str] = os.environ,
-    progress: Callable[[str], None] = print,
+    progress: Progress = print,
 ) -> list[Polled]:
     """`invoke ci.poll`: the options completed from the environment (PATCHWORK_URL, PATCHWORK_PROJECT;
     for --trigger CI_API_V4_URL, CI_PROJECT_ID, CI_DEFAULT_BRANCH), the state file under the cache

@@ -18,7 +18,7 @@ import json
 import os
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import requests
@@ -28,7 +28,7 @@ from .errors import PipelineError
 from .intake import patchwork_series
 from .redact import redact as redact_all
 from .results import RunResult
-from .util import BACKOFF_S, RETRIES, origin, retry_after
+from .util import BACKOFF_S, RETRIES, Progress, origin, retry_after
 from .verdict import STATE
 
 CONTEXT_PREFIX = "pciback-verify"
@@ -218,7 +218,7 @@ def post_patchwork(
     target_url: str = "",
     token: str | None = None,
     pending: bool = False,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
 ) -> list[Posted]:
     """One check per patch and kernel."""
     if not patch_ids:
@@ -295,7 +295,7 @@ def post_gitlab(
     token: str | None = None,
     ref: str = "",
     pending: bool = False,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
 ) -> list[Posted]:
     """One commit status per kernel on `sha`."""
     if not sha:
@@ -375,9 +375,7 @@ def targets(
     return t
 
 
-def post_checks(
-    run: RunResult, t: Targets, pending: bool = False, progress: Callable[[str], None] | None = None
-) -> str:
+def post_checks(run: RunResult, t: Targets, pending: bool = False, progress: Progress | None = None) -> str:
     """Patchwork's part of `invoke post`: the checks on the given patches (or the series' patches); one line
     saying what was done. Without a patch to post on (PATCHWORK_URL is a project setting; a pipeline
     for a series not from patchwork has none) nothing is sent and the line says so."""
@@ -390,9 +388,7 @@ def post_checks(
     return f"patchwork: {sum(p.sent for p in sent)} check(s) sent, {sum(not p.sent for p in sent)} unchanged"
 
 
-def post_statuses(
-    run: RunResult, t: Targets, pending: bool = False, progress: Callable[[str], None] | None = None
-) -> str:
+def post_statuses(run: RunResult, t: Targets, pending: bool = False, progress: Progress | None = None) -> str:
     """GitLab's part of `invoke post`: a commit status per kernel; one line saying what was done."""
     sent = post_gitlab(
         run, t.gitlab, t.project, t.sha, target_url=t.target_url, ref=t.ref, pending=pending, progress=progress

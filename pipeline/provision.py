@@ -25,7 +25,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,14 +32,13 @@ from typing import TYPE_CHECKING
 from .config import Settings
 from .errors import HostError, PipelineError, without_host
 from .results import atomic_write_text, timed
-from .util import STATE_DIR, render
+from .util import STATE_DIR, Progress, render
 from .util import noprogress as _noprogress
 
 if TYPE_CHECKING:  # the runner imports this module; paramiko loads with the first host
     from .guestkernel import GuestKernel
     from .host import Host
 
-Progress = Callable[[str], None]
 
 RUN_ROOT = STATE_DIR
 GUEST_POLL_S = "0.25"  # guest protocol: how often the guest lists its PCI devices (busybox sleep)

@@ -3,7 +3,6 @@ the results root, or (default) the results root's `latest`; re-rendering one, or
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 from .config import Settings
@@ -13,6 +12,7 @@ from .merge import merge_runs, run_dirs
 from .report import write_reports
 from .results import RunResult, load_results
 from .runlog import RunLog
+from .util import Progress
 
 
 def find_run(settings: Settings, run: str | None) -> Path:
@@ -35,7 +35,7 @@ def load_run(settings: Settings, run: str | None) -> tuple[Path, RunResult]:
 
 
 def merged_or_loaded(
-    settings: Settings, run: str | None, merge: list[str], tested_only: bool, progress: Callable[[str], None]
+    settings: Settings, run: str | None, merge: list[str], tested_only: bool, progress: Progress
 ) -> tuple[Path, RunResult]:
     """`invoke report`'s run: one new run merged from `merge` (runs or results roots; `tested_only`: those
     that ran the VF tests), else the run `run` names."""
@@ -45,9 +45,7 @@ def merged_or_loaded(
     return merge_runs(run_dirs([settings.path(m) for m in merge], tested_only), root, progress)
 
 
-def rerender(
-    settings: Settings, run_dir: Path, result: RunResult, progress: Callable[[str], None], reports: bool = True
-) -> None:
+def rerender(settings: Settings, run_dir: Path, result: RunResult, progress: Progress, reports: bool = True) -> None:
     """Write the run's reports again (unless `reports` is false: a merged run has fresh ones) and its mails;
     what it says goes on the run's run.log too, stamped."""
     progress = RunLog(progress)

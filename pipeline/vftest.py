@@ -13,7 +13,6 @@ removed, VFs made non-assignable, sriov_numvfs back to its starting value.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
 from . import absorbed, sriov, xsobserve
@@ -25,9 +24,8 @@ from .host import Host
 from .interrupt import deferred_sigint
 from .results import Outcome, TestResult, timed
 from .statuses import FaultKind
+from .util import Progress
 from .util import noprogress as _noprogress
-
-Progress = Callable[[str], None]
 
 # restoring sriov_numvfs: writes of the value found are idempotent, so a failed one is tried again
 # on a fresh connection (seen on the lab: `tee` failing with "Bad file descriptor" after the test)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from ..config import Settings
 from ..errors import ConfigError, LabError
 from ..results import atomic_write_text
-from .layout import Progress
+from ..util import Progress
 
 BINARY = "qemu-system-x86_64"
 

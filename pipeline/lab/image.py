@@ -23,9 +23,10 @@ from ..config import Settings
 from ..errors import LabError
 from ..labsuites import suite_of
 from ..results import atomic_write_text, now_iso
+from ..util import Progress
 from ..util import noprogress as _quiet
 from .guestfiles import GUEST_DIR, GUEST_INITRD, guest_initramfs
-from .layout import LabPaths, Progress, du, is_built, locked, paths, read_manifest, tail
+from .layout import LabPaths, du, is_built, locked, paths, read_manifest, tail
 from .qemu import QEMU, our_pid
 from .recipe import (
     ENABLED_UNITS,

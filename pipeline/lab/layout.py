@@ -23,16 +23,13 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..config import Settings
 from ..errors import LabError
-from ..util import file_lock
-
-Progress = Callable[[str], None]
+from ..util import Progress, file_lock
 
 
 @dataclass

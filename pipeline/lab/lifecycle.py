@@ -16,10 +16,11 @@ from ..config import HostConfig, Settings
 from ..errors import HostError, LabError
 from ..host import Host
 from ..results import atomic_write_text, now_iso, timed
+from ..util import Progress
 from ..util import noprogress as _quiet
 from .emulator import ensure as ensure_qemu
 from .image import build
-from .layout import Progress, du, is_built, kernel_release, locked, paths, read_state, tail
+from .layout import du, is_built, kernel_release, locked, paths, read_state, tail
 from .qemu import (
     cleanup_stale,
     cpu_seconds,
