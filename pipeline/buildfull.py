@@ -15,13 +15,13 @@ from pathlib import Path
 
 from . import sandbox
 from .buildmodule import MODULE_SYMBOL, Target, hash_key, kernel_release_of
-from .buildrun import Runner, check, locked
+from .buildrun import Runner, check
 from .config import KernelConfig, Settings
 from .errors import BuildSetupError
 from .kconfig import check_fragments, parse_config
 from .results import atomic_write_text
 from .toolchain import cc_identity, check_toolchain, make_cc, make_jobs
-from .util import Progress
+from .util import Progress, file_lock
 
 _CONFIG_TARGET_RE = re.compile(r"[a-z0-9_.-]*config")
 
@@ -76,7 +76,7 @@ def full_target(
     target = Target("full", key_dir, out, worktree, cc, "")
     jobs = make_jobs()
     make = ["make", "-C", str(worktree), f"O={out}", f"CC={make_cc(cc)}"]
-    with locked(key_dir / "prepare.lock"):
+    with file_lock(key_dir / "prepare.lock"):
         if marker.exists():
             data = json.loads(marker.read_text())
             run.note(

@@ -25,10 +25,11 @@ from pathlib import Path
 
 from . import debheaders, sandbox
 from .buildlog import diagnostics_by_object, first_errors, parse_diagnostics
-from .buildrun import Runner, locked
+from .buildrun import Runner
 from .errors import BuildSetupError
 from .results import atomic_write_text
 from .toolchain import make_cc, make_jobs
+from .util import file_lock
 
 MODULE_DIR = "drivers/xen/xen-pciback"
 MODULE_NAME = "xen-pciback.ko"
@@ -239,7 +240,7 @@ def build_module(target: Target, run: Runner, files: dict[str, bytes], role: str
     workdir = target.key_dir / "work" / role
     moddir = workdir / MODULE_DIR
     state = workdir / "warnings.json"
-    with locked(target.key_dir / "work" / f"{role}.lock"):
+    with file_lock(target.key_dir / "work" / f"{role}.lock"):
         try:
             previous = json.loads(state.read_text()) if state.exists() else None
         except ValueError:
@@ -285,7 +286,7 @@ def cached_build(
     """A module build cached under key_dir/<entry> (baseline and control of a base commit)."""
     cache = target.key_dir / entry
     meta = cache / "build.json"
-    with locked(cache.with_suffix(".lock")):
+    with file_lock(cache.with_suffix(".lock")):
         if meta.exists():
             data = json.loads(meta.read_text())
             ko = cache / MODULE_NAME

@@ -12,7 +12,6 @@ from pathlib import Path
 from . import sandbox
 from .config import Settings
 from .errors import BuildSetupError
-from .util import file_lock
 
 
 class BuildTimeout(Exception):
@@ -107,11 +106,6 @@ class Runner:
         if res.limit is not None:
             raise LimitHit(what, res.limit, res.limit_message(self.limits))
         return res.returncode, res.output
-
-
-def locked(path: Path):
-    """Exclusive lock between concurrent builds (threads or processes) using one cache entry."""
-    return file_lock(path)
 
 
 class StepFailed(Exception):

@@ -20,11 +20,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import PROJECT_ROOT
-from .buildrun import Runner, locked
+from .buildrun import Runner
 from .config import Settings
 from .errors import BuildSetupError
 from .results import atomic_write_text
-from .util import Progress
+from .util import Progress, file_lock
 from .util import noprogress as _noprogress
 
 RECIPE = 1  # bump when the steps below change what they build
@@ -115,7 +115,7 @@ def ensure(settings: Settings, progress: Progress = _noprogress, tarball: Path |
     entry = root / key
     if hit := _cached(entry, key):
         return hit
-    with locked(root / f"{key}.lock"):
+    with file_lock(root / f"{key}.lock"):
         if hit := _cached(entry, key):  # another run built it while we waited
             return hit
         return _build(settings, inp, key, tarball, root, progress)
