@@ -14,6 +14,7 @@ from fakedom0 import RELEASE, fake_dom0
 from local_sshd import damaging_proxy
 
 from pipeline import absorbed, dom0, guest, lab, providers
+from pipeline.aptsources import parse_apt_sources, resolve_mirror
 from pipeline.config import HostConfig, LabConfig, Settings
 from pipeline.errors import LabError
 from pipeline.host import Host
@@ -101,7 +102,7 @@ def test_parse_apt_sources_deb822_and_one_line():
         "/etc/apt/sources.list": "deb [arch=amd64 signed-by=/k.gpg] http://m.example/debian bookworm main contrib\n"
         "deb http://other.example/ubuntu jammy main\n",
     }
-    entries = lab.parse_apt_sources(files)
+    entries = parse_apt_sources(files)
     assert [(e.uri, e.suites) for e in entries] == [
         ("http://m.example/debian", ["bookworm"]),
         ("http://deb.debian.org/debian", ["bookworm", "bookworm-updates"]),
@@ -109,7 +110,7 @@ def test_parse_apt_sources_deb822_and_one_line():
     ]
     assert entries[0].signed_by == "/k.gpg" and entries[0].components == ["main", "contrib"]
     s = Settings()
-    assert lab.resolve_mirror(s, entries) == "http://m.example/debian"
+    assert resolve_mirror(s, entries) == "http://m.example/debian"
     s.lab.mirror = "http://mirror.local/debian"
     chroot = lab.chroot_apt_entries(s, entries)
     assert [e.uri for e in chroot] == [

@@ -16,7 +16,6 @@ off. `host_config()` turns the lab into the inventory host `lab`. By concern:
 Callers use the names below (`from pipeline import lab; lab.up(...)`).
 """
 
-from ..aptsources import AptEntry, host_apt_entries, parse_apt_sources, resolve_mirror
 from .guestfiles import GUEST_DIR, GUEST_INITRD, GuestFiles, guest_files
 from .image import BuildInfo, build
 from .layout import LabPaths, is_built, kernel_release, paths, read_manifest
@@ -39,7 +38,6 @@ __all__ = [
     "GUEST_DIR",
     "GUEST_INITRD",
     "QEMU",
-    "AptEntry",
     "BuildInfo",
     "GuestFiles",
     "LabPaths",
@@ -52,19 +50,16 @@ __all__ = [
     "ensure_up",
     "free_port",
     "guest_files",
-    "host_apt_entries",
     "host_config",
     "input_hash",
     "is_built",
     "kernel_release",
-    "parse_apt_sources",
     "paths",
     "port_in_use",
     "qemu_argv",
     "read_manifest",
     "recipe_files",
     "render",
-    "resolve_mirror",
     "ssh_argv",
     "status",
     "up",

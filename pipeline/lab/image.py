@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import util
+from ..aptsources import AptEntry
 from ..config import Settings
 from ..errors import LabError
 from ..labsuites import suite_of
@@ -35,7 +36,6 @@ from .recipe import (
     KERNEL_PACKAGE,
     LAB_TEMPLATES,
     MASKED_UNITS,
-    AptEntry,
     collect_inputs,
     input_hash,
     render,
