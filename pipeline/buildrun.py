@@ -1,6 +1,10 @@
 """The build stage's step runner: each step (make, merge_config.sh, checkpatch.pl) in the sandbox
 of pipeline/sandbox.py, under the build's one deadline, its command and output appended to the
 build log; and the typed ways a step ends the build (time limit, another sandbox limit, failure).
+The tiny guest kernel's build (guestkernel.py) uses it too. The lab image's commands do not
+(lab/image.py `_Builder`): they are ours, run as root on the host itself (mount, debootstrap,
+chroot apt-get) and stop the image at their first failure, where a build step is untrusted code
+confined and limited whose exit status and output the build stage reads.
 """
 
 from __future__ import annotations

@@ -78,7 +78,8 @@ HEADERS_MODE_PATHS = ("/drivers/xen/xen-pciback/", "/scripts/", "/Makefile")
 
 @contextmanager
 def _cache_lock(settings: Settings, timeout_s: float = LOCK_TIMEOUT_S, starts_work: bool = False):
-    """Fetches into the shared cache one at a time (shallow-file updates are not concurrent-safe)."""
+    """Fetches into the shared cache one at a time (shallow-file updates are not concurrent-safe).
+    Not util.file_lock: this wait has a limit, and a Ctrl-C ends it before new work starts."""
     lock = cache_path(settings).parent / "fetch.lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "w") as fh:

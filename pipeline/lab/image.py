@@ -54,6 +54,10 @@ class BuildInfo:
 
 
 class _Builder:
+    """The image build's commands, logged to build.log: as root, on the host, not sandboxed (they
+    mount, debootstrap and chroot), the first failure ends the build (not buildrun.Runner: that
+    confines untrusted kernel code and hands back the exit status)."""
+
     def __init__(self, settings: Settings, progress: Progress):
         self.settings = settings
         self.p = paths(settings)
