@@ -1,15 +1,20 @@
-"""The built-in Xen lab host: Xen 4.17 + a Debian 12 dom0 under QEMU (TCG), reached over SSH.
+"""The built-in Xen lab host: Xen + a Debian dom0 under QEMU (TCG), reached over SSH. Its suite
+(pipeline/labsuites.py) gives the root filesystem and Xen: bookworm's 4.17 by default, bullseye's
+4.14 and trixie's 4.20 beside it; every lab boots bookworm's 6.1 dom0 kernel.
 
 `build()` makes the dom0 disk image, the boot files for QEMU's multiboot loader and the test
 guest's initramfs; it is a no-op while the recipe and the resolved package versions are
-unchanged. `up()` boots it with an emulated Intel IOMMU and an SR-IOV NVMe PF, `down()` powers it
-off. `host_config()` turns the lab into the inventory host `lab`. By concern:
+unchanged. `up()` boots it with an emulated Intel IOMMU and an SR-IOV PF (NVMe, or igb:
+`pv.lab.device`), `down()` powers it off. `host_config()` turns the lab into the inventory host
+`lab`. By concern:
 
     layout      the lab's folder (LabPaths, the QMP socket path), manifest and state, the lock
     recipe      what the image is made of: suite, packages, apt sources, templates, input hash
     image       the image build
     guestfiles  the test guest's files in dom0
     qemu        the QEMU process: command line, identity, stopping it, ports, QMP
+    devices     the SR-IOV PF's device type (its QEMU arguments, VF limit)
+    emulator    the QEMU builds the lab can run (`pv.lab.qemu`)
     ssh         the OpenSSH command line for the interactive `invoke lab.ssh` (the pipeline: host.Host)
     lifecycle   up, down, status, ensure_up, host_config
 
