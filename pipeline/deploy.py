@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import absorbed
+from . import absorbed, sriov
 from .dom0 import assignable_devices, destroy_test_domains, live_domids, pci_backend_domids
 from .errors import HostError, without_host
 from .host import Host
@@ -275,8 +275,6 @@ def not_dom0_reason(host: Host) -> Refusal | None:
 def pf_refusal(host: Host, max_vfs_needed: int) -> Refusal | None:
     """Why the host's PF cannot serve the tests (missing, no SR-IOV, no driver, VFs in use or bound
     elsewhere, fewer VFs than the inventory promises), or None. Reads only."""
-    from . import sriov
-
     cfg = host.config
     try:
         state = sriov.read_pf(host, cfg.pf_bdf, wait_driver_s=sriov.DRIVER_WAIT_S)
