@@ -17,6 +17,7 @@ from typing import Any
 
 from . import PROJECT_ROOT
 from .errors import ConfigError, UnknownConfigKey
+from .redact import register
 
 BUILD_MODES = ("headers", "full")
 # the names of pipeline/lab/emulator.py's EMULATORS (that module needs config: named here, checked by a test)
@@ -296,7 +297,6 @@ def load_settings(config: Any = None, data: dict | None = None, matrix: str | No
                         f"{key}.hosts",
                         f"unknown host {h!r}; inventory has {', '.join(sorted(settings.hosts)) or 'none'}",
                     )
-    from .redact import register
 
     register(settings.secret_env)
     if settings.guest_kernel not in GUEST_KERNELS:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import PROJECT_ROOT
+from .aptfetch import AptDir, extract
 from .config import KernelConfig, Settings
 from .errors import FetchError
 from .providers import builtin_lab
@@ -216,7 +217,6 @@ def _wanted(settings: Settings, ln: Line, have: str, refresh: bool, progress: Pr
             return want
     elif have and not refresh:
         return have
-    from .aptfetch import AptDir
 
     apt = AptDir(settings, ln.dist)
     apt.ensure_lists(refresh=refresh, progress=progress)
@@ -266,7 +266,6 @@ def import_debian_source(settings: Settings, force: bool = False, progress=print
 def _tarball(settings: Settings, ln: Line, want: str, tmp: Path, progress: Progress) -> tuple[Path, str]:
     if dpkg_version(ln.package) == want and ln.system_tarball.is_file():
         return ln.system_tarball, str(ln.system_tarball)
-    from .aptfetch import AptDir, extract
 
     apt = AptDir(settings, ln.dist)
     deb = apt.download(ln.package, want, progress=progress)

@@ -20,6 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from .errors import ResultsError
+from .redact import redact
 from .statuses import (
     ApplyStatus,
     BuildStatus,
@@ -397,7 +399,6 @@ def new_run_id() -> str:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write via a temp file in the same directory and rename: readers never see half a file."""
-    from .redact import redact
 
     text = redact(text)  # no artifact ever holds a secret variable's value
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -421,7 +422,6 @@ def write_results(run_dir: Path, run: RunResult) -> Path:
 
 def load_results(path: Path) -> RunResult:
     """A run's RunResult; anything that is not a whole results.json of this schema is a ResultsError."""
-    from .errors import ResultsError
 
     path = Path(path)
     if path.is_dir():

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import enum
 
+from .errors import ConfigError, VerdictGate
 from .results import (
     ApplyStatus,
     BuildStatus,
@@ -314,7 +315,6 @@ def verdict_of(k: KernelResult) -> tuple[str, str]:
 
 def parse_fail_on(value: str, option: str = "--fail-on") -> list[str]:
     """'test-fails,build-fails' -> the verdict names; an unknown one is a ConfigError naming the choices."""
-    from .errors import ConfigError
 
     names = [v.strip() for v in str(value).split(",") if v.strip()]
     for v in names:
@@ -325,7 +325,6 @@ def parse_fail_on(value: str, option: str = "--fail-on") -> list[str]:
 
 def gate_status(kernels: list[KernelResult], fail_on: list[str]) -> tuple[int, str]:
     """(10, why) when a row's verdict is one `fail_on` names, else (0, ""): what CI gates on."""
-    from .errors import VerdictGate
 
     hit = [k for k in kernels if k.verdict in fail_on]
     if not hit:

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
+from ..aptfetch import AptDir, extract
 from ..config import Settings
 from ..errors import ConfigError, LabError
 from ..results import atomic_write_text
@@ -91,7 +92,6 @@ class BackportQemu(Emulator):
         return hits[0]
 
     def ensure(self, settings: Settings, progress: Progress) -> QemuBin:
-        from ..aptfetch import AptDir, extract
 
         apt = AptDir(settings, self.dist)
         apt.ensure_lists(progress=progress)

@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from .. import util
+from ..aptfetch import AptDir
 from ..aptsources import AptEntry
 from ..config import Settings
-from ..errors import LabError
-from ..labsuites import suite_of
+from ..errors import FetchError, LabError
+from ..labsuites import HOST_SUITE, suite_of
 from ..results import atomic_write_text, now_iso
 from ..util import Progress
 from ..util import noprogress as _quiet
@@ -338,9 +339,6 @@ def _host_suite_kernel_debs(b: _Builder, kver: str, root: Path) -> list[str]:
     """The host suite's KERNEL_PACKAGE=kver and the linux-image it depends on, downloaded through the
     project's private apt state (never the system's) and copied into the chroot's /tmp: their paths
     there, for `apt-get install` (which resolves their dependencies from the chroot's own suite)."""
-    from ..aptfetch import AptDir
-    from ..errors import FetchError
-    from ..labsuites import HOST_SUITE
 
     apt = AptDir(b.settings, HOST_SUITE)
     try:

@@ -13,9 +13,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from .. import TEMPLATES, util
+from ..aptfetch import DISTS, AptDir, mirrors
 from ..aptsources import SUITE, AptEntry, host_apt_entries, resolve_mirror
 from ..config import Settings
-from ..errors import LabError
+from ..errors import FetchError, LabError
 from ..labsuites import Suite, suite_of
 
 # Bump when the build recipe changes in a way the templates and package list do not show.
@@ -98,8 +99,6 @@ def chroot_apt_entries(settings: Settings, entries: list[AptEntry]) -> list[AptE
     on the host's mirrors."""
     s = suite_of(settings)
     if s.name != SUITE:
-        from ..aptfetch import DISTS, mirrors
-
         main, security, keyring = mirrors(settings)
         dist = DISTS[s.name]
         return [
@@ -156,8 +155,6 @@ def suite_candidates(settings: Settings) -> dict[str, str]:
     pkgs = versioned_packages(s)
     if s.name == SUITE:
         return apt_candidates(pkgs)
-    from ..aptfetch import AptDir
-    from ..errors import FetchError
 
     apt = AptDir(settings, s.name)
     out = apt_candidates([p for p in pkgs if p in HOST_VERSIONED])
