@@ -22,6 +22,7 @@ from pathlib import Path
 
 from . import PROJECT_ROOT
 from .results import AdaptedForm, ApplyResult, FetchResult, PatchApply, PatchInfo, SeriesInfo
+from .series import load_patch_file
 from .statuses import ApplyStatus, PatchStatus, UpstreamEvidence
 
 _HUNK_RE = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@.*$", re.M)
@@ -142,8 +143,6 @@ def _significant_lines(hunks: list[_Hunk], side: str) -> list[str]:
 
 def load_control_revert(path: Path | None) -> list[PatchInfo]:
     """The kernel's control revert (config control_revert), parsed; none when not configured or absent."""
-    from .series import load_patch_file
-
     return load_patch_file(path) if path is not None and path.is_file() else []
 
 

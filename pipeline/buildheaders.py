@@ -13,11 +13,12 @@ import re
 import shutil
 from pathlib import Path
 
-from . import debheaders, providers
+from . import buildroot, debheaders, providers
 from .buildmodule import Target, hash_key, kernel_release_of
 from .buildrun import Runner
 from .config import KernelConfig, Settings
 from .errors import BuildSetupError
+from .kernelsrc import LINES
 from .toolchain import cc_identity, check_toolchain, headers_cc, make_cc
 from .util import Progress
 
@@ -73,8 +74,6 @@ def headers_target(settings: Settings, kcfg: KernelConfig, run: Runner, progress
     line = debheaders.line_of_release(release) if debheaders.extraction_root(kdir) else None
     if not shutil.which(cc) and line:
         # no host compiler as new as the kernel's (sid's 7.2: gcc-16): its suite's build root
-        from . import buildroot
-        from .kernelsrc import LINES
 
         root = buildroot.ensure_root(settings, LINES[line].dist, int(cc.removeprefix("gcc-")), progress)
         run.usr = root / "usr"

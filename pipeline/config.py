@@ -18,6 +18,7 @@ from typing import Any
 from . import PROJECT_ROOT
 from .errors import ConfigError, UnknownConfigKey
 from .redact import register
+from .verdict import SEVERITY
 
 BUILD_MODES = ("headers", "full")
 # the names of pipeline/lab/emulator.py's EMULATORS (that module needs config: named here, checked by a test)
@@ -27,6 +28,7 @@ LAB_QEMU_BUILDS = (
 )  # fmt: skip
 GUEST_KERNELS = ("tiny", "host")
 LAB_DEVICES = ("nvme", "igb")  # pipeline/lab/devices.py DEVICES (checked by a test)
+HOST_KINDS = ("ssh", "lab")  # pipeline/providers.py KINDS: the kinds of host (checked by a test)
 LAB_SUITES = ("bullseye", "bookworm", "trixie")  # pipeline/labsuites.py SUITES (checked by a test)
 
 
@@ -69,12 +71,21 @@ class HostConfig:
     pf_bdf: str = "0000:01:00.0"  # the SR-IOV physical function used by the tests
     max_vfs: int = 0  # 0: the PF's sriov_totalvfs; lower caps it
     kernel_release: str = ""  # expected running release; empty: ask the host
-    lab: bool = False  # the built-in QEMU lab fills address/port/key/known_hosts itself
+    # the kind of host, i.e. its provider (pipeline/providers.py): "ssh" a plain host, "lab" the
+    # built-in QEMU lab, which fills address/port/key/known_hosts itself; empty: from `lab`
+    kind: str = ""
+    lab: bool = False  # shorthand for kind: lab (kept in step with kind, so either can be read)
     # a lab host's Debian suite (its Xen: pipeline/labsuites.py); empty: pv.lab.suite. Each suite
     # is its own image, folder and QEMU (bullseye: .cache/lab-xen4.14)
     lab_suite: str = ""
     lock_timeout_s: int = 1800  # how long a run waits for another run's lock on this host
     lock_stale_s: int = 43200  # a lock older than this (of a run on another machine) is broken
+
+    def __post_init__(self) -> None:
+        if not self.kind:
+            self.kind = "lab" if self.lab else "ssh"
+        elif self.kind == "lab":
+            self.lab = True
 
 
 @dataclass
@@ -308,16 +319,18 @@ def load_settings(config: Any = None, data: dict | None = None, matrix: str | No
     if settings.lab.suite not in LAB_SUITES:
         validator.fail("pv.lab.suite", f"expected one of {', '.join(LAB_SUITES)}, got {settings.lab.suite!r}")
     for hname, h in settings.hosts.items():
+        if h.kind not in HOST_KINDS:
+            validator.fail(f"pv.hosts.{_part(hname)}.kind", f"expected one of {', '.join(HOST_KINDS)}, got {h.kind!r}")
+        if h.lab and h.kind != "lab":
+            validator.fail(f"pv.hosts.{_part(hname)}.lab", f"lab: true is kind: lab, but kind is {h.kind!r}")
         if h.lab_suite and not h.lab:
-            validator.fail(f"pv.hosts.{_part(hname)}.lab_suite", "only a lab host (lab: true) has a suite")
+            validator.fail(f"pv.hosts.{_part(hname)}.lab_suite", "only a lab host (kind: lab) has a suite")
         if h.lab_suite and h.lab_suite not in LAB_SUITES:
             validator.fail(
                 f"pv.hosts.{_part(hname)}.lab_suite", f"expected one of {', '.join(LAB_SUITES)}, got {h.lab_suite!r}"
             )
     if settings.jobs < 1:
         validator.fail("pv.jobs", f"expected an integer >= 1, got {settings.jobs}")
-    from .verdict import SEVERITY
-
     for v in settings.fail_on:
         if v not in SEVERITY:
             validator.fail("pv.fail_on", f"unknown verdict {v!r}; expected some of {', '.join(SEVERITY)}")

@@ -21,6 +21,7 @@ from pathlib import Path
 from .aptfetch import AptDir, extract
 from .config import Settings
 from .errors import BuildSetupError, FetchError
+from .kernelsrc import DEFAULT_LINE, LINES
 from .util import Progress
 
 _COMPLETE = ".pv-headers"  # written last: names the packages unpacked
@@ -28,8 +29,6 @@ _COMPLETE = ".pv-headers"  # written last: names the packages unpacked
 
 def line_of_release(release: str) -> str | None:
     """The Debian kernel line of a release (5.10.0-46-amd64 -> 5.10), when it is one we import."""
-    from .kernelsrc import LINES
-
     for line in sorted(LINES, key=len, reverse=True):
         if release.startswith(line + "."):
             return line
@@ -38,8 +37,6 @@ def line_of_release(release: str) -> str | None:
 
 def foreign_line(release: str) -> bool:
     """A release of an imported line other than the host's own (whose headers the system installs)."""
-    from .kernelsrc import DEFAULT_LINE
-
     return line_of_release(release) not in (None, DEFAULT_LINE)
 
 
@@ -61,8 +58,6 @@ def _kernel_deps(apt: AptDir, package: str, version: str) -> list[tuple[str, str
 
 def headers_dir(settings: Settings, release: str, progress: Progress = print) -> Path:
     """The prepared headers directory of a Debian kernel release, extracted into the cache when missing."""
-    from .kernelsrc import LINES
-
     line = line_of_release(release)
     if line is None:
         raise BuildSetupError(f"no Debian kernel line for release {release} (known: {', '.join(LINES)})")

@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 import git
 
 from . import interrupt
+from .apply import _refname_part
 from .config import KernelConfig, Settings
 from .errors import FetchError, UnknownRef
 from .results import FetchResult
@@ -245,8 +246,6 @@ def remove_worktree(settings: Settings, worktree: str | Path, branch: str = "", 
 def sweep_run(settings: Settings, run_id: str, progress=print) -> list[str]:
     """After Ctrl-C or kill -9: remove every worktree (`<cache>/worktrees/<run_id>/*`) and branch
     (`pv/<run_id>/...`) of the run, also those a stage had half-created."""
-    from .apply import _refname_part
-
     if not (cache_path(settings) / "HEAD").exists():
         return []
     removed = []

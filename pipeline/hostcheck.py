@@ -13,9 +13,13 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import providers
+from . import deploy, providers, provision, sriov
+from .buildheaders import resolve_headers
+from .buildmodule import kernel_release_of
 from .config import HostConfig, Settings
 from .errors import ConfigError, PipelineError
+from .host import Host, HostKeyError, resolve
+from .hostlock import LOCK_DIR, HostLock, _describe
 
 
 @dataclass
@@ -82,10 +86,6 @@ def check_host(settings: Settings, name: str) -> HostCheck:
 
 def _probe(settings: Settings, provider: providers.HostProvider, res: HostCheck) -> bool:
     """Fill `res` from the host; False when it is not running (a provider's host that is down)."""
-    from . import deploy, provision, sriov
-    from .host import Host, HostKeyError, resolve
-    from .hostlock import LOCK_DIR, HostLock, _describe
-
     cfg = provider.running_config()  # reads only: a host that is not up is not started
     if cfg is None:
         res.error = provider.not_running
@@ -179,9 +179,6 @@ def _xl_version(host) -> str:
 
 def rows_for(settings: Settings, host: str, release: str) -> list[RowCheck]:
     """Rows of the selected matrix that name this host, and whether they would run there."""
-    from .buildheaders import resolve_headers
-    from .buildmodule import kernel_release_of
-
     out = []
     for k in settings.kernels:
         if host not in k.hosts:

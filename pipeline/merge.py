@@ -16,6 +16,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from . import report, verdict
 from .errors import ConfigError
 from .redact import redact_tree
 from .results import KernelResult, Outcome, RunDir, RunResult, load_results, now_iso, write_results
@@ -111,8 +112,6 @@ def merge_runs(sources: list[Path], results_root: Path, progress=print) -> tuple
             if (d / "run.log").is_file():
                 fh.write((d / "run.log").read_text(encoding="utf-8", errors="replace"))
     log.open(rd.path / "run.log")
-    from . import report, verdict
-
     verdict.apply_verdicts(merged.kernels)
     report.write_reports(merged, rd.path)
     write_results(rd.path, merged)

@@ -29,7 +29,7 @@ from .intake import patchwork_series
 from .redact import redact as redact_all
 from .results import RunResult
 from .util import BACKOFF_S, RETRIES, Progress, origin, retry_after
-from .verdict import STATE
+from .verdict import STATE, verdict
 
 CONTEXT_PREFIX = "pciback-verify"
 DESCRIPTION_MAX = 255  # GitLab's limit; patchwork shows it on one line anyway
@@ -71,8 +71,6 @@ def checks_for(run: RunResult, target_url: str = "", pending: bool = False) -> l
     for k in run.kernels:
         v, d = k.verdict, k.verdict_detail
         if not d and v == "untested":
-            from .verdict import verdict
-
             v, d = verdict(k)
         state = "pending" if pending else STATE.get(v, "fail")
         desc = "verification running" if pending else f"{v}: {d}" if d else v

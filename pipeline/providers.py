@@ -1,10 +1,12 @@
 """What kind of host an inventory entry is, and what only that kind knows: its host provider.
 
-Every host has a provider, chosen from its config (`provider_for`): `lab: true` is the built-in
-QEMU lab (`LabProvider`), any other entry a plain SSH host (`SshProvider`). The runner and
+Every host has a provider, chosen from its config's `kind` (`provider_for`): `kind: lab` (or
+`lab: true`) is the built-in QEMU lab (`LabProvider`), `kind: ssh`, the default, a plain SSH host
+(`SshProvider`). The runner and
 hosts.check ask the provider (is it running, the config to connect with, can it be restarted,
 which test guest it gets) instead of checking the flag; tuxmake's Runtime subclasses are the
-model. A new kind of host is one subclass and its entry in `KINDS`. This module sits above
+model. A new kind of host is one subclass, its entry in `KINDS` and its name in config.py's
+`HOST_KINDS`. This module sits above
 lab/, guest and provision (it uses them; they never ask it).
 """
 
@@ -12,14 +14,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
+from . import lab
 from .config import HostConfig, Settings
 from .errors import HostError, PipelineError
 from .guest import GuestImage
+from .host import Host, resolve
+from .labsuites import for_host
 from .util import Progress
 from .util import noprogress as _noprogress
 
 if TYPE_CHECKING:
-    from .host import Host
     from .provision import RunGuests
 
 
@@ -83,8 +87,6 @@ class HostProvider:
 
     def describe(self) -> str:
         """How the pipeline reaches the host, for `invoke config.show`."""
-        from .host import resolve
-
         try:
             *jumps, t = resolve(self.config)
         except PipelineError as e:
@@ -121,26 +123,18 @@ class LabProvider(HostProvider):
 
     def lab_settings(self) -> Settings:
         """The settings of this host's own lab (its suite, its folder): what every lab function gets."""
-        from .labsuites import for_host
-
         assert self.settings is not None
         return for_host(self.settings, self.config)
 
     def _named(self, settings: Settings) -> HostConfig:
-        from . import lab
-
         return lab.host_config(settings, self.name)  # under this inventory name, not `lab`
 
     def ensure_running(self, progress: Progress = _noprogress, steps: dict[str, float] | None = None) -> HostConfig:
-        from . import lab
-
         s = self._settings()
         lab.ensure_up(s, progress, steps)
         return self._named(s)
 
     def running_config(self) -> HostConfig | None:
-        from . import lab
-
         if not lab.status(self._settings(), probe=False).running:
             return None
         return self._named(self._settings())
@@ -155,21 +149,15 @@ class LabProvider(HostProvider):
         # the dom0 kernel the last lab build installed (its manifest): no boot needed
         if self.settings is None:
             return super().kernel_release()
-        from . import lab
-
         return lab.kernel_release(self.lab_settings()) or ""
 
     def restart(self, why: str, progress: Progress = _noprogress, steps: dict[str, float] | None = None) -> HostConfig:
-        from . import lab
-
         progress(f"{self.name}: not answering ({why}); restarting the lab")
         lab.down(self._settings(), progress)
         lab.ensure_up(self._settings(), progress, steps)
         return self._named(self._settings())
 
     def stop(self, progress: Progress = _noprogress) -> None:
-        from . import lab
-
         lab.down(self._settings(), progress)
 
     def run_guest(self, guests: RunGuests, host: Host) -> GuestImage:
@@ -179,8 +167,6 @@ class LabProvider(HostProvider):
     def guest_image(self) -> GuestImage:
         if self.settings is None:
             return super().guest_image()
-        from . import lab
-
         files = lab.guest_files(self.lab_settings())
         return GuestImage(kernel=files.kernel, ramdisk=files.initrd)
 
@@ -193,8 +179,9 @@ KINDS: dict[str, type[HostProvider]] = {p.kind: p for p in (SshProvider, LabProv
 
 
 def kind_of(config: HostConfig) -> str:
-    """The kind an inventory entry asks for: `lab: true` is the built-in lab, anything else plain SSH."""
-    return LabProvider.kind if config.lab else SshProvider.kind
+    """The kind an inventory entry asks for: its `kind` (`lab: true` is `kind: lab`; config.py
+    fills it in and rejects a kind not in KINDS)."""
+    return config.kind
 
 
 def provider_for(settings: Settings | None, config: HostConfig) -> HostProvider:

@@ -26,6 +26,7 @@ import jinja2
 from . import absorbed
 from .kcidb import patchset_hash, render_kcidb, validate_kcidb
 from .readiness import control_cell, host_control, readiness
+from .reproduce import annotate
 from .results import (
     ApplyStatus,
     BuildStatus,
@@ -462,8 +463,6 @@ def render_html(run: RunResult, run_dir: Path | None = None) -> str:
 
 def write_reports(run: RunResult, run_dir: Path) -> list[Path]:
     """Write junit.xml, kcidb.json, summary.md and summary.html into the run directory, each atomically."""
-    from .reproduce import annotate
-
     run_dir = Path(run_dir)
     annotate(run, run_dir)  # before rendering: the summaries show the recipes
     if not run.series.patchset_hash:

@@ -81,7 +81,7 @@ def test_toolstacks_matrix_runs_both_kernels_on_all_three_labs():
         ),
         (
             {"hosts": {"ssh1": {"address": "a", "lab_suite": "bullseye"}}},
-            r"key pv\.hosts\.ssh1\.lab_suite: only a lab host \(lab: true\) has a suite",
+            r"key pv\.hosts\.ssh1\.lab_suite: only a lab host \(kind: lab\) has a suite",
         ),
     ],
 )

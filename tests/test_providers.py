@@ -11,8 +11,8 @@ import pytest
 
 from pipeline import absorbed, guest, hostcheck, lab, providers, provision
 from pipeline import deploy as deploy_mod
-from pipeline.config import HostConfig, LabConfig, Settings, load_settings
-from pipeline.errors import HostError
+from pipeline.config import HOST_KINDS, HostConfig, LabConfig, Settings, load_settings
+from pipeline.errors import ConfigError, HostError
 from pipeline.results import RunResult
 from pipeline.runner import _Run
 from pipeline.statuses import FaultKind
@@ -37,12 +37,35 @@ def _built_lab(s: Settings) -> None:
 
 
 def test_the_config_users_write_selects_the_provider():
-    data = {"matrices": {"m": []}, "matrix": "m", "hosts": {"lab": {"lab": True}, "box": {"address": "box.example"}}}
-    s = load_settings(data=data)
+    hosts = {"lab": {"kind": "lab"}, "old": {"lab": True}, "box": {"address": "box.example"}, "b2": {"kind": "ssh"}}
+    s = load_settings(data={"matrices": {"m": []}, "matrix": "m", "hosts": hosts})
     assert type(providers.of_host(s, "lab")) is providers.LabProvider
+    assert type(providers.of_host(s, "old")) is providers.LabProvider  # `lab: true` is `kind: lab`
     assert type(providers.of_host(s, "box")) is providers.SshProvider
-    assert set(providers.KINDS) == {"lab", "ssh"}
-    assert providers.kind_of(s.hosts["lab"]) == "lab" and providers.kind_of(s.hosts["box"]) == "ssh"
+    assert type(providers.of_host(s, "b2")) is providers.SshProvider
+    assert {n: (h.kind, h.lab) for n, h in s.hosts.items()} == {
+        "lab": ("lab", True),
+        "old": ("lab", True),
+        "box": ("ssh", False),
+        "b2": ("ssh", False),
+    }
+
+
+def test_every_kind_config_accepts_has_a_provider():
+    assert tuple(providers.KINDS) == HOST_KINDS
+    assert all(providers.KINDS[k].kind == k for k in HOST_KINDS)
+
+
+@pytest.mark.parametrize(
+    ("host", "message"),
+    [
+        ({"kind": "docker"}, r"key pv\.hosts\.h\.kind: expected one of ssh, lab, got 'docker'$"),
+        ({"kind": "ssh", "lab": True}, r"key pv\.hosts\.h\.lab: lab: true is kind: lab, but kind is 'ssh'$"),
+    ],
+)
+def test_a_kind_of_host_that_does_not_exist_or_disagrees_is_one_line(host, message):
+    with pytest.raises(ConfigError, match=message):
+        load_settings(data={"matrices": {"m": []}, "matrix": "m", "hosts": {"h": host}})
 
 
 def test_a_plain_host_is_used_as_configured_and_never_started_or_stopped(tmp_path):
