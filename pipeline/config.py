@@ -78,6 +78,11 @@ class HostConfig:
     # a lab host's Debian suite (its Xen: pipeline/labsuites.py); empty: pv.lab.suite. Each suite
     # is its own image, folder and QEMU (bullseye: .cache/lab-xen4.14)
     lab_suite: str = ""
+    # a lab host's dom0 kernel: the release of another Debian line's linux-image (5.10.0-46-amd64,
+    # 6.12.117+deb12-amd64, 7.2.13+deb14-amd64); empty: the image's own (bookworm's 6.1). The lab
+    # hosts with one, per suite, share an image of their own (.cache/lab-kernels: the suite's kernel
+    # and every one they name) and one QEMU, rebooted when the next host needs another kernel
+    dom0_kernel: str = ""
     lock_timeout_s: int = 1800  # how long a run waits for another run's lock on this host
     lock_stale_s: int = 43200  # a lock older than this (of a run on another machine) is broken
 
@@ -101,6 +106,8 @@ class LabConfig:
     qemu: str = "10.0"  # the QEMU build that runs the lab: pipeline/lab/emulator.py EMULATORS
     device: str = "nvme"  # the SR-IOV PF: nvme or igb (a NIC, QEMU >= 8): pipeline/lab/devices.py
     suite: str = "bookworm"  # the dom0 root's Debian suite, i.e. its Xen: pipeline/labsuites.py SUITES
+    # the dom0 kernel the lab boots ("": the image's own): set from a lab host's `dom0_kernel` (labsuites.for_host)
+    dom0_kernel: str = ""
 
 
 @dataclass
@@ -329,12 +336,27 @@ def load_settings(config: Any = None, data: dict | None = None, matrix: str | No
             validator.fail(
                 f"pv.hosts.{_part(hname)}.lab_suite", f"expected one of {', '.join(LAB_SUITES)}, got {h.lab_suite!r}"
             )
+        if h.dom0_kernel and not h.lab:
+            validator.fail(f"pv.hosts.{_part(hname)}.dom0_kernel", "only a lab host (kind: lab) has a dom0 kernel")
+        if h.dom0_kernel:
+            _check_dom0_kernel(validator, f"pv.hosts.{_part(hname)}.dom0_kernel", h.dom0_kernel)
+    if settings.lab.dom0_kernel:
+        _check_dom0_kernel(validator, "pv.lab.dom0_kernel", settings.lab.dom0_kernel)
     if settings.jobs < 1:
         validator.fail("pv.jobs", f"expected an integer >= 1, got {settings.jobs}")
     for v in settings.fail_on:
         if v not in SEVERITY:
             validator.fail("pv.fail_on", f"unknown verdict {v!r}; expected some of {', '.join(SEVERITY)}")
     return settings
+
+
+def _check_dom0_kernel(validator: _Validator, keypath: str, release: str) -> None:
+    from .labsuites import dom0_kernel
+
+    try:
+        dom0_kernel(release)
+    except ConfigError as e:
+        validator.fail(keypath, e.message)
 
 
 def _plain(value: Any) -> Any:

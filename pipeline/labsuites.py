@@ -67,22 +67,80 @@ def host_suite(settings: Settings, config: HostConfig) -> Suite:
     return suite(config.lab_suite or settings.lab.suite)
 
 
-def lab_dir(settings: Settings, s: Suite) -> str:
+# the folder of a suite's lab whose hosts boot extra dom0 kernels (`dom0_kernel`): its own image
+# (the suite's plus every extra kernel the inventory asks for), so that the default image does not grow
+KERNELS_SUFFIX = "-kernels"
+
+
+def lab_dir(settings: Settings, s: Suite, extra_kernels: bool = False) -> str:
     """The folder of the lab built from `s`: `pv.lab.dir` for the default suite (today's lab keeps
-    its folder and cache), else a sibling named by its Xen (`.cache/lab-xen4.14`)."""
-    base = settings.lab.dir.rstrip("/")
-    if s.name == DEFAULT_SUITE or base.endswith(f"-xen{s.xen}"):  # already derived: the same folder
-        return base
-    return f"{base}-xen{s.xen}"
+    its folder and cache), else a sibling named by its Xen (`.cache/lab-xen4.14`); with
+    `extra_kernels` (hosts with a `dom0_kernel`) that name and `-kernels` (`.cache/lab-kernels`)."""
+    base = settings.lab.dir.rstrip("/").removesuffix(KERNELS_SUFFIX)
+    if not (s.name == DEFAULT_SUITE or base.endswith(f"-xen{s.xen}")):  # else already derived: the same folder
+        base = f"{base}-xen{s.xen}"
+    return base + KERNELS_SUFFIX if extra_kernels else base
 
 
 def for_host(settings: Settings, config: HostConfig) -> Settings:
     """The settings every lab function gets for the lab host `config`: its suite and its own folder
-    (image, QEMU state, port, key), the rest shared."""
+    (image, QEMU state, port, key) and the dom0 kernel it boots, the rest shared."""
     s = host_suite(settings, config)
-    if s.name == settings.lab.suite and lab_dir(settings, s) == settings.lab.dir:
+    kernel = config.dom0_kernel
+    d = lab_dir(settings, s, bool(kernel))
+    if s.name == settings.lab.suite and d == settings.lab.dir and kernel == settings.lab.dom0_kernel:
         return settings
-    return dataclasses.replace(settings, lab=dataclasses.replace(settings.lab, suite=s.name, dir=lab_dir(settings, s)))
+    lab = dataclasses.replace(settings.lab, suite=s.name, dir=d, dom0_kernel=kernel)
+    return dataclasses.replace(settings, lab=lab)
+
+
+# ---------------------------------------------------------------- extra dom0 kernels
+
+# What a dom0 kernel of another Debian line needs from its own distribution besides its image:
+# 7.2's linux-image pre-depends on linux-base >= 4.17 (sid's, arch all; bookworm has 4.9).
+ALSO_FROM_DIST = {"sid": ("linux-base",)}
+
+
+@dataclass(frozen=True)
+class Dom0Kernel:
+    """An extra dom0 kernel of a lab image (a host's `dom0_kernel`): Debian's linux-image-<release>
+    of an imported kernel line, from the private apt distribution that has that line."""
+
+    release: str  # 6.12.117+deb12-amd64
+    line: str  # 6.12
+    dist: str  # bookworm (its security suite), bullseye, sid
+
+    @property
+    def package(self) -> str:
+        return f"linux-image-{self.release}"
+
+    @property
+    def also(self) -> tuple[str, ...]:
+        return ALSO_FROM_DIST.get(self.dist, ())
+
+
+def dom0_kernel(release: str) -> Dom0Kernel:
+    """The extra dom0 kernel `release` (ConfigError: not a release of an imported Debian line)."""
+    from .debheaders import line_of_release
+    from .kernelsrc import LINES
+
+    line = line_of_release(release)
+    if line is None or not release.endswith("-amd64"):
+        raise ConfigError(
+            f"dom0_kernel {release!r}: expected the release of a Debian kernel line ({', '.join(LINES)}), "
+            "e.g. 6.12.117+deb12-amd64"
+        )
+    return Dom0Kernel(release, line, LINES[line].dist)
+
+
+def image_kernels(settings: Settings) -> list[str]:
+    """The extra dom0 kernels the inventory asks of the image in `settings.lab.dir`: those of the lab
+    hosts of that folder (and the one these settings boot), in release order; none for a default folder."""
+    want = {settings.lab.dom0_kernel} if settings.lab.dom0_kernel else set()
+    for h in settings.hosts.values():
+        if h.lab and h.dom0_kernel and lab_dir(settings, host_suite(settings, h), True) == settings.lab.dir:
+            want.add(h.dom0_kernel)
+    return sorted(want)
 
 
 def for_name(settings: Settings, name: str) -> Settings:

@@ -81,5 +81,5 @@ def test_the_commands_exit_code_and_output_and_an_unknown_host(box, tmp_path):
     assert (proc.returncode, proc.stdout.splitlines()[-1], proc.stderr.splitlines()[-1]) == (3, "out", "err")
     proc = _invoke(cfg, "hosts.run", "--host", "nosuch", "-c", "true")
     assert proc.returncode != 0 and proc.stderr.strip().splitlines() == [
-        "error: --host 'nosuch': not in the inventory; have lab, lab-xen4.14, lab-xen4.20, box"
+        "error: --host 'nosuch': not in the inventory; have lab, lab-xen4.14, lab-xen4.20, lab-5.10, lab-6.12, lab-7.2, box"
     ], proc.stderr

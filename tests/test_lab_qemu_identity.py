@@ -98,3 +98,24 @@ def test_up_restarts_a_running_lab_once_naming_what_differs(tmp_path, monkeypatc
     with pytest.raises(Stop):
         lifecycle._up(_lab_settings(tmp_path, qemu="10.0", device="igb"), said.append)
     assert said == ["lab: running as another machine (QEMU 'system' -> '10.0', device 'nvme' -> 'igb'): restarting"]
+
+
+def test_the_dom0_kernel_is_a_qemu_argument_and_part_of_the_machine(tmp_path):
+    """Which dom0 kernel boots is the vmlinuz and initrd handed to Xen as multiboot modules; a lab
+    running another kernel is another machine (restarted), and a machine recorded before the field
+    existed is the image's own kernel (the labs running then are not restarted for it)."""
+    own = _lab_settings(tmp_path, qemu="system")
+    other = _lab_settings(tmp_path, qemu="system", dom0_kernel="6.12.117+deb12-amd64")
+    boot = tmp_path / "lab" / "boot"
+    argv = qemu.qemu_argv(own, 2222)
+    assert argv[argv.index("-initrd") + 1] == f"{boot}/vmlinuz {qemu.DOM0_ARGS.replace(',', ',,')},{boot}/initrd.img"
+    argv = qemu.qemu_argv(other, 2222)
+    assert argv[argv.index("-initrd") + 1] == (
+        f"{boot}/vmlinuz-6.12.117+deb12-amd64 {qemu.DOM0_ARGS.replace(',', ',,')},{boot}/initrd.img-6.12.117+deb12-amd64"
+    )
+    assert qemu.machine_change(qemu.machine(own), other) == "dom0 kernel '' -> '6.12.117+deb12-amd64'"
+    assert qemu.machine_change(qemu.machine(other), own) == "dom0 kernel '6.12.117+deb12-amd64' -> ''"
+    before = " | ".join(qemu._machine_fields(own)[:-1])  # recorded by a pipeline without the field
+    assert qemu.machine_change(before, own) == ""
+    assert qemu.machine_change(before, other) == "dom0 kernel '' -> '6.12.117+deb12-amd64'"
+    assert lab.kernel_release(other) == "6.12.117+deb12-amd64"  # known without a build or a boot

@@ -46,16 +46,20 @@ def test_each_lab_host_gets_its_own_settings_and_folder():
     assert labsuites.for_host(s, HostConfig(name="b", lab=True, lab_suite="bookworm")).lab.dir == ".cache/lab"
 
 
-def test_the_inventory_has_three_labs_one_machine_each():
+def test_the_inventory_has_three_labs_one_machine_each_and_one_for_the_other_dom0_kernels():
     s = load_settings(_project())
     labs = {n: labsuites.for_name(s, n) for n, h in s.hosts.items() if h.lab}
     assert {n: (d.lab.suite, d.lab.dir) for n, d in labs.items()} == {
         "lab": ("bookworm", ".cache/lab"),
         "lab-xen4.14": ("bullseye", ".cache/lab-xen4.14"),
         "lab-xen4.20": ("trixie", ".cache/lab-xen4.20"),
+        # the Xen 4.17 lab booting another Debian line's kernel: one image and QEMU of their own
+        "lab-5.10": ("bookworm", ".cache/lab-kernels"),
+        "lab-6.12": ("bookworm", ".cache/lab-kernels"),
+        "lab-7.2": ("bookworm", ".cache/lab-kernels"),
     }
     machines = [providers.of_host(s, n).machine for n in labs]
-    assert machines == ["lab", "lab:.cache/lab-xen4.14", "lab:.cache/lab-xen4.20"]
+    assert machines == ["lab", "lab:.cache/lab-xen4.14", "lab:.cache/lab-xen4.20"] + ["lab:.cache/lab-kernels"] * 3
     # build and headers `auto` ask the first lab of the inventory: today's (all three boot its kernel)
     assert providers.builtin_lab(s).name == "lab"
     assert providers.of_host(s, "lab-xen4.14").not_running.endswith("(`invoke lab.up --host lab-xen4.14`)")
@@ -83,9 +87,19 @@ def test_toolstacks_matrix_runs_both_kernels_on_all_three_labs():
             {"hosts": {"ssh1": {"address": "a", "lab_suite": "bullseye"}}},
             r"key pv\.hosts\.ssh1\.lab_suite: only a lab host \(kind: lab\) has a suite",
         ),
+        (
+            {"hosts": {"box": {"address": "a", "dom0_kernel": "6.12.117+deb12-amd64"}}},
+            r"key pv\.hosts\.box\.dom0_kernel: only a lab host \(kind: lab\) has a dom0 kernel",
+        ),
+        (
+            {"hosts": {"l": {"lab": True, "dom0_kernel": "4.19.0-27-amd64"}}},
+            r"key pv\.hosts\.l\.dom0_kernel: dom0_kernel '4\.19\.0-27-amd64': expected the release of a Debian "
+            r"kernel line \(5\.10, 6\.1, 6\.12, 7\.2\)",
+        ),
+        ({"hosts": {"l": {"lab": True, "dom0_kernel": "6.12"}}}, r"key pv\.hosts\.l\.dom0_kernel: dom0_kernel '6\.12'"),
     ],
 )
-def test_bad_suite_config_is_refused_naming_the_key(tmp_path, data, match):
+def test_bad_suite_or_dom0_kernel_config_is_refused_naming_the_key(tmp_path, data, match):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"pv": data}))
     with pytest.raises(ConfigError, match=match) as e:
@@ -156,3 +170,35 @@ def test_foreign_suite_without_a_candidate_is_a_one_line_lab_error(monkeypatch):
     with pytest.raises(LabError, match=r"^lab suite bullseye: xen-hypervisor-4.14-amd64: not in bullseye") as e:
         recipe.suite_candidates(s)
     assert "\n" not in e.value.message
+
+
+RELEASES = {"5.10": "5.10.0-46-amd64", "6.12": "6.12.117+deb12-amd64", "7.2": "7.2.13+deb14-amd64"}
+
+
+def test_hosts_with_another_dom0_kernel_share_an_image_of_their_own():
+    """The default image asks for no extra kernel (it does not grow); the `-kernels` folder's image
+    holds every kernel its hosts name; each host boots its own; the debian matrix runs each line
+    on a dom0 of that line, its headers the very release that host boots."""
+    s = load_settings(_project(), matrix="debian")
+    assert labsuites.image_kernels(labsuites.for_name(s, "lab")) == []
+    for name in ("lab-xen4.14", "lab-xen4.20"):
+        assert labsuites.image_kernels(labsuites.for_name(s, name)) == []
+    for line, release in RELEASES.items():
+        d = labsuites.for_name(s, f"lab-{line}")
+        assert (d.lab.dir, d.lab.dom0_kernel) == (".cache/lab-kernels", release)
+        assert labsuites.image_kernels(d) == sorted(RELEASES.values())
+        p = providers.of_host(s, f"lab-{line}")
+        assert (p.boot, p.kernel_release()) == (release, release)
+        k = labsuites.dom0_kernel(release)
+        assert (k.line, k.package) == (line, f"linux-image-{release}")
+        for row in (f"debian-{line}", f"debian-{line}-prefix"):
+            kcfg = s.kernel(row)
+            assert kcfg.hosts == [f"lab-{line}"] and kcfg.build.headers == release, kcfg
+    assert labsuites.dom0_kernel(RELEASES["7.2"]).also == ("linux-base",)  # sid's: 7.2 pre-depends on >= 4.17
+    assert [k.hosts for k in s.kernels if k.name.startswith("debian-6.1") and "6.12" not in k.name] == [["lab"]] * 2
+    # deriving for a plain lab host from a derived one goes back to the default folder and kernel
+    back = labsuites.for_host(labsuites.for_name(s, "lab-6.12"), s.hosts["lab"])
+    assert (back.lab.dir, back.lab.dom0_kernel) == (".cache/lab", "")
+    # the run's order: one machine's hosts together, one kernel's together, first-seen otherwise
+    order = providers.boot_order([providers.of_host(s, n) for n in ("lab-6.12", "lab", "lab-5.10", "lab-6.12")])
+    assert [p.name for p in order] == ["lab-6.12", "lab-6.12", "lab-5.10", "lab"]

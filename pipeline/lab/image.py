@@ -9,6 +9,7 @@ import glob
 import gzip
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -23,12 +24,12 @@ from ..aptfetch import AptDir
 from ..aptsources import AptEntry
 from ..config import Settings
 from ..errors import FetchError, LabError
-from ..labsuites import HOST_SUITE, suite_of
+from ..labsuites import HOST_SUITE, Dom0Kernel, dom0_kernel, image_kernels, suite_of
 from ..results import atomic_write_text, now_iso
 from ..util import Progress
 from ..util import noprogress as _quiet
 from .guestfiles import GUEST_DIR, GUEST_INITRD, guest_initramfs
-from .layout import LabPaths, du, is_built, locked, paths, read_manifest, tail
+from .layout import LabPaths, du, image_kernels_built, is_built, locked, paths, read_manifest, tail
 from .qemu import QEMU, our_pid
 from .recipe import (
     ENABLED_UNITS,
@@ -141,9 +142,13 @@ def _build_unlocked(settings: Settings, progress: Progress = _quiet, force: bool
     p = paths(settings)
     key_pub = _ensure_client_key(p)
     inputs = collect_inputs(settings, key_pub)
+    # the extra dom0 kernels the inventory asks of this folder's image (none for a default folder)
+    kernels = image_kernels(settings)
+    if kernels:
+        inputs["dom0_kernels"] = kernels
     h = input_hash(inputs)
     old = read_manifest(settings)
-    if not force and old and old.get("input_hash") == h and is_built(settings):
+    if not force and old and old.get("input_hash") == h and is_built(settings) and image_kernels_built(settings):
         progress(f"lab.build: up to date ({h[:12]}, built {old.get('built_at')}); nothing to do")
         with open(p.build_log, "a", encoding="utf-8") as log:
             log.write(f"== {now_iso()} up to date: input hash {h}; nothing rebuilt\n")
@@ -166,7 +171,7 @@ def _build_unlocked(settings: Settings, progress: Progress = _quiet, force: bool
     with open(p.build_log, "w", encoding="utf-8") as log:
         b.log = log
         log.write(f"== {now_iso()} lab build, input hash {h}\n{json.dumps(inputs, indent=1, sort_keys=True)}\n")
-        manifest = _build(b, inputs, h)
+        manifest = _build(b, inputs, h, [dom0_kernel(k) for k in kernels])
     manifest["duration_s"] = round(time.monotonic() - t0, 1)
     atomic_write_text(p.manifest, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     progress(
@@ -175,7 +180,7 @@ def _build_unlocked(settings: Settings, progress: Progress = _quiet, force: bool
     return BuildInfo(rebuilt=True, input_hash=h, manifest=manifest, duration_s=manifest["duration_s"])
 
 
-def _build(b: _Builder, inputs: dict[str, Any], h: str) -> dict[str, Any]:
+def _build(b: _Builder, inputs: dict[str, Any], h: str, extra: list[Dom0Kernel]) -> dict[str, Any]:
     p = b.p
     work = p.work
     if work.exists():
@@ -243,6 +248,18 @@ def _build(b: _Builder, inputs: dict[str, Any], h: str) -> dict[str, Any]:
         else:
             b.run([*apt_get, "install", f"{KERNEL_PACKAGE}={kver}"])
             b.run([*apt_get, "upgrade"])
+        if extra:
+            also_debs, kernel_debs = _extra_kernel_debs(b, extra, root)
+            if also_debs:  # first, alone: e.g. sid's linux-base, which 7.2 pre-depends on
+                b.run([*apt_get, "install", *also_debs])
+                _hooks_into_etc(b, root)
+            b.say(f"installing the extra dom0 kernels {', '.join(k.release for k in extra)}")
+            b.run([*apt_get, "install", *kernel_debs])
+            for deb in also_debs + kernel_debs:
+                (root / deb.lstrip("/")).unlink()
+            for k in extra:  # a kernel whose postinst made no initramfs (none seen): made here
+                if not (root / f"boot/initrd.img-{k.release}").exists():
+                    b.run(["chroot", str(root), "update-initramfs", "-c", "-k", k.release])
         b.run(["chroot", str(root), "apt-get", "clean"])
         b.run(["chroot", str(root), "systemctl", "enable", *ENABLED_UNITS])
         b.run(["chroot", str(root), "systemctl", "mask", *MASKED_UNITS])
@@ -256,15 +273,20 @@ def _build(b: _Builder, inputs: dict[str, Any], h: str) -> dict[str, Any]:
                 "${Package} ${Version}\\n",
                 *[x for x in versioned_packages(suite) if x != "busybox-static"],
                 "busybox",
+                *[k.package for k in extra],
+                *sorted({p for k in extra for p in k.also}),
             ],
             capture=True,
         )
     policy.unlink()
     installed = dict(line.split(" ", 1) for line in pkg_versions.splitlines() if " " in line)
 
-    releases = sorted(d.name for d in (root / "lib/modules").iterdir() if d.is_dir())
-    if len(releases) != 1:
-        raise LabError(f"expected one kernel in the dom0 image, found {releases}")
+    extra_releases = {k.release for k in extra}
+    found = sorted(d.name for d in (root / "lib/modules").iterdir() if d.is_dir())
+    releases = [r for r in found if r not in extra_releases]
+    if len(releases) != 1 or not extra_releases <= set(found):
+        want = f"the suite's kernel and {', '.join(sorted(extra_releases))}" if extra else "one kernel"
+        raise LabError(f"expected {want} in the dom0 image, found {found}")
     release = releases[0]
     host_uname = os.uname().release
     if not Path(f"/usr/src/linux-headers-{release}").is_dir():
@@ -289,6 +311,22 @@ def _build(b: _Builder, inputs: dict[str, Any], h: str) -> dict[str, Any]:
         shutil.copyfileobj(src, dst)
     shutil.copy2(root / f"boot/vmlinuz-{release}", out / "boot/vmlinuz")
     shutil.copy2(root / f"boot/initrd.img-{release}", out / "boot/initrd.img")
+    extra_boot: dict[str, dict[str, str]] = {}
+    for k in extra:
+        # 7.x ships its vmlinuz in /usr/lib/modules/<release>/ (and may leave /boot to a later hook)
+        vmlinuz = next(
+            (
+                f
+                for f in (root / f"boot/vmlinuz-{k.release}", root / f"usr/lib/modules/{k.release}/vmlinuz")
+                if f.exists()
+            ),
+            None,
+        )
+        if vmlinuz is None:
+            raise LabError(f"no vmlinuz of the extra dom0 kernel {k.release} in the image (/boot, /usr/lib/modules)")
+        shutil.copy2(vmlinuz, out / f"boot/vmlinuz-{k.release}")
+        shutil.copy2(root / f"boot/initrd.img-{k.release}", out / f"boot/initrd.img-{k.release}")
+        extra_boot[k.release] = {"vmlinuz": f"/{vmlinuz.relative_to(root)}", "line": k.line, "dist": k.dist}
 
     b.say("test guest initramfs: busybox-static + xen-pcifront.ko")
     guest_initrd = guest_initramfs(root, release)
@@ -303,7 +341,9 @@ def _build(b: _Builder, inputs: dict[str, Any], h: str) -> dict[str, Any]:
 
     # move the finished outputs in place, then drop the rootfs (it lives on in the image)
     p.boot.mkdir(parents=True, exist_ok=True)
-    for name in ("xen", "vmlinuz", "initrd.img"):
+    for old_file in p.boot.glob("*-*"):  # an earlier build's extra kernels
+        old_file.unlink()
+    for name in ("xen", "vmlinuz", "initrd.img", *(f"{n}-{r}" for r in extra_boot for n in ("vmlinuz", "initrd.img"))):
         os.replace(out / "boot" / name, p.boot / name)
     os.replace(out / "host_ed25519.pub", p.host_key_pub)
     os.replace(out / "dom0.img", p.image)
@@ -329,6 +369,15 @@ def _build(b: _Builder, inputs: dict[str, Any], h: str) -> dict[str, Any]:
         "image_allocated_bytes": p.image.stat().st_blocks * 512,
         "rootfs_bytes": rootfs_bytes,
         "boot": {"xen": str(p.xen), "vmlinuz": str(p.vmlinuz), "initrd": str(p.initrd)},
+        # the extra dom0 kernels (a host's dom0_kernel): boot files boot/vmlinuz-<release>, initrd.img-<release>
+        "dom0_kernels": {
+            r: {
+                **v,
+                "package_version": installed.get(f"linux-image-{r}", ""),
+                "boot": {"vmlinuz": str(p.boot / f"vmlinuz-{r}"), "initrd": str(p.boot / f"initrd.img-{r}")},
+            }
+            for r, v in extra_boot.items()
+        },
         "guest": {"kernel": f"/boot/vmlinuz-{release}", "initrd": GUEST_INITRD},
         "ssh": {"key": str(p.key), "host_key_pub": str(p.host_key_pub), "user": "root"},
         "build_log": str(p.build_log),
@@ -353,6 +402,68 @@ def _host_suite_kernel_debs(b: _Builder, kver: str, root: Path) -> list[str]:
     for deb in debs:
         shutil.copy2(deb, root / "tmp" / deb.name)
         out.append(f"/tmp/{deb.name}")
+    return out
+
+
+def _extra_kernel_debs(b: _Builder, extra: list[Dom0Kernel], root: Path) -> list[str]:
+    """The .debs of the extra dom0 kernels (linux-image-<release> and what each needs from its own
+    distribution, e.g. sid's linux-base for 7.2) at their candidate versions, downloaded through the
+    project's private apt state (never the system's) and copied into the chroot's /tmp: their paths
+    there, for one `apt-get install` (the rest of their dependencies from the chroot's suite)."""
+    also: list[Path] = []
+    debs: list[Path] = []
+    for k in extra:
+        apt = AptDir(b.settings, k.dist)
+        try:
+            for pkg in k.also:
+                also.append(apt.download(pkg, apt.candidate(pkg).version, progress=b.say))
+            # 7.x's linux-image is a small package depending on linux-binary/-modules/-base-<release>
+            # (= its version): the packages of its own build, followed through such pinned dependencies
+            todo, seen = [(k.package, apt.candidate(k.package).version)], set()
+            while todo:
+                pkg, ver = todo.pop()
+                if pkg in seen:
+                    continue
+                seen.add(pkg)
+                debs.append(apt.download(pkg, ver, progress=b.say))
+                todo += _pinned_depends(apt, pkg, ver)
+        except FetchError as e:
+            raise LabError(f"the extra dom0 kernel {k.release} ({k.dist}): {e.message}") from None
+
+    def into_chroot(files: list[Path]) -> list[str]:
+        for deb in dict.fromkeys(files):
+            shutil.copy2(deb, root / "tmp" / deb.name)
+        return [f"/tmp/{deb.name}" for deb in dict.fromkeys(files)]
+
+    return into_chroot(also), into_chroot(debs)
+
+
+def _hooks_into_etc(b: _Builder, root: Path) -> None:
+    """sid's linux-base (4.17) ships kernel hooks under /usr/share/kernel/<type>.d (00-legacy-boot
+    copies 7.x's /usr/lib/modules/<release>/vmlinuz to /boot) and, when that folder exists, hands
+    run-parts two folders, which bookworm's run-parts (debianutils 5.7: exactly one) refuses, so
+    every kernel's postinst failed ("run-parts: missing operand"). Its hooks are moved beside
+    /etc/kernel's (run in name order with them), the folders removed."""
+    share = root / "usr/share/kernel"
+    for d in sorted(share.glob("*.d")) if share.is_dir() else []:
+        dest = root / "etc/kernel" / d.name
+        dest.mkdir(parents=True, exist_ok=True)
+        for hook in sorted(d.iterdir()):
+            b.say(
+                f"kernel hook {hook.relative_to(root)} -> /etc/kernel/{d.name}/ (bookworm's run-parts takes one folder)"
+            )
+            os.replace(hook, dest / hook.name)
+        d.rmdir()
+
+
+def _pinned_depends(apt: AptDir, package: str, version: str) -> list[tuple[str, str]]:
+    """(name, version) of the dependencies of `package`=`version` pinned to one version (`name (= v)`)."""
+    show = apt._run("apt-cache", "show", f"{package}={version}").split("\n\n")[0]
+    out = []
+    for field in re.findall(r"^(?:Pre-)?Depends: (.*)$", show, re.M):
+        for alt in field.split(","):
+            if m := re.fullmatch(r"\s*([\w.+-]+)(?::\w+)? \(= ([^)]+)\)\s*", alt.split("|")[0]):
+                out.append((m.group(1), m.group(2)))
     return out
 
 

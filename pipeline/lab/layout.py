@@ -134,15 +134,40 @@ def read_manifest(settings: Settings) -> dict[str, Any] | None:
 
 
 def kernel_release(settings: Settings) -> str | None:
-    """The dom0 kernel release recorded by the last lab build (no boot needed), or None."""
+    """The dom0 kernel release this lab boots, known without a boot: an extra dom0 kernel's release
+    (`dom0_kernel`: the image installs exactly it), else the one the last lab build recorded, or None."""
+    if settings.lab.dom0_kernel:
+        return settings.lab.dom0_kernel
     m = read_manifest(settings)
     return m.get("dom0_kernel_release") if m else None
+
+
+def dom0_boot_files(settings: Settings) -> tuple[Path, Path]:
+    """The vmlinuz and initrd the lab boots as dom0: the image's own, or an extra dom0 kernel's."""
+    p = paths(settings)
+    r = settings.lab.dom0_kernel
+    return (p.boot / f"vmlinuz-{r}", p.boot / f"initrd.img-{r}") if r else (p.vmlinuz, p.initrd)
+
+
+def image_kernels_built(settings: Settings) -> bool:
+    """Whether the image holds every extra dom0 kernel the inventory asks of it, boot files and all."""
+    from ..labsuites import image_kernels
+
+    m = read_manifest(settings) or {}
+    have = m.get("dom0_kernels") or {}
+    want = set(image_kernels(settings))
+    if set(have) != want:
+        return False
+    p = paths(settings)
+    return all((p.boot / f"{n}-{r}").exists() for r in want for n in ("vmlinuz", "initrd.img"))
 
 
 def is_built(settings: Settings) -> bool:
     p = paths(settings)
     m = read_manifest(settings)
-    return bool(m) and all(x.exists() for x in (p.image, p.xen, p.vmlinuz, p.initrd, p.host_key_pub, p.key))
+    return bool(m) and all(
+        x.exists() for x in (p.image, p.xen, p.vmlinuz, p.initrd, p.host_key_pub, p.key, *dom0_boot_files(settings))
+    )
 
 
 def read_state(p: LabPaths) -> dict[str, Any]:

@@ -216,6 +216,8 @@ def _wait_ready(settings: Settings, pid: int, t0: float, progress: Progress, cpu
             if not is_our_qemu(pid, p):
                 raise LabError(f"QEMU exited while booting; console: {tail(p.console, 8)}")
             release = _ready(host)
+            if release and settings.lab.dom0_kernel and release != settings.lab.dom0_kernel:
+                raise LabError(f"dom0 booted {release}, not the dom0 kernel asked for ({settings.lab.dom0_kernel})")
             if release:
                 progress(
                     f"lab: ready after {time.time() - t0:.0f}s ({cpu_seconds(pid):.0f} CPU s): dom0 {release}, "

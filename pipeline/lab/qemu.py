@@ -16,7 +16,7 @@ from ..config import Settings
 from ..errors import LabError
 from .devices import device
 from .emulator import QemuBin
-from .layout import LabPaths, paths
+from .layout import LabPaths, dom0_boot_files, paths
 
 # Xen: smap=0 avoids the dom0 #PF crash loop under TCG's -cpu max (lab README, traps).
 # spec-ctrl=eager-fpu: TCG's CPU says AMD, so Xen would switch vCPU FPU state lazily (CR0.TS and
@@ -37,7 +37,8 @@ def qemu_argv(settings: Settings, port: int, qemu: QemuBin | None = None) -> lis
     p = paths(settings)
     vfs = settings.lab.vfs
     # inside -initrd a comma separates modules: a comma within an argument is written ",,"
-    dom0 = f"{p.vmlinuz} {DOM0_ARGS}".replace(",", ",,")
+    vmlinuz, initrd = dom0_boot_files(settings)  # the image's own dom0 kernel or a host's dom0_kernel
+    dom0 = f"{vmlinuz} {DOM0_ARGS}".replace(",", ",,")
     dev = device(settings.lab.device)
     dev.check(vfs, qemu.version if qemu else "")
     return [
@@ -61,7 +62,7 @@ def qemu_argv(settings: Settings, port: int, qemu: QemuBin | None = None) -> lis
         "-daemonize",
         "-kernel", str(p.xen),
         "-append", " ".join((XEN_ARGS.format(smp=settings.lab.smp), *(qemu.xen_args if qemu else ()))),
-        "-initrd", f"{dom0},{p.initrd}",
+        "-initrd", f"{dom0},{initrd}",
         "-drive", f"file={p.image},if=virtio,format=raw,cache=unsafe",
         "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22",
         "-device", "virtio-net-pci,netdev=n0",
@@ -71,12 +72,13 @@ def qemu_argv(settings: Settings, port: int, qemu: QemuBin | None = None) -> lis
 
 
 # what a lab is booted as beyond its port, in the order `machine` records it
-MACHINE_FIELDS = ("QEMU", "device", "VFs", "memory", "vCPUs", "Xen command line", "dom0 command line")
+MACHINE_FIELDS = ("QEMU", "device", "VFs", "memory", "vCPUs", "Xen command line", "dom0 command line", "dom0 kernel")
 
 
 def _machine_fields(settings: Settings) -> tuple[str, ...]:
+    # dom0 kernel: "" for the image's own, else the extra kernel's release (a host's dom0_kernel)
     return (settings.lab.qemu, settings.lab.device, str(settings.lab.vfs), settings.lab.memory, str(settings.lab.smp),
-            XEN_ARGS, DOM0_ARGS)  # fmt: skip
+            XEN_ARGS, DOM0_ARGS, settings.lab.dom0_kernel)  # fmt: skip
 
 
 def machine(settings: Settings) -> str:
@@ -90,6 +92,8 @@ def machine_change(recorded: str | None, settings: Settings) -> str:
     when nothing does: "QEMU 'system' -> '10.0'", "Xen command line +spec-ctrl=eager-fpu"."""
     want = _machine_fields(settings)
     have = recorded.split(" | ") if recorded else []
+    if len(have) == len(want) - 1:  # recorded before the dom0 kernel was: the image's own
+        have.append("")
     if len(have) != len(want):
         return "no machine recorded (booted by an older pipeline)" if not recorded else f"machine {recorded!r}"
     out = []
