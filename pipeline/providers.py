@@ -50,6 +50,12 @@ class HostProvider:
         """What `stop` powers off: inventory entries with the same machine are one host."""
         return f"{self.kind}:{self.name}"
 
+    @property
+    def boot(self) -> str:
+        """What the machine is booted as for this host beyond its machine ("": one way only): inventory
+        entries of one machine and one boot run without a reboot between them (runner.host_order)."""
+        return ""
+
     def ensure_running(self, progress: Progress = _noprogress, steps: dict[str, float] | None = None) -> HostConfig:
         """The config to connect with, once the host is up (started here if the pipeline starts it)."""
         return self.config
@@ -115,6 +121,11 @@ class LabProvider(HostProvider):
         # one lab per suite: inventory names of the same suite are one QEMU (today's `lab` stays "lab")
         d = self.lab_settings().lab.dir if self.settings is not None else ""
         return "lab" if self.settings is None or d == self.settings.lab.dir else f"lab:{d}"
+
+    @property
+    def boot(self) -> str:
+        # the dom0 kernel it boots: hosts of one lab folder with other kernels are one QEMU, rebooted
+        return self.lab_settings().lab.dom0_kernel if self.settings is not None else ""
 
     def _settings(self) -> Settings:
         if self.settings is None:
@@ -209,6 +220,18 @@ def builtin_lab(settings: Settings) -> LabProvider:
 def of_host(settings: Settings, name: str) -> HostProvider:
     """The provider of inventory host `name` (KeyError: not in the inventory)."""
     return provider_for(settings, settings.hosts[name])
+
+
+def boot_order(providers: list[HostProvider]) -> list[HostProvider]:
+    """The hosts in the order a run visits them: each machine's hosts together, and within a machine
+    those of one boot (the lab's dom0 kernel) together, each in first-seen order, so that a machine is
+    booted again only when the next host needs another kernel."""
+    machine_rank: dict[str, int] = {}
+    boot_rank: dict[tuple[str, str], int] = {}
+    for p in providers:
+        machine_rank.setdefault(p.machine, len(machine_rank))
+        boot_rank.setdefault((p.machine, p.boot), len(boot_rank))
+    return sorted(providers, key=lambda p: (machine_rank[p.machine], boot_rank[(p.machine, p.boot)]))
 
 
 def machines(providers: list[HostProvider]) -> list[HostProvider]:

@@ -169,7 +169,10 @@ class _Run:
                 by_host.setdefault(h, []).append((kcfg, kr))
         if _wants(self.until, "test") and by_host:
             self.guests.prepare()
-        for hname, rows in by_host.items():
+        # a machine's hosts together, those of one dom0 kernel together: the lab reboots only for another kernel
+        order = [p.name for p in providers.boot_order([providers.of_host(self.settings, h) for h in by_host])]
+        for hname in order:
+            rows = by_host[hname]
             ready = [(k, r) for k, r in rows if r.build.status is BuildStatus.OK and r.build.module]
             if not ready or self.stop.is_set():
                 continue

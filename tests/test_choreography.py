@@ -10,6 +10,8 @@ inventory entry (no lab): the run makes its test guest (provision.py) as for any
 
 from __future__ import annotations
 
+import dataclasses
+import marshal
 import re
 import time
 import types
@@ -21,7 +23,7 @@ from fake_guestkernel import fake_tarball
 from fakedom0 import RELEASE, FakeDom0, fake_dom0, module
 
 from pipeline import dom0 as dom0_mod
-from pipeline import guest, guestkernel, provision
+from pipeline import guest, guestkernel, providers, provision
 from pipeline.config import KernelConfig, Settings
 from pipeline.errors import Interrupted
 from pipeline.host import Host
@@ -373,3 +375,98 @@ def test_a_staged_module_that_changes_before_the_load_is_uploaded_again_and_on_r
     assert fault.evidence.startswith("1 byte(s) differ, offsets "), fault.evidence
     assert any("staged module changed since the upload" in m for m in said), said
     assert _as_found(dom0) == before
+
+
+# ------------------------------------------------ one machine, several dom0 kernels (issue 16)
+
+OTHER = "6.12.0-99-amd64"
+
+
+class _OneMachineManyKernels(providers.HostProvider):
+    """Inventory names of one machine (the scripted dom0) that boot different kernels, as the
+    lab's `dom0_kernel` hosts do: the host's `kernel_release` is the kernel it boots; starting it
+    for a host whose kernel is not the running one is a reboot into it (put on record)."""
+
+    kind = "one-machine"
+    boots: list[str] = []
+    dom0: FakeDom0 | None = None
+
+    @property
+    def machine(self) -> str:
+        return "fakedom0"
+
+    @property
+    def boot(self) -> str:
+        return self.config.kernel_release
+
+    def ensure_running(self, progress=None, steps=None):
+        d = self.dom0
+        st = d.state()
+        if st["release"] != self.config.kernel_release:
+            st["release"] = self.config.kernel_release
+            (d.root / "fakedom0" / "state").write_bytes(marshal.dumps(st))
+            n = len(self.boots) + 2
+            (d.root / "proc/sys/kernel/random/boot_id").write_text(f"00000000-0000-4000-8000-{n:012d}\n")
+            self.boots.append(self.config.kernel_release)
+        return self.config
+
+
+def test_rows_are_grouped_by_dom0_kernel_and_the_machine_reboots_only_for_another(tmp_path, dom0, monkeypatch):
+    """Three rows on three inventory names of one machine, the first and third booting the same
+    kernel, the second another: the run visits the two of one kernel together and reboots once."""
+    names = {"fk-a": RELEASE, "fk-b": OTHER, "fk-a2": RELEASE}
+    hosts = {n: dataclasses.replace(dom0.host_config, name=n, kernel_release=r) for n, r in names.items()}
+    _OneMachineManyKernels.boots, _OneMachineManyKernels.dom0 = [], dom0
+    original = providers.provider_for
+    monkeypatch.setattr(
+        providers,
+        "provider_for",
+        lambda s, c: _OneMachineManyKernels(s, c) if c.name in names else original(s, c),
+    )
+    kcfgs = [KernelConfig(name=f"k-{n}", remote="fake-remote", ref="v6.1", hosts=[n]) for n in names]
+    settings = dataclasses.replace(
+        _settings(tmp_path, dom0), vf_counts=[3], hotplug=False, matrices={"here": kcfgs}, hosts=hosts
+    )
+    series = load_series(settings.path(settings.series))
+    series.patchset_hash = patchset_hash(series)
+    run_dir = tmp_path / "built" / "r-built"
+    rows = []
+    for release, kcfg in zip(names.values(), kcfgs, strict=True):
+        mods = run_dir / "build" / kcfg.name
+        src, csrc = f"{SERIES_SRC[:-2]}{len(rows):02d}", f"{CONTROL_SRC[:-2]}{len(rows):02d}"
+        build = BuildResult(
+            status="ok",
+            mode="headers",
+            module=str(module(mods / "xen-pciback.ko", "series", src, publishes="all", release=release)),
+            srcversion=src,
+            vermagic=f"{release} SMP preempt mod_unload modversions ",
+            kernel_release=release,
+            control_module=str(module(mods / "control/xen-pciback.ko", "control", csrc, "first", release=release)),
+            control_srcversion=csrc,
+            control_detail="the series' base commit as is",
+        )
+        rows.append(
+            KernelResult(
+                name=kcfg.name,
+                ref="v6.1",
+                remote="fake-remote",
+                fetch=FetchResult(status="ok", commit="c" * 40),
+                apply=ApplyResult(status="applied"),
+                build=build,
+            )
+        )
+    write_results(run_dir, RunResult(run_id="r-built", status="complete", series=series, kernels=rows))
+    said: list[str] = []
+    done = verify(settings, builds=str(run_dir), progress=said.append)
+    done.raise_if_stopped()
+    assert _OneMachineManyKernels.boots == [OTHER], _OneMachineManyKernels.boots
+    # the hosts of the running kernel first (fk-a, fk-a2), then the one that needed the reboot:
+    # the modules loaded, by the row their srcversion belongs to
+    row_of = {r.build.srcversion: r.name for r in rows} | {r.build.control_srcversion: r.name for r in rows}
+    loaded = [row_of[e.split()[2]] for e in dom0.events() if re.match(r"load (series|control) \S", e)]
+    assert loaded == ["k-fk-a", "k-fk-a", "k-fk-a2", "k-fk-a2", "k-fk-b", "k-fk-b"], loaded
+    by_row = {k.name: k for k in done.run.kernels}
+    for n, release in names.items():
+        k = by_row[f"k-{n}"]
+        assert _tests(k) == [("vf-boot-3", "series", "pass", 3), ("vf-boot-3", "control", "fail", 1)], (n, _tests(k))
+        assert {d.host for d in k.deploy} == {n} and k.build.kernel_release == release
