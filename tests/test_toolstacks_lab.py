@@ -8,15 +8,10 @@ boot under TCG. The 4.17 lab is test_verify_e2e's.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
-import yaml
+from labverify import verify_matrix
 
-from pipeline import PROJECT_ROOT, lab, labsuites
+from pipeline import lab, labsuites
 
 EXTRA = ("lab-xen4.14", "lab-xen4.20")
 
@@ -37,31 +32,16 @@ def toolstacks_run(lab_host, tiny_guest, lab_settings, tmp_path_factory):
     root = tmp_path_factory.mktemp("toolstacks")
     kernel = next(k for k in lab_settings.matrices["toolstacks"] if k.name == "debian-6.1-prefix")
     row = {"name": kernel.name, "remote": kernel.remote, "ref": kernel.ref, "build": {"mode": "headers"}}
-    cfg = root / "toolstacks.yaml"
-    cfg.write_text(
-        yaml.safe_dump(
-            {
-                "pv": {
-                    "results_root": str(root / "runs"),
-                    "vf_counts": [3],
-                    "hotplug": False,
-                    # a first boot of the trixie dom0 took 289 s on a loaded machine (systemd 257's
-                    # first-boot jobs): more room than the default lab's 300 s
-                    "lab": {"boot_timeout_s": 600},
-                    "matrices": {"toolstacks-extra": [{**row, "hosts": list(EXTRA)}]},
-                }
-            }
-        )
+    proc, data = verify_matrix(
+        root,
+        "toolstacks-extra",
+        [{**row, "hosts": list(EXTRA)}],
+        vf_counts=[3],
+        hotplug=False,
+        # a first boot of the trixie dom0 took 289 s on a loaded machine (systemd 257's first-boot
+        # jobs): more room than the default lab's 300 s
+        lab={"boot_timeout_s": 600},
     )
-    proc = subprocess.run(
-        [sys.executable, "-m", "invoke", "-f", str(cfg), "verify", "--matrix", "toolstacks-extra", "--lab-down"],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        env=os.environ.copy(),
-    )
-    res = root / "runs" / "latest" / "results.json"
-    data = json.loads(res.read_text()) if res.exists() else None
     yield proc, data
     for name in EXTRA:  # whatever the run left up
         lab.down(labsuites.for_name(lab_settings, name))
