@@ -22,7 +22,7 @@ from .aptfetch import AptDir, extract
 from .config import Settings
 from .errors import BuildSetupError, FetchError
 from .kernelsrc import DEFAULT_LINE, LINES
-from .util import Progress
+from .util import Progress, file_lock
 
 _COMPLETE = ".pv-headers"  # written last: names the packages unpacked
 
@@ -64,6 +64,14 @@ def headers_dir(settings: Settings, release: str, progress: Progress = print) ->
     apt = AptDir(settings, LINES[line].dist)
     # resolved: the Makefile include below must not depend on a worktree's .cache symlink
     top = (settings.path(settings.cache_dir) / "headers").resolve()
+    # one extraction of a release at a time: two rows of one line (as shipped and -prefix, side by
+    # side) both extracted it, and the second one's rmtree and rename pulled the tree from under the
+    # first one's build ("cannot be shown to the sandbox", seen on a fresh cache)
+    with file_lock(top / f".lock-{release}", lambda: progress(f"headers: waiting for the extraction of {release}")):
+        return _headers_dir(apt, top, release, progress)
+
+
+def _headers_dir(apt: AptDir, top: Path, release: str, progress: Progress) -> Path:
     # a warm cache: any complete extraction of this release, without asking apt
     for done in sorted(top.glob(f"{release}_*/{_COMPLETE}")):
         return done.parent / "usr/src" / f"linux-headers-{release}"
