@@ -30,6 +30,8 @@ GUEST_KERNELS = ("tiny", "host")
 LAB_DEVICES = ("nvme", "igb")  # pipeline/lab/devices.py DEVICES (checked by a test)
 HOST_KINDS = ("ssh", "lab")  # pipeline/providers.py KINDS: the kinds of host (checked by a test)
 LAB_SUITES = ("bullseye", "bookworm", "trixie")  # pipeline/labsuites.py SUITES (checked by a test)
+# the Debian kernel lines and the private apt distribution of each: pipeline/kernelsrc.py LINES (checked by a test)
+KERNEL_LINES = {"5.10": "bullseye", "6.1": "bookworm", "6.12": "bookworm", "7.2": "sid"}
 
 
 @dataclass
@@ -350,11 +352,21 @@ def load_settings(config: Any = None, data: dict | None = None, matrix: str | No
     return settings
 
 
-def _check_dom0_kernel(validator: _Validator, keypath: str, release: str) -> None:
-    from .labsuites import dom0_kernel
+def dom0_kernel_line(release: str) -> str:
+    """The Debian kernel line of a lab host's `dom0_kernel` release (6.12.117+deb12-amd64 -> 6.12);
+    ConfigError when it is none of KERNEL_LINES' amd64 releases."""
+    line = next((x for x in sorted(KERNEL_LINES, key=len, reverse=True) if release.startswith(x + ".")), None)
+    if line is None or not release.endswith("-amd64"):
+        raise ConfigError(
+            f"dom0_kernel {release!r}: expected the release of a Debian kernel line ({', '.join(KERNEL_LINES)}), "
+            "e.g. 6.12.117+deb12-amd64"
+        )
+    return line
 
+
+def _check_dom0_kernel(validator: _Validator, keypath: str, release: str) -> None:
     try:
-        dom0_kernel(release)
+        dom0_kernel_line(release)
     except ConfigError as e:
         validator.fail(keypath, e.message)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from .config import HostConfig, Settings
+from .config import KERNEL_LINES, HostConfig, Settings, dom0_kernel_line
 from .errors import ConfigError
 
 # The suite of the machine's own apt sources: the lab's dom0 kernel always comes from it.
@@ -121,16 +121,8 @@ class Dom0Kernel:
 
 def dom0_kernel(release: str) -> Dom0Kernel:
     """The extra dom0 kernel `release` (ConfigError: not a release of an imported Debian line)."""
-    from .debheaders import line_of_release
-    from .kernelsrc import LINES
-
-    line = line_of_release(release)
-    if line is None or not release.endswith("-amd64"):
-        raise ConfigError(
-            f"dom0_kernel {release!r}: expected the release of a Debian kernel line ({', '.join(LINES)}), "
-            "e.g. 6.12.117+deb12-amd64"
-        )
-    return Dom0Kernel(release, line, LINES[line].dist)
+    line = dom0_kernel_line(release)
+    return Dom0Kernel(release, line, KERNEL_LINES[line])
 
 
 def image_kernels(settings: Settings) -> list[str]:

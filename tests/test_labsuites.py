@@ -194,6 +194,10 @@ def test_hosts_with_another_dom0_kernel_share_an_image_of_their_own():
         for row in (f"debian-{line}", f"debian-{line}-prefix"):
             kcfg = s.kernel(row)
             assert kcfg.hosts == [f"lab-{line}"] and kcfg.build.headers == release, kcfg
+    from pipeline.config import KERNEL_LINES
+    from pipeline.kernelsrc import LINES
+
+    assert {n: x.dist for n, x in LINES.items()} == KERNEL_LINES  # config's copy of the lines and their dists
     assert labsuites.dom0_kernel(RELEASES["7.2"]).also == ("linux-base",)  # sid's: 7.2 pre-depends on >= 4.17
     assert [k.hosts for k in s.kernels if k.name.startswith("debian-6.1") and "6.12" not in k.name] == [["lab"]] * 2
     # deriving for a plain lab host from a derived one goes back to the default folder and kernel
