@@ -220,13 +220,18 @@ class _LabBoot:
         def extra_images() -> None:
             # the other labs' images (debootstrap: mostly downloads and dpkg) while the lab boots and
             # the first tests run; their test boots them. An error is that test's to report (it builds again)
-            from pipeline import labsuites
+            from pipeline import kernelsrc, labsuites
 
             for name in cls.extra:
                 try:
-                    lab.build(labsuites.for_name(settings, name), _lab_progress)
+                    extra = labsuites.for_name(settings, name)
+                    lab.build(extra, _lab_progress)
+                    if extra.lab.dom0_kernel:  # a host of another dom0 kernel: its line's source, whose rows it runs
+                        kernelsrc.import_line(
+                            settings, labsuites.dom0_kernel(extra.lab.dom0_kernel).line, progress=_lab_progress
+                        )
                 except Exception as e:  # noqa: BLE001
-                    _lab_progress(f"{name}: image build beside the lab failed: {e}")
+                    _lab_progress(f"{name}: image build or source import beside the lab failed: {e}")
 
         def guest_kernel() -> None:
             # the run's tiny guest kernel (minutes on a fresh machine) beside the image build, which
