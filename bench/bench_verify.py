@@ -10,7 +10,7 @@ beside the floor measured in the same run.
 Run it on an otherwise idle machine, with no other lab running (it takes /work-style lab lock
 holders into account only through `flock`, e.g. `flock /work/lab.lock .venv/bin/python bench/...`).
 
-Floor (what the run cannot go below on this machine): one dom0 boot (the run's own lab_boot) +
+Floor (what the run cannot go below on this machine): one dom0 boot (the run's own lab_ready_s) +
 the module builds it ran (build steps series/baseline/control) + one bare guest start per test
 case (a PV guest with no device, `xl create` to its first report, measured after the run).
 """
@@ -94,7 +94,9 @@ def table(res: dict, wall: float, bare_s: float | None) -> str:
     # rows build side by side: build steps can add up to more than the rows' own wall time
     builds = min(builds, tot.get("run.rows", builds))
     lines.append("(build.* and deploy/test steps of rows running side by side can share more than 100% together)")
-    boot = tot.get("run.lab_boot", 0.0)
+    # the boot itself (QEMU start to dom0 answering); lab_boot is only what the run still waited
+    # for when the boot began beside the builds (runner.prepare_hosts)
+    boot = tot.get("run.lab_ready_s", tot.get("run.lab_boot", 0.0))
     floor = boot + builds + (bare_s or 0.0) * len(tests)
     lines.append(
         f"floor {floor:.0f} s = dom0 boot {boot:.0f} s + module builds {builds:.0f} s"

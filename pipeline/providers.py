@@ -56,6 +56,10 @@ class HostProvider:
         entries of one machine and one boot run without a reboot between them (runner.host_order)."""
         return ""
 
+    def start(self, progress: Progress = _noprogress, steps: dict[str, float] | None = None) -> None:
+        """Begin starting the host, without waiting for it (a run's builds go on meanwhile; its
+        host stages then `ensure_running`). Nothing for a host somebody else runs."""
+
     def ensure_running(self, progress: Progress = _noprogress, steps: dict[str, float] | None = None) -> HostConfig:
         """The config to connect with, once the host is up (started here if the pipeline starts it)."""
         return self.config
@@ -139,6 +143,9 @@ class LabProvider(HostProvider):
 
     def _named(self, settings: Settings) -> HostConfig:
         return lab.host_config(settings, self.name)  # under this inventory name, not `lab`
+
+    def start(self, progress: Progress = _noprogress, steps: dict[str, float] | None = None) -> None:
+        lab.start(self._settings(), progress, steps)  # built if need be; QEMU started, dom0 not waited for
 
     def ensure_running(self, progress: Progress = _noprogress, steps: dict[str, float] | None = None) -> HostConfig:
         s = self._settings()

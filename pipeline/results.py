@@ -318,7 +318,9 @@ class RunResult:
     merged_from: list[str] = field(default_factory=list)  # `report --merge`: the runs this one joins
     faults_absorbed: list[AbsorbedFault] = field(default_factory=list)  # every retry around a lab fault
     # seconds of the run's own steps: source_import, rows (fetch/apply/build of all kernels),
-    # lab_build, lab_boot, host_lock, host_recover, hosts (all host stages)
+    # lab_build, lab_start (QEMU started beside the builds), guest_kernel, prepare_wait (what the
+    # host stages waited for those), lab_boot (what they waited for dom0), lab_ready_s (QEMU start
+    # to dom0 answering: the boot itself), host_lock, host_recover, hosts (all host stages)
     steps: dict[str, float] = field(default_factory=dict)
     schema: int = SCHEMA_VERSION
 

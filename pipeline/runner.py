@@ -22,6 +22,7 @@ from .errors import ConfigError, HostError, InternalError, Interrupted, Pipeline
 from .fetch import HEADERS_MODE_PATHS, fetch_kernel, remove_worktree, sweep_run
 from .host import Host
 from .hostlock import HostLock
+from .hostprep import HostPrep
 from .interrupt import stop_children
 from .mails import git_dirs, write_mails
 from .redact import redact_tree
@@ -480,9 +481,16 @@ def verify(
     stopped: BaseException | None = None
     # remembers a Ctrl-C that a failing cleanup turned into another exception
     with progress.capture("paramiko"), interrupt.watch_sigint(), absorbed.collect(run.faults_absorbed):
-        used: list[providers.HostProvider] = []  # the providers of the hosts the run went to
+        used: list[providers.HostProvider] = []  # the providers of the hosts the run goes to
+        preparing = HostPrep()
         try:
             if until != "series":
+                if _wants(until, "deploy"):
+                    # in the order the host stages visit them: the first boot started is the one they need first
+                    hosts = dict.fromkeys(h for k in kcfgs for h in k.hosts)
+                    used = providers.boot_order([providers.of_host(settings, h) for h in hosts])
+                    guests = ctx.guests if _wants(until, "test") else None
+                    preparing = HostPrep.begin(used, guests, run.steps, progress)
                 debian_refs = [
                     k.ref for k in kcfgs if k.name not in ctx.reused and kernelsrc.is_debian_remote(settings, k.remote)
                 ]
@@ -502,7 +510,8 @@ def verify(
                         progress("interrupted: stopping the running stages")
                         raise
                 if _wants(until, "deploy"):
-                    used = [providers.of_host(settings, h) for h in run.hosts]
+                    with timed(run.steps, "prepare_wait"):  # the lab's build and boot start, the guest kernel
+                        preparing.wait()
                     with timed(run.steps, "hosts"):
                         ctx.host_stages(pairs, keep)
             run.status = RunStatus.COMPLETE
@@ -512,6 +521,8 @@ def verify(
         except BaseException as e:  # Verified.raise_if_stopped raises it, after the table is printed
             stopped = e
         finally:
+            if preparing.abandon():  # cut short before the host stages: the lab's build, the guest kernel's make
+                ctx.stop.set()
             run.finished = now_iso()
             _finish(settings, run, rd.path, progress)
             if run.status is RunStatus.INTERRUPTED:

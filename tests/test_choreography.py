@@ -470,3 +470,34 @@ def test_rows_are_grouped_by_dom0_kernel_and_the_machine_reboots_only_for_anothe
         k = by_row[f"k-{n}"]
         assert _tests(k) == [("vf-boot-3", "series", "pass", 3), ("vf-boot-3", "control", "fail", 1)], (n, _tests(k))
         assert {d.host for d in k.deploy} == {n} and k.build.kernel_release == release
+
+
+def test_a_host_the_pipeline_starts_begins_booting_before_the_rows_and_is_waited_for_after(tmp_path, dom0, monkeypatch):
+    """runner.prepare_hosts: a host whose provider starts it (the built-in lab) is started as the run
+    begins, beside the source import and the builds, and the host stage then waits for it."""
+    events: list[str] = []
+
+    class Booting(providers.SshProvider):  # a host the pipeline boots, reached like the plain one
+        kind = "booting"
+
+        def start(self, progress, steps=None):
+            events.append("start")
+            progress("booting: QEMU started, dom0 not waited for")
+
+        def ensure_running(self, progress, steps=None):
+            events.append("wait")
+            return super().ensure_running(progress, steps)
+
+    monkeypatch.setitem(providers.KINDS, "booting", Booting)
+    settings = _settings(tmp_path, dom0)
+    name = dom0.host_config.name
+    settings.hosts[name] = dataclasses.replace(dom0.host_config, kind="booting")
+    said: list[str] = []
+    done = verify(settings, builds=str(_built(tmp_path, settings)), progress=said.append)
+    assert events == ["start", "wait"]
+    started = said.index("booting: QEMU started, dom0 not waited for")
+    row_done = next(i for i, m in enumerate(said) if m.startswith(f"{KERNEL}: build of run "))
+    deployed = next(i for i, m in enumerate(said) if "insmod" in m)
+    assert started < row_done < deployed, said
+    assert {"prepare_wait", "hosts"} <= set(done.run.steps)
+    assert [t.passed for t in _row(done).tests if t.module == "series"] == [True, True]

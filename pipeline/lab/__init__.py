@@ -16,7 +16,7 @@ unchanged. `up()` boots it with an emulated Intel IOMMU and an SR-IOV PF (NVMe, 
     devices     the SR-IOV PF's device type (its QEMU arguments, VF limit)
     emulator    the QEMU builds the lab can run (`pv.lab.qemu`)
     ssh         the OpenSSH command line for the interactive `invoke lab.ssh` (the pipeline: host.Host)
-    lifecycle   up, down, status, ensure_up, host_config
+    lifecycle   start (boot without waiting), up, down, status, ensure_up, host_config
 
 Callers use the names below (`from pipeline import lab; lab.up(...)`).
 """
@@ -31,6 +31,7 @@ from .lifecycle import (
     down,
     ensure_up,
     host_config,
+    start,
     status,
     up,
     write_known_hosts,
@@ -66,6 +67,7 @@ __all__ = [
     "recipe_files",
     "render",
     "ssh_argv",
+    "start",
     "status",
     "up",
     "write_known_hosts",

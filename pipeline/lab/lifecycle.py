@@ -105,13 +105,30 @@ def _poweroff(host: HostConfig) -> None:
         h.close()
 
 
-def up(settings: Settings, progress: Progress = _quiet) -> HostConfig:
+def up(settings: Settings, progress: Progress = _quiet, steps: dict[str, float] | None = None) -> HostConfig:
     """Boot the lab (or return the running one) and wait until SSH answers and `xl info` works."""
     with locked(settings, progress):
-        return _up(settings, progress)
+        host = _up(settings, progress, steps=steps)
+    assert host is not None
+    return host
 
 
-def _up(settings: Settings, progress: Progress = _quiet) -> HostConfig:
+def start(settings: Settings, progress: Progress = _quiet, steps: dict[str, float] | None = None) -> None:
+    """Build the lab if its inputs changed and start its QEMU if it is not running, without waiting
+    for dom0: a run starts its lab's boot beside the source import and the builds, and `ensure_up`
+    then waits only for what is left of the boot. `steps` gets lab_build and lab_start."""
+    steps = {} if steps is None else steps
+    if not our_pid(paths(settings)):
+        with timed(steps, "lab_build"):
+            build(settings, progress)
+    with timed(steps, "lab_start"), locked(settings, progress):
+        _up(settings, progress, wait=False)
+
+
+def _up(
+    settings: Settings, progress: Progress = _quiet, wait: bool = True, steps: dict[str, float] | None = None
+) -> HostConfig | None:
+    """The running lab's config once dom0 answers; `wait=False`: None as soon as QEMU runs."""
     p = paths(settings)
     if not is_built(settings):
         raise LabError("the lab is not built: run `invoke lab.build`")
@@ -125,6 +142,8 @@ def _up(settings: Settings, progress: Progress = _quiet) -> HostConfig:
     if pid and state.get("port"):
         host = host_config(settings)
         write_known_hosts(settings, host.port)
+        if not wait:
+            return None
         if _ready(host):
             progress(f"lab: already running (pid {pid}, port {host.port})")
             return host
@@ -134,7 +153,7 @@ def _up(settings: Settings, progress: Progress = _quiet) -> HostConfig:
             # past a whole boot's budget: it booted before and one probe missed (a loaded machine);
             # a fresh budget from now, not one already spent, which killed a lab answering a moment later
             since, cpu0 = time.time(), cpu_seconds(pid)
-        return _wait_ready(settings, pid, since, progress, cpu0)
+        return _wait_ready(settings, pid, since, progress, cpu0, steps)
     if pid:  # ours but without state: cannot know its port
         kill(pid, p)
     if p.pidfile.exists() or p.qmp.exists() or p.state.exists():
@@ -178,7 +197,7 @@ def _up(settings: Settings, progress: Progress = _quiet) -> HostConfig:
                 )
                 + "\n",
             )
-            return _wait_ready(settings, pid, t0, progress)
+            return _wait_ready(settings, pid, t0, progress, steps=steps) if wait else None
         last_err = tail(p.qemu_log, 1) or f"exit {proc.returncode}"
         cleanup_stale(p)
         if "hostfwd" not in last_err and "Could not set up host forwarding" not in last_err:
@@ -202,8 +221,16 @@ def boot_overdue(cpu_s: float, wall_s: float, budget_s: float, smp: int) -> str:
     return ""
 
 
-def _wait_ready(settings: Settings, pid: int, t0: float, progress: Progress, cpu0: float = 0.0) -> HostConfig:
-    """Until dom0 answers, within a boot's budget counted from `t0` and `cpu0` (QEMU's CPU seconds then)."""
+def _wait_ready(
+    settings: Settings,
+    pid: int,
+    t0: float,
+    progress: Progress,
+    cpu0: float = 0.0,
+    steps: dict[str, float] | None = None,
+) -> HostConfig:
+    """Until dom0 answers, within a boot's budget counted from `t0` and `cpu0` (QEMU's CPU seconds then).
+    `steps` gets lab_ready_s: from QEMU's start (t0) to dom0 answering, the boot itself."""
     p = paths(settings)
     host = host_config(settings)
     next_report = time.time() + 10
@@ -219,6 +246,8 @@ def _wait_ready(settings: Settings, pid: int, t0: float, progress: Progress, cpu
             if release and settings.lab.dom0_kernel and release != settings.lab.dom0_kernel:
                 raise LabError(f"dom0 booted {release}, not the dom0 kernel asked for ({settings.lab.dom0_kernel})")
             if release:
+                if steps is not None:
+                    steps["lab_ready_s"] = round(time.time() - t0, 2)
                 progress(
                     f"lab: ready after {time.time() - t0:.0f}s ({cpu_seconds(pid):.0f} CPU s): dom0 {release}, "
                     f"ssh root@127.0.0.1 -p {host.port}"
@@ -297,8 +326,8 @@ def ensure_up(settings: Settings, progress: Progress = _quiet, steps: dict[str, 
     if not our_pid(paths(settings)):
         with timed(steps, "lab_build"):
             build(settings, progress)
-    with timed(steps, "lab_boot"):
-        return up(settings, progress)
+    with timed(steps, "lab_boot"):  # with `start` before: only what was left of the boot
+        return up(settings, progress, steps)
 
 
 def console_tail(settings: Settings, lines: int = 40) -> str:
