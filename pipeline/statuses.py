@@ -135,6 +135,7 @@ class FaultKind(enum.StrEnum):
     DESTROY_REISSUED = "destroy-reissued"  # a domain still listed 10 s after `xl destroy`: destroyed again
     TEARDOWN_RETRY = "teardown-retry"  # restoring the PF's VFs failed, again on a fresh connection
     LAB_RESTARTED = "lab-restarted"  # the built-in lab stopped answering mid-run and was booted again
+    LAB_BOOT_HUNG = "lab-boot-hung"  # the lab's boot stopped (QEMU idle, console still): booted again
     CASE_RERUN = "case-rerun"  # a VF test case errored (no guest result) and ran once more
     HOST_REBOOTED = "host-rebooted"  # the host rebooted under a case (new boot id): module and guest loaded again
     STAGED_CHANGED = "staged-changed"  # the staged module's bytes changed on the host before the load: uploaded again

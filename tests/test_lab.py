@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from pipeline.config import HostConfig, LabConfig, Settings
 from pipeline.errors import LabError
 from pipeline.host import Host
 from pipeline.lab import lifecycle
+from pipeline.statuses import FaultKind
 
 # ------------------------------------------------------------------ unit (no QEMU)
 
@@ -220,6 +222,42 @@ def test_a_missed_probe_on_a_lab_booted_long_ago_waits_afresh(tmp_path, monkeypa
         p.state.write_text(json.dumps({"pid": os.getpid(), "port": d.server.port, "started_epoch": started}))
         assert lifecycle.up(s) == d.host_config
     assert killed == [] and len(probes) == 2
+
+
+def test_a_boot_that_stopped_is_booted_once_more_and_on_record(tmp_path, monkeypatch):
+    """A dom0 that hangs while booting (QEMU idle, console still) is given up after HUNG_S, not after
+    the 20 min a boot budget allows a machine too busy to run it, and booted again once (absorbed)."""
+    s = _settings(tmp_path, boot_timeout_s=300)
+    p = lab.paths(s)
+    p.dir.mkdir(parents=True)
+    p.console.write_text("[    2.337839] xen:balloon: Initialising balloon driver\n")
+    clock = [1000.0]
+    boots, killed, said = [], [], []
+    fake = types.SimpleNamespace(
+        time=lambda: clock[0], sleep=lambda sec: clock.__setitem__(0, clock[0] + sec), monotonic=time.monotonic
+    )
+    monkeypatch.setattr(lifecycle, "time", fake)
+    monkeypatch.setattr(lifecycle, "cpu_seconds", lambda pid: 5.0)  # no CPU since the hang
+    monkeypatch.setattr(lifecycle, "is_our_qemu", lambda pid, paths: True)
+    monkeypatch.setattr(lifecycle, "kill", lambda pid, paths: killed.append(pid))
+    monkeypatch.setattr(lifecycle, "host_config", lambda settings, name="lab": HostConfig(name="lab", port=1))
+
+    def up_once(settings, progress, wait, steps):
+        boots.append(clock[0])
+        if len(boots) == 2:
+            return "booted"
+        return lifecycle._wait_ready(settings, 4242, clock[0], progress)
+
+    monkeypatch.setattr(lifecycle, "_up_once", up_once)
+    monkeypatch.setattr(lifecycle, "_ready", lambda host: None)
+    faults = []
+    with absorbed.collect(faults):
+        assert lifecycle._up(s, said.append) == "booted"
+    assert killed == [4242] and len(boots) == 2
+    assert lifecycle.HUNG_S < boots[1] - boots[0] < lifecycle.HUNG_S + 10  # not the budget's 1200 s
+    assert [f.what for f in faults] == [FaultKind.LAB_BOOT_HUNG]
+    assert "QEMU used 0.0 CPU s" in faults[0].evidence and "balloon" in faults[0].evidence
+    assert any(m.endswith("booting again") for m in said)
 
 
 # ------------------------------------------------------------------ the real lab
