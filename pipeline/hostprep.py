@@ -41,6 +41,12 @@ class HostPrep:
                     why = e.message if isinstance(e, PipelineError) else f"{type(e).__name__}: {e}"
                     progress(f"{provider.name}: not started beside the builds ({why}); the host stage tries again")
 
+        # every key these threads write exists before they start: the run saves results.json (which
+        # iterates the dict) while they run, and a key added meanwhile would change the dict's size
+        for key in ("lab_build", "lab_start"):
+            steps.setdefault(key, 0.0)
+        if guests is not None:
+            guests.steps.setdefault("guest_kernel", 0.0)
         threads = [threading.Thread(target=start_hosts, name="start-hosts", daemon=True)]
         if guests is not None:
             threads.append(threading.Thread(target=guests.prepare, name="guest-kernel", daemon=True))

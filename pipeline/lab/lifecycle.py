@@ -115,14 +115,19 @@ def up(settings: Settings, progress: Progress = _quiet, steps: dict[str, float] 
     return host
 
 
+def _build_unless_running(settings: Settings, progress: Progress, steps: dict[str, float]) -> None:
+    """Build the lab if its inputs changed, unless it runs (a running lab is used as it is)."""
+    if not our_pid(paths(settings)):
+        with timed(steps, "lab_build"):
+            build(settings, progress)
+
+
 def start(settings: Settings, progress: Progress = _quiet, steps: dict[str, float] | None = None) -> None:
     """Build the lab if its inputs changed and start its QEMU if it is not running, without waiting
     for dom0: a run starts its lab's boot beside the source import and the builds, and `ensure_up`
     then waits only for what is left of the boot. `steps` gets lab_build and lab_start."""
     steps = {} if steps is None else steps
-    if not our_pid(paths(settings)):
-        with timed(steps, "lab_build"):
-            build(settings, progress)
+    _build_unless_running(settings, progress, steps)
     with timed(steps, "lab_start"), locked(settings, progress):
         _up(settings, progress, wait=False)
 
@@ -363,9 +368,7 @@ def ensure_up(settings: Settings, progress: Progress = _quiet, steps: dict[str, 
 
     `steps` gets the seconds of lab_build and lab_boot (lab_boot: a few when it was running)."""
     steps = {} if steps is None else steps
-    if not our_pid(paths(settings)):
-        with timed(steps, "lab_build"):
-            build(settings, progress)
+    _build_unless_running(settings, progress, steps)
     with timed(steps, "lab_boot"):  # with `start` before: only what was left of the boot
         return up(settings, progress, steps)
 
