@@ -33,7 +33,12 @@ MARKER_RE = re.compile(r"PVLAB_MARKER seq=(\d+) count=(\d+) bdfs=(\S*)")
 BACKEND_KEY_RE = re.compile(r"^(num_devs|state|root_num|(?:state|dev|vdev)-\d+)$")
 XENBUS_INITIALISED = 3
 XENBUS_CONNECTED = 4
-MARKER_TIMEOUT_S = 90.0  # TCG boots are slow; a wait normally ends far sooner (devices_final)
+# a wait for the guest ends once its console has not grown (and no new marker appeared) for this
+# long: TCG boots are slow, and slower under load, but a guest that still prints is still getting
+# somewhere; a wait normally ends far sooner (all devices seen, devices_final)
+MARKER_TIMEOUT_S = 90.0
+# and at the latest this many stall timeouts after it began, however long the guest goes on printing
+CEILING_FACTOR = 4
 POLL_S = 0.5  # how often the host reads the guest's console (and the backend while devices are missing)
 # how long "the rest will not come" must hold before the wait ends: libxl has written every device
 # before the domain runs, so a fixed module configures them within moments of num_devs changing
@@ -109,6 +114,28 @@ def devices_final(expected: int, marker: Marker | None, backend: dict[str, Any])
         return True
     vdevs = sum(1 for k in backend if k.startswith("vdev-"))
     return backend.get("num_devs") == expected and backend.get("state") == XENBUS_CONNECTED and marker.count == vdevs
+
+
+class StallDeadline:
+    """When a wait for the guest gives up: `timeout` s after its last progress (the console grew,
+    or a marker with a higher seq appeared), and at the latest CEILING_FACTOR x `timeout` s after
+    the wait began. Fed each poll's console text by `expired`."""
+
+    def __init__(self, timeout: float):
+        now = time.monotonic()
+        self.timeout = timeout
+        self.ceiling = now + CEILING_FACTOR * timeout
+        self.last_progress = now
+        self.size = 0  # the console's length at the last progress
+        self.seq = 0  # the highest marker seq at the last progress
+
+    def expired(self, console: str, markers: list[Marker]) -> bool:
+        now = time.monotonic()
+        seq = max((m.seq for m in markers), default=0)
+        if len(console) > self.size or seq > self.seq:
+            self.size, self.seq = max(len(console), self.size), max(seq, self.seq)
+            self.last_progress = now
+        return now > self.ceiling or now > self.last_progress + self.timeout
 
 
 # ------------------------------------------------------------------ xl config
@@ -214,36 +241,43 @@ class Guest:
     def wait_marker(
         self, after_seq: int = 0, count: int | None = None, timeout: float = MARKER_TIMEOUT_S
     ) -> Marker | None:
-        """First marker with seq > after_seq (and the given count, if any); the last one seen on timeout."""
+        """First marker with seq > after_seq (and the given count, if any); on timeout the last one
+        seen (None when a count was asked for). `timeout` is a stall timeout (StallDeadline): the wait
+        gives up once the console has not grown for `timeout` s, or CEILING_FACTOR x `timeout` s after
+        it began."""
         with timed(self.steps, "marker_wait"):
             return self._wait_marker(after_seq, count, timeout)
 
     def _wait_marker(self, after_seq: int, count: int | None, timeout: float) -> Marker | None:
-        deadline = time.monotonic() + timeout
+        deadline = StallDeadline(timeout)
         last = None
         while True:
-            for m in self.markers():
+            text = self.console_text()
+            ms = parse_markers(text)
+            for m in ms:
                 if m.seq <= after_seq:
                     continue
                 last = m
                 if count is None or m.count == count:
                     return m
-            if time.monotonic() > deadline:
+            if deadline.expired(text, ms):
                 return last if count is None else None
             time.sleep(POLL_S)
 
     def wait_devices(self, expected: int, timeout: float = MARKER_TIMEOUT_S) -> Marker | None:
         """The guest's last marker once its count is final (devices_final, held for FINAL_HOLD_S when
-        short of `expected`); the last one seen on timeout."""
+        short of `expected`); the last one seen on timeout. `timeout` is a stall timeout as in
+        wait_marker: `timeout` s without console progress, CEILING_FACTOR x `timeout` s at most."""
         with timed(self.steps, "marker_wait"):
             return self._wait_devices(expected, timeout)
 
     def _wait_devices(self, expected: int, timeout: float) -> Marker | None:
-        deadline = time.monotonic() + timeout
+        deadline = StallDeadline(timeout)
         held: tuple | None = None  # (the marker and backend found final, since when)
         last = None
         while True:
-            ms = self.markers()
+            text = self.console_text()
+            ms = parse_markers(text)
             last = ms[-1] if ms else last
             if last is not None and last.count >= expected:
                 return last
@@ -257,7 +291,7 @@ class Guest:
                         return last
                 else:
                     held = None
-            if time.monotonic() > deadline:
+            if deadline.expired(text, ms):
                 return last
             time.sleep(POLL_S)
 

@@ -246,7 +246,9 @@ def vf_boot(
     progress: Progress = _noprogress,
     marker_timeout: float = MARKER_TIMEOUT_S,
 ) -> TestResult:
-    """Guest created with N VFs in pci=[...]; pass iff it sees N and every state-i is 3."""
+    """Guest created with N VFs in pci=[...]; pass iff it sees N and every state-i is 3.
+    `marker_timeout` is Guest.wait_devices' stall timeout: how long the guest's console may stay
+    still before the wait gives up (CEILING_FACTOR x it at most)."""
     name = f"vf-boot-{n}"
     res = TestResult(name=name, host=host.name, module=module_label, expected=n)
     t0 = time.monotonic()
@@ -317,7 +319,8 @@ def _said(res: TestResult) -> str:
 def vf_hotplug(
     host: Host, n: int, cycles: int, module_label: str, image: GuestImage, progress: Progress = _noprogress
 ) -> TestResult:
-    """Guest with 1 VF, the others attached one by one, then `cycles` detach/attach cycles (VF 1, 2, ...)."""
+    """Guest with 1 VF, the others attached one by one, then `cycles` detach/attach cycles (VF 1, 2, ...).
+    Each step waits for its count with Guest.wait_marker's default stall timeout (MARKER_TIMEOUT_S)."""
     name = "vf-hotplug"
     res = TestResult(name=name, host=host.name, module=module_label, expected=n)
     t0 = time.monotonic()

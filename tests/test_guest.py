@@ -1,5 +1,6 @@
 """The guest protocol (pipeline/guest.py): marker and xenstore parsing, when a wait for the guest's
-devices ends (on a scripted dom0, fake time), the xl config template."""
+devices or marker ends (on a scripted dom0, fake time: early exits, the stall timeout, the ceiling),
+the xl config template."""
 
 from __future__ import annotations
 
@@ -115,12 +116,17 @@ def _xs(lines):
     return "".join(f'/local/domain/0/backend/pci/7/0/{k} = "{v}"\n' for k, v in lines.items())
 
 
-def _waited(monkeypatch, script, expected):
+def _guest(monkeypatch, script, expected):
     host = ScriptedDom0(script)
     monkeypatch.setattr(guest.time, "monotonic", host.now)
     monkeypatch.setattr(guest.time, "sleep", host.sleep)
     g = Guest(host, "pvtest-x", GuestImage("k", "r"), [], expected, "x")
     g.domid = 7
+    return g, host
+
+
+def _waited(monkeypatch, script, expected):
+    g, host = _guest(monkeypatch, script, expected)
     return g.wait_devices(expected, timeout=90), host
 
 
@@ -158,6 +164,66 @@ def test_wait_goes_on_while_pciback_reconfigures(monkeypatch):
 def test_wait_without_a_marker_times_out_with_none(monkeypatch):
     m, host = _waited(monkeypatch, [(0, "PVLAB_BOOT\n", "")], 2)
     assert m is None and host.t >= 90
+
+
+def _growing(until, every=10.0, then=None):
+    """A console that gains a kernel line every `every` s, the last at `until` (with `then` after it)."""
+    script, text, t = [(0.0, "PVLAB_BOOT\n", "")], "PVLAB_BOOT\n", 0.0
+    while t < until:
+        t += every
+        text += f"[ {t:.1f}] pcifront pci-0: still probing\n"
+        script.append((t, text, ""))
+    if then is not None:
+        script[-1] = (t, text + then, "")
+    return script
+
+
+def _marker_waited(monkeypatch, script, count):
+    g, host = _guest(monkeypatch, script, 1)
+    return g.wait_marker(count=count, timeout=90), host
+
+
+M1 = "PVLAB_MARKER seq=1 count=1 bdfs=0000:00:00.0\n"
+
+
+def test_a_guest_that_keeps_printing_is_waited_for_past_the_stall_timeout(monkeypatch):
+    # a slow boot: the console grows every 10 s, the marker comes at 200 s, more than twice the 90 s
+    m, host = _waited(monkeypatch, _growing(200, then=M1), 1)
+    assert m is not None and (m.seq, m.count) == (1, 1)
+    assert host.t == 200  # the first poll that saw it
+    m, host = _marker_waited(monkeypatch, _growing(200, then=M1), count=1)
+    assert m is not None and m.count == 1 and host.t == 200
+
+
+def test_a_console_that_stops_growing_ends_the_wait_one_stall_timeout_later(monkeypatch):
+    # it grows until 50 s and is still from then on; the marker at 300 s would come too late
+    script = _growing(50) + [(300, _growing(50)[-1][1] + M1, "")]
+    m, host = _waited(monkeypatch, script, 1)
+    assert m is None
+    assert 50 + 90 < host.t < 300  # after the stall timeout counted from the last growth, not from the start
+    assert host.t <= 50 + 90 + guest.POLL_S
+    m, host = _marker_waited(monkeypatch, script, count=1)
+    assert m is None and 50 + 90 < host.t <= 50 + 90 + guest.POLL_S
+
+
+def test_a_new_marker_is_progress_and_the_last_one_is_kept(monkeypatch):
+    m0 = "PVLAB_MARKER seq=1 count=0 bdfs=\n"
+    script = [(0, "PVLAB_BOOT\n", ""), (80, "PVLAB_BOOT\n" + m0, "")]  # still after the marker at 80 s
+    m, host = _waited(monkeypatch, script, 2)
+    assert m is not None and (m.seq, m.count) == (1, 0)
+    assert 80 + 90 < host.t <= 80 + 90 + guest.POLL_S
+
+
+def test_the_ceiling_ends_a_guest_that_prints_forever(monkeypatch):
+    ceiling = guest.CEILING_FACTOR * 90
+    script = _growing(ceiling * 3, every=5)  # never a marker, never still
+    m, host = _waited(monkeypatch, script, 1)
+    assert m is None and ceiling < host.t <= ceiling + guest.POLL_S
+    m, host = _marker_waited(monkeypatch, script, count=1)
+    assert m is None and ceiling < host.t <= ceiling + guest.POLL_S
+    # with a marker of another count than asked for, the ceiling still ends it
+    m, host = _marker_waited(monkeypatch, [(t, M1 + text, xs) for t, text, xs in script], count=3)
+    assert m is None and host.t <= ceiling + guest.POLL_S
 
 
 def test_guest_config_template():
