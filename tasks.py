@@ -318,7 +318,7 @@ def lab_up(c, host="lab"):
     """Boot the lab under QEMU (or return the running one) and wait until SSH and `xl info` answer."""
     from pipeline import lab
 
-    h = lab.up(_lab_settings(c, host), progress=_progress)
+    h = lab.up(_lab_settings(c, host), progress=_progress, name=host or "lab")
     print(f"lab up: ssh {h.user}@{h.address} -p {h.port} (dom0 {h.kernel_release}); `invoke lab.ssh`")
 
 

@@ -145,11 +145,11 @@ class LabProvider(HostProvider):
         return lab.host_config(settings, self.name)  # under this inventory name, not `lab`
 
     def start(self, progress: Progress = _noprogress, steps: dict[str, float] | None = None) -> None:
-        lab.start(self._settings(), progress, steps)  # built if need be; QEMU started, dom0 not waited for
+        lab.start(self._settings(), progress, steps, self.name)  # built if need be; QEMU started, dom0 not waited for
 
     def ensure_running(self, progress: Progress = _noprogress, steps: dict[str, float] | None = None) -> HostConfig:
         s = self._settings()
-        lab.ensure_up(s, progress, steps)
+        lab.ensure_up(s, progress, steps, self.name)
         return self._named(s)
 
     def running_config(self) -> HostConfig | None:
@@ -172,7 +172,7 @@ class LabProvider(HostProvider):
     def restart(self, why: str, progress: Progress = _noprogress, steps: dict[str, float] | None = None) -> HostConfig:
         progress(f"{self.name}: not answering ({why}); restarting the lab")
         lab.down(self._settings(), progress)
-        lab.ensure_up(self._settings(), progress, steps)
+        lab.ensure_up(self._settings(), progress, steps, self.name)
         return self._named(self._settings())
 
     def stop(self, progress: Progress = _noprogress) -> None:

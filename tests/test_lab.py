@@ -224,9 +224,11 @@ def test_a_missed_probe_on_a_lab_booted_long_ago_waits_afresh(tmp_path, monkeypa
     assert killed == [] and len(probes) == 2
 
 
-def test_a_boot_that_stopped_is_booted_once_more_and_on_record(tmp_path, monkeypatch):
+@pytest.mark.parametrize(("named", "host"), [({}, "lab"), ({"name": "lab-6.12"}, "lab-6.12")])
+def test_a_boot_that_stopped_is_booted_once_more_and_on_record(tmp_path, monkeypatch, named, host):
     """A dom0 that hangs while booting (QEMU idle, console still) is given up after HUNG_S, not after
-    the 20 min a boot budget allows a machine too busy to run it, and booted again once (absorbed)."""
+    the 20 min a boot budget allows a machine too busy to run it, and booted again once (absorbed,
+    under the inventory host being brought up; "lab" for a caller without an inventory)."""
     s = _settings(tmp_path, boot_timeout_s=300)
     p = lab.paths(s)
     p.dir.mkdir(parents=True)
@@ -252,12 +254,34 @@ def test_a_boot_that_stopped_is_booted_once_more_and_on_record(tmp_path, monkeyp
     monkeypatch.setattr(lifecycle, "_ready", lambda host: None)
     faults = []
     with absorbed.collect(faults):
-        assert lifecycle._up(s, said.append) == "booted"
+        assert lifecycle._up(s, said.append, **named) == "booted"
     assert killed == [4242] and len(boots) == 2
     assert lifecycle.HUNG_S < boots[1] - boots[0] < lifecycle.HUNG_S + 10  # not the budget's 1200 s
-    assert [f.what for f in faults] == [FaultKind.LAB_BOOT_HUNG]
+    assert [(f.what, f.host) for f in faults] == [(FaultKind.LAB_BOOT_HUNG, host)]
     assert "QEMU used 0.0 CPU s" in faults[0].evidence and "balloon" in faults[0].evidence
     assert any(m.endswith("booting again") for m in said)
+
+
+def test_a_lab_host_brought_up_puts_its_hung_boot_on_record_under_its_inventory_name(tmp_path, monkeypatch):
+    """LabProvider.start and ensure_running (the runner's way up) hand the lab their inventory name."""
+    hosts = {"lab-6.12": HostConfig(name="lab-6.12", kind="lab", lab=True, dom0_kernel="6.12.117+deb12-amd64")}
+    s = Settings(lab=LabConfig(dir=str(tmp_path / "lab")), hosts=hosts)
+    boots = []
+
+    def up_once(settings, progress, wait, steps):  # the first boot of each hangs
+        boots.append(wait)
+        if len(boots) % 2:
+            raise lifecycle.BootHung("dom0's boot stopped")
+        return HostConfig(name="lab") if wait else None
+
+    monkeypatch.setattr(lifecycle, "_build_unless_running", lambda settings, progress, steps: None)
+    monkeypatch.setattr(lifecycle, "_up_once", up_once)
+    p = providers.of_host(s, "lab-6.12")
+    with absorbed.collect() as faults:
+        p.start()
+        assert p.ensure_running().name == "lab-6.12"
+    assert boots == [False, False, True, True]
+    assert [(f.what, f.host) for f in faults] == [(FaultKind.LAB_BOOT_HUNG, "lab-6.12")] * 2
 
 
 # ------------------------------------------------------------------ the real lab

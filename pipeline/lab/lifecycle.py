@@ -107,10 +107,14 @@ def _poweroff(host: HostConfig) -> None:
         h.close()
 
 
-def up(settings: Settings, progress: Progress = _quiet, steps: dict[str, float] | None = None) -> HostConfig:
-    """Boot the lab (or return the running one) and wait until SSH answers and `xl info` works."""
+def up(
+    settings: Settings, progress: Progress = _quiet, steps: dict[str, float] | None = None, name: str = "lab"
+) -> HostConfig:
+    """Boot the lab (or return the running one) and wait until SSH answers and `xl info` works.
+    `name`: the inventory host being brought up, what the faults absorbed on the way are recorded
+    under ("lab" for a caller without an inventory)."""
     with locked(settings, progress):
-        host = _up(settings, progress, steps=steps)
+        host = _up(settings, progress, steps=steps, name=name)
     assert host is not None
     return host
 
@@ -122,14 +126,16 @@ def _build_unless_running(settings: Settings, progress: Progress, steps: dict[st
             build(settings, progress)
 
 
-def start(settings: Settings, progress: Progress = _quiet, steps: dict[str, float] | None = None) -> None:
+def start(
+    settings: Settings, progress: Progress = _quiet, steps: dict[str, float] | None = None, name: str = "lab"
+) -> None:
     """Build the lab if its inputs changed and start its QEMU if it is not running, without waiting
     for dom0: a run starts its lab's boot beside the source import and the builds, and `ensure_up`
-    then waits only for what is left of the boot. `steps` gets lab_build and lab_start."""
+    then waits only for what is left of the boot. `steps` gets lab_build and lab_start; `name` as for up."""
     steps = {} if steps is None else steps
     _build_unless_running(settings, progress, steps)
     with timed(steps, "lab_start"), locked(settings, progress):
-        _up(settings, progress, wait=False)
+        _up(settings, progress, wait=False, name=name)
 
 
 class BootHung(LabError):
@@ -142,15 +148,20 @@ HUNG_CPU_S = 1.0
 
 
 def _up(
-    settings: Settings, progress: Progress = _quiet, wait: bool = True, steps: dict[str, float] | None = None
+    settings: Settings,
+    progress: Progress = _quiet,
+    wait: bool = True,
+    steps: dict[str, float] | None = None,
+    name: str = "lab",
 ) -> HostConfig | None:
     """The running lab's config once dom0 answers; `wait=False`: None as soon as QEMU runs. A boot
-    that hung is booted once more (on record as absorbed: seen in CI, dom0 stopped at 2 s after
-    `xen:balloon: Initialising balloon driver`, QEMU idle, where the boot budget waits 20 min)."""
+    that hung is booted once more (on record as absorbed under the host `name`: seen in CI, dom0
+    stopped at 2 s after `xen:balloon: Initialising balloon driver`, QEMU idle, where the boot
+    budget waits 20 min)."""
     try:
         return _up_once(settings, progress, wait, steps)
     except BootHung as e:
-        absorbed.record(FaultKind.LAB_BOOT_HUNG, "lab", "lab boot", e.message)
+        absorbed.record(FaultKind.LAB_BOOT_HUNG, name, "lab boot", e.message)
         progress(f"lab: {e.message}; booting again")
         return _up_once(settings, progress, wait, steps)
 
@@ -363,14 +374,17 @@ def status(settings: Settings, probe: bool = True) -> LabStatus:
     return s
 
 
-def ensure_up(settings: Settings, progress: Progress = _quiet, steps: dict[str, float] | None = None) -> HostConfig:
+def ensure_up(
+    settings: Settings, progress: Progress = _quiet, steps: dict[str, float] | None = None, name: str = "lab"
+) -> HostConfig:
     """Build the lab if its inputs changed and boot it if it is not running: the host for `invoke verify`.
 
-    `steps` gets the seconds of lab_build and lab_boot (lab_boot: a few when it was running)."""
+    `steps` gets the seconds of lab_build and lab_boot (lab_boot: a few when it was running); `name`
+    as for up."""
     steps = {} if steps is None else steps
     _build_unless_running(settings, progress, steps)
     with timed(steps, "lab_boot"):  # with `start` before: only what was left of the boot
-        return up(settings, progress, steps)
+        return up(settings, progress, steps, name)
 
 
 def console_tail(settings: Settings, lines: int = 40) -> str:
