@@ -4,7 +4,8 @@
 Per host: how SSH reaches it (ssh_config applied, jump hosts), reachable, host key known (or
 unknown / changed), Xen dom0, Xen and xl versions, kernel release, the PF with its driver and
 VFs, the host lock, whether the test guest can be made there, and which rows of the matrix would
-run on it (their module's vermagic release equals the host's running release).
+run on it (their module's vermagic release equals the host's running release; for a lab that is
+down, the dom0 kernel it would boot, known without booting it).
 """
 
 from __future__ import annotations
@@ -79,7 +80,10 @@ def check_host(settings: Settings, name: str) -> HostCheck:
         pf_bdf=provider.config.pf_bdf,
     )
     running = _probe(settings, provider, res)
-    res.rows = rows_for(settings, name, res.kernel_release)
+    if running:
+        res.rows = rows_for(settings, name, res.kernel_release)
+    else:  # down: judged on what it would boot (a lab's dom0 kernel: from config or its last build), nothing booted
+        res.rows = rows_for(settings, name, provider.kernel_release(), down=True)
     res.idle = not running and provider.restartable and not res.rows
     return res
 
@@ -177,8 +181,10 @@ def _xl_version(host) -> str:
     return f"{lines[0]} ({lines[1]})" if len(lines) > 1 else lines[0]
 
 
-def rows_for(settings: Settings, host: str, release: str) -> list[RowCheck]:
-    """Rows of the selected matrix that name this host, and whether they would run there."""
+def rows_for(settings: Settings, host: str, release: str, down: bool = False) -> list[RowCheck]:
+    """Rows of the selected matrix that name this host, and whether they would run there: on
+    `release`, the release it runs, or with `down` (a host the pipeline boots that is not running)
+    the release it would boot ("": unknown)."""
     out = []
     for k in settings.kernels:
         if host not in k.hosts:
@@ -199,7 +205,11 @@ def rows_for(settings: Settings, host: str, release: str) -> list[RowCheck]:
                 )
                 continue
         runs = bool(release) and built_for == release
-        why = how + ("" if runs else f"; host runs {release or 'an unknown release'}")
+        if down:
+            would = f"would boot {release}" if release else "the release it would boot is unknown"
+            why = f"{how}; {host} is down; {would}"
+        else:
+            why = how + ("" if runs else f"; host runs {release or 'an unknown release'}")
         out.append(RowCheck(kernel=k.name, runs=runs, why=why))
     return out
 
