@@ -240,6 +240,9 @@ def run_build(settings, name: str, n: int, vfs: int, tmp: Path) -> Tally:
                         d = deploy(host, Path(b.module), b.srcversion, say)
                         if d.status != "ok":
                             raise SystemExit(f"deploy after the restart failed: {d.detail}")
+                        # and the guest's files: they live in dom0's /run (tmpfs); without them every
+                        # later cycle erred at xl create (seen: 74 cycles after a QEMU 7.2 death)
+                        image = run_guest(guests, host)
                         crashes = _dmesg_crashes(host)
                         continue
                     t.qemu_log_lines += max(0, _qemu_log_lines(settings) - log0)
@@ -252,8 +255,9 @@ def run_build(settings, name: str, n: int, vfs: int, tmp: Path) -> Tally:
                     changed = vectors.changed()
                     t.vector_changes += changed
                     outcome = "raised" if r is None else r.outcome
+                    why = f" ({r.reason[:120]})" if r is not None and r.outcome == Outcome.ERROR else ""
                     say(
-                        f"[{name} {i}/{n}] {outcome} in {r.duration_s if r else 0:.1f}s; new dom0 crash lines {len(new)}, "
+                        f"[{name} {i}/{n}] {outcome}{why} in {r.duration_s if r else 0:.1f}s; new dom0 crash lines {len(new)}, "
                         f"vector registers changed {changed}"
                     )
         finally:
