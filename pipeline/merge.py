@@ -97,6 +97,7 @@ def merge_runs(sources: list[Path], results_root: Path, progress=print) -> tuple
     merged.until = min((r.until or "report" for _, r in runs), key=_ORDER.index)
     merged.hosts = sorted({h for _, r in runs for h in r.hosts})
     merged.faults_absorbed = [f for _, r in runs for f in r.faults_absorbed]  # every one happened
+    merged.host_visits = [v for _, r in runs for v in r.host_visits]
     for name in order:
         d, r, k = chosen[name]
         for sub in (f"build/{name}", f"repro/{name}", f"logs/{name}", name):

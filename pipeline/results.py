@@ -288,6 +288,20 @@ class AbsorbedFault:
 
 
 @dataclass
+class HostVisit:
+    """One host stage of a run: the host the rows went to in turn (providers.boot_order), whether
+    the pipeline booted it for them, and where the time went: what the matrix benchmark reads for
+    lab boots per run (target: one per dom0 kernel)."""
+
+    host: str
+    rows: list[str] = field(default_factory=list)
+    booted: bool = False  # the pipeline booted it (or waited for the boot it began beside the builds)
+    boot_s: float = 0.0  # QEMU start to dom0 answering, when booted (lab_ready_s of that boot)
+    wait_s: float = 0.0  # what this host stage waited for the host to answer (0 s: it was running)
+    stages_s: float = 0.0  # deploy, tests and restore of its rows
+
+
+@dataclass
 class KernelResult:
     name: str
     ref: str = ""
@@ -317,10 +331,12 @@ class RunResult:
     hosts: list[str] = field(default_factory=list)
     merged_from: list[str] = field(default_factory=list)  # `report --merge`: the runs this one joins
     faults_absorbed: list[AbsorbedFault] = field(default_factory=list)  # every retry around a lab fault
+    host_visits: list[HostVisit] = field(default_factory=list)  # the host stages, in the order they ran
     # seconds of the run's own steps: source_import, rows (fetch/apply/build of all kernels),
     # lab_build, lab_start (QEMU started beside the builds), guest_kernel, prepare_wait (what the
     # host stages waited for those), lab_boot (what they waited for dom0), lab_ready_s (QEMU start
-    # to dom0 answering: the boot itself), host_lock, host_recover, hosts (all host stages)
+    # to dom0 answering: the boots themselves, summed over the run's boots), host_lock,
+    # host_recover, hosts (all host stages)
     steps: dict[str, float] = field(default_factory=dict)
     schema: int = SCHEMA_VERSION
 

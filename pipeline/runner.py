@@ -35,6 +35,7 @@ from .results import (
     DeployStatus,
     FaultKind,
     FetchStatus,
+    HostVisit,
     KernelResult,
     Outcome,
     Refusal,
@@ -159,9 +160,20 @@ class _Run:
 
     # ------------------------------------------------------------ hosts
 
-    def host_config(self, name: str) -> HostConfig:
-        """The inventory host's config to connect with, its provider having started it if need be."""
-        return providers.of_host(self.settings, name).ensure_running(self.progress, self.run.steps)
+    def host_config(self, name: str, visit: HostVisit | None = None) -> HostConfig:
+        """The inventory host's config to connect with, its provider having started it if need be;
+        `visit` gets whether it booted and how long that took."""
+        steps: dict[str, float] = {}  # this host's own: lab_ready_s says it booted now
+        t0 = time.monotonic()
+        try:
+            return providers.of_host(self.settings, name).ensure_running(self.progress, steps)
+        finally:
+            for key, secs in steps.items():  # summed: a matrix boots one lab per dom0 kernel
+                self.run.steps[key] = round(self.run.steps.get(key, 0.0) + secs, 2)
+            if visit is not None:
+                visit.wait_s = round(time.monotonic() - t0, 2)
+                visit.booted = "lab_ready_s" in steps
+                visit.boot_s = steps.get("lab_ready_s", 0.0)
 
     def host_stages(self, pairs: list[tuple[KernelConfig, KernelResult]], keep: bool) -> None:
         by_host: dict[str, list[tuple[KernelConfig, KernelResult]]] = {}
@@ -177,8 +189,10 @@ class _Run:
             ready = [(k, r) for k, r in rows if r.build.status is BuildStatus.OK and r.build.module]
             if not ready or self.stop.is_set():
                 continue
+            visit = HostVisit(host=hname, rows=[k.name for k, _ in ready])
+            self.run.host_visits.append(visit)
             try:
-                host = Host(self.host_config(hname))
+                host = Host(self.host_config(hname, visit))
                 # before the lock: a host that is no dom0 must not get even a lock directory written
                 why = deploy.not_dom0_reason(host)
                 if why:
@@ -202,10 +216,12 @@ class _Run:
                     kr.error_code = e.exit_code
                     kr.failed_stage = Stage.DEPLOY
                 continue
+            t0 = time.monotonic()
             with host, lock:
                 try:
                     self.rows_on_host(host, ready, keep)
                 finally:
+                    visit.stages_s = round(time.monotonic() - t0, 2)
                     if _wants(self.until, "test"):
                         with interrupt.deferred_sigint(self.progress):
                             self.guests.remove(host)

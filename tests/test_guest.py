@@ -8,6 +8,7 @@ import pytest
 
 from pipeline import guest
 from pipeline.config import HostConfig
+from pipeline.errors import HostError
 from pipeline.guest import (
     Guest,
     GuestImage,
@@ -247,3 +248,36 @@ def test_guest_config_refuses_quotes():
         render_guest_config('x"; evil', "/k", "/r", [], 1, "t")
     with pytest.raises(ValueError):
         render_guest_config("x", "/k", "/r", ["01:00.1'"], 1, "t")
+
+
+class HungCreate(Host):
+    """A dom0 whose `xl create` never returns (the SSH command times out: rc 124)."""
+
+    def __init__(self):
+        super().__init__(HostConfig(name="hung", address="127.0.0.1"))
+        self.commands: list[list[str]] = []
+
+    def run(self, argv, timeout=60.0, check=True, stdin=None):
+        self.commands.append(list(argv))
+        if argv[:2] == ["xl", "create"]:
+            return 124, "Parsing config from x", ""
+        if argv[:2] == ["xl", "list"]:
+            return 0, "Name ID Mem VCPUs State Time(s)\nDomain-0 0 1024 2 r----- 1.0\n", ""
+        return 0, "", ""
+
+    def mkdir_p(self, path):
+        pass
+
+    def write_text(self, path, text):
+        pass
+
+
+def test_a_create_that_timed_out_leaves_no_xl_running_on_the_host():
+    """rc 124: the create fails as before, and the xl processes of that config are killed after it."""
+    host = HungCreate()
+    g = Guest(host, "pvtest-vf-boot-3", GuestImage("/k", "/r"), ["0000:01:00.1"], 1, "vf-boot-1")
+    with pytest.raises(HostError):
+        g.create()
+    create = host.commands.index(["xl", "create", g.cfg])
+    kill = ["pkill", "-KILL", "-f", f"[x]l create {g.cfg}"]
+    assert kill in host.commands[create + 1 :], host.commands
