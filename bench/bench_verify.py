@@ -5,6 +5,8 @@ beside the floor measured in the same run.
     .venv/bin/python bench/bench_verify.py            # warm: lab image built, lab down, caches warm
     .venv/bin/python bench/bench_verify.py --cold     # cold: a fresh clone (own .cache: source import,
                                                       # lab image, builds), packages present
+    .venv/bin/python bench/bench_verify.py --matrix debian   # warm, another matrix: also each row's
+                                                      # time and each host stage (boots per run)
     .venv/bin/python bench/bench_verify.py --results runs/X/results.json   # only the table of a run
 
 Run it on an otherwise idle machine, with no other lab running (it takes /work-style lab lock
@@ -73,6 +75,32 @@ def bare_guest_start(settings) -> float:
     return took
 
 
+def rows_and_boots(res: dict) -> list[str]:
+    """Each row's own time (its build steps, deploys and test cases) and each host stage in the
+    order it ran (results.json host_visits): booted or not, the boot, the wait, the stages; then
+    lab boots per run against the dom0 kernels the rows needed (one boot each is the target)."""
+    lines = [f"{'row':<22} {'build s':>8} {'deploy s':>8} {'tests s':>8} {'cases':>5}  verdict"]
+    for k in res["kernels"]:
+        b = sum(k["build"].get("steps", {}).values())
+        d = sum(x.get("duration_s") or 0 for x in k["deploy"])
+        t = sum(x.get("duration_s") or 0 for x in k["tests"])
+        lines.append(f"{k['name']:<22} {b:8.1f} {d:8.1f} {t:8.1f} {len(k['tests']):>5}  {k['verdict']}")
+    visits = res.get("host_visits", [])
+    if visits:
+        lines.append(f"{'host stage':<22} {'booted':>6} {'boot s':>7} {'wait s':>7} {'stages s':>8}  rows")
+        for v in visits:
+            lines.append(
+                f"{v['host']:<22} {'yes' if v['booted'] else 'no':>6} {v['boot_s']:7.1f} {v['wait_s']:7.1f} "
+                f"{v['stages_s']:8.1f}  {', '.join(v['rows'])}"
+            )
+        kernels = {
+            r for k in res["kernels"] for r in [k["build"].get("kernel_release")] if r and k["build"].get("module")
+        }
+        boots = sum(1 for v in visits if v["booted"])
+        lines.append(f"lab boots per run: {boots} for {len(kernels)} dom0 kernel(s) the built rows needed")
+    return lines
+
+
 def table(res: dict, wall: float, bare_s: float | None) -> str:
     tot = step_totals(res)
     tests = [t for k in res["kernels"] for t in k["tests"] if t.get("duration_s")]
@@ -83,6 +111,7 @@ def table(res: dict, wall: float, bare_s: float | None) -> str:
             f"  {k['name']:<20} verdict {k['verdict']:<18} "
             + " ".join(f"{t['name']}[{t['module']}]={t['duration_s']:.0f}s" for t in k["tests"])
         )
+    lines += rows_and_boots(res)
     if boots:
         lines.append(
             f"median vf-boot case {statistics.median(boots):.1f} s over {len(boots)} (min {min(boots):.1f}, max {max(boots):.1f})"
@@ -108,11 +137,12 @@ def table(res: dict, wall: float, bare_s: float | None) -> str:
     return "\n".join(lines)
 
 
-def run_verify(cwd: Path, env: dict[str, str]) -> tuple[float, dict]:
+def run_verify(cwd: Path, env: dict[str, str], matrix: str | None = None) -> tuple[float, dict]:
     results_root = Path(tempfile.mkdtemp(prefix="bench-verify-runs-"))
     env = {**env, "INVOKE_PV_RESULTS_ROOT": str(results_root), "PYTHONUNBUFFERED": "1"}
     t0 = time.monotonic()
-    proc = subprocess.run(["./pv", "invoke", "verify"], cwd=cwd, env=env, check=False)
+    argv = ["./pv", "invoke", "verify", *(["--matrix", matrix] if matrix else [])]
+    proc = subprocess.run(argv, cwd=cwd, env=env, check=False)
     wall = time.monotonic() - t0
     path = results_root / "latest" / "results.json"
     if not path.exists():
@@ -125,6 +155,7 @@ def main() -> int:
     ap.add_argument(
         "--cold", action="store_true", help="a fresh clone with its own .cache (slow: source import, image)"
     )
+    ap.add_argument("--matrix", help="another matrix of invoke.yaml (warm only), e.g. debian")
     ap.add_argument("--results", help="print the table of an existing run's results.json and exit")
     ap.add_argument("--wall", type=float, help="with --results: the wall time to share against")
     args = ap.parse_args()
@@ -147,10 +178,13 @@ def main() -> int:
         cwd = ROOT
         lab.build(settings, say)  # warm means: image built
     lab.down(settings, say)  # the run boots its own lab: its boot is part of the figure
-    wall, res = run_verify(cwd, env)
+    if args.matrix and args.cold:
+        raise SystemExit("--matrix runs warm only (a cold run of it is its first run)")
+    wall, res = run_verify(cwd, env, args.matrix)
     bare = bare_guest_start(settings)
     lab.down(settings, say)
-    print(("cold" if args.cold else "warm") + " default `invoke verify`")
+    what = f"--matrix {args.matrix}" if args.matrix else "default"
+    print(("cold" if args.cold else "warm") + f" {what} `invoke verify`")
     print(table(res, wall, bare))
     return 0
 
