@@ -171,8 +171,7 @@ class _Run:
             for key, secs in steps.items():  # summed: a matrix boots one lab per dom0 kernel
                 self.run.steps[key] = round(self.run.steps.get(key, 0.0) + secs, 2)
             if visit is not None:
-                visit.wait_s = round(time.monotonic() - t0, 2)
-                visit.booted = "lab_ready_s" in steps
+                visit.wait_s, visit.booted = round(time.monotonic() - t0, 2), "lab_ready_s" in steps
                 visit.boot_s = steps.get("lab_ready_s", 0.0)
 
     def host_stages(self, pairs: list[tuple[KernelConfig, KernelResult]], keep: bool) -> None:
