@@ -39,6 +39,7 @@ from labmodules import build_pair  # noqa: E402
 from pipeline import absorbed, lab, provision  # noqa: E402
 from pipeline.config import project_settings  # noqa: E402
 from pipeline.deploy import deploy, preflight, restore  # noqa: E402
+from pipeline.dom0 import boot_id  # noqa: E402
 from pipeline.errors import HostError, LabError  # noqa: E402
 from pipeline.host import Host  # noqa: E402
 from pipeline.hostlock import HostLock  # noqa: E402
@@ -69,6 +70,7 @@ class Tally:
     errors: int = 0
     dom0_crashes: int = 0
     qemu_deaths: int = 0
+    machine_resets: int = 0  # dom0 rebooted while QEMU ran on (a reset of the emulated machine)
     qemu_log_lines: int = 0
     vector_changes: int = 0  # ymm/xmm registers of a dom0 process that another context's state replaced
     seconds: list[float] = dataclasses.field(default_factory=list)
@@ -82,13 +84,20 @@ class Tally:
         return (
             self.cycles > 0
             and self.passed == self.cycles
-            and not (self.dom0_crashes or self.qemu_deaths or self.faults or self.vector_changes)
+            and not (self.dom0_crashes or self.qemu_deaths or self.machine_resets or self.faults or self.vector_changes)
         )
 
 
 def _dmesg_crashes(host: Host) -> list[str]:
     rc, out, _ = host.query(["dmesg"], timeout=60)
     return [ln for ln in out.splitlines() if CRASH.search(ln)] if rc == 0 else []
+
+
+def _boot_id(host: Host) -> str:
+    try:
+        return boot_id(host)
+    except HostError:  # not answering (rebooting): the next cycle tells
+        return ""
 
 
 def _qemu_log_lines(settings) -> int:
@@ -203,6 +212,7 @@ def run_build(settings, name: str, n: int, vfs: int, tmp: Path) -> Tally:
             with HeapChecks(host) as checks:
                 vectors.start()
                 crashes = _dmesg_crashes(host)
+                booted = _boot_id(host)
                 for i in range(1, n + 1):
                     log0 = _qemu_log_lines(settings)
                     try:
@@ -224,14 +234,24 @@ def run_build(settings, name: str, n: int, vfs: int, tmp: Path) -> Tally:
                             t.wrong_count += 1
                             t.what[f"saw {r.seen} of {vfs}"] += 1
                     pid = lab.status(settings, probe=False).pid
-                    if pid != started:
-                        t.qemu_deaths += 1
-                        t.what["QEMU died"] += 1
-                        say(f"[{name} {i}/{n}] QEMU {started} is gone: {lab.console_tail(settings, 3)!r}; restarting")
-                        hc = lab.ensure_up(settings, say)
-                        started = lab.status(settings, probe=False).pid
+                    rebooted = pid == started and _boot_id(host) not in ("", booted)
+                    if pid != started or rebooted:
+                        if rebooted:  # QEMU lives on, the machine reset (seen at a VT-d map, no message)
+                            t.machine_resets += 1
+                            t.what["machine reset (dom0 rebooted, QEMU alive)"] += 1
+                            say(f"[{name} {i}/{n}] dom0 rebooted under a running QEMU; waiting for it")
+                            hc = lab.ensure_up(settings, say)
+                        else:
+                            t.qemu_deaths += 1
+                            t.what["QEMU died"] += 1
+                            say(
+                                f"[{name} {i}/{n}] QEMU {started} is gone: {lab.console_tail(settings, 3)!r}; restarting"
+                            )
+                            hc = lab.ensure_up(settings, say)
+                            started = lab.status(settings, probe=False).pid
                         host.config = hc
                         host.close()
+                        booted = _boot_id(host)
                         # a new dom0: stock module and no heap checks; without these the next
                         # cycles erred on "xen_pciback is not loaded", a bench fault, not the lab's
                         checks.install()
@@ -285,13 +305,13 @@ def main() -> int:
         settings.lab.qemu = was
         if not was_running:
             lab.down(settings, say)
-    head = f"{'qemu':<34} {'cycles':>6} {'pass':>5} {'wrong':>5} {'error':>5} {'dom0 crash':>10} {'QEMU died':>9} {'qemu.log':>8} {'faults':>6} {'vec regs':>8} {'median s':>8}"
+    head = f"{'qemu':<34} {'cycles':>6} {'pass':>5} {'wrong':>5} {'error':>5} {'dom0 crash':>10} {'QEMU died':>9} {'reset':>5} {'qemu.log':>8} {'faults':>6} {'vec regs':>8} {'median s':>8}"
     print(head + "   (counts per 100 cycles)")
     for t in tallies:
         med = sorted(t.seconds)[len(t.seconds) // 2] if t.seconds else 0.0
         print(
             f"{t.version[:34]:<34} {t.cycles:>6} {t.per100(t.passed):>5} {t.per100(t.wrong_count):>5} {t.per100(t.errors):>5} "
-            f"{t.per100(t.dom0_crashes):>10} {t.per100(t.qemu_deaths):>9} {t.per100(t.qemu_log_lines):>8} {t.per100(len(t.faults)):>6} {t.per100(t.vector_changes):>8} {med:>8.1f}"
+            f"{t.per100(t.dom0_crashes):>10} {t.per100(t.qemu_deaths):>9} {t.per100(t.machine_resets):>5} {t.per100(t.qemu_log_lines):>8} {t.per100(len(t.faults)):>6} {t.per100(t.vector_changes):>8} {med:>8.1f}"
         )
         for what, k in t.what.most_common(8):
             print(f"    {k:>3} x {what}")

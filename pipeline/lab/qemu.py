@@ -55,7 +55,9 @@ def qemu_argv(settings: Settings, port: int, qemu: QemuBin | None = None) -> lis
         # QEMU's complaints about the guest (bad DMA, NVMe protocol errors) in qemu.log; with -D
         # given, -daemonize keeps stderr (the same file, lifecycle.up) for QEMU's own warnings
         "-D", str(p.qemu_log),
-        "-d", "guest_errors",
+        # cpu_reset: the CPU state at every reset, so a reset of the running machine says why
+        # (seen: a silent reset at a VT-d map after 93 clean cycles, lab_health on 10.0)
+        "-d", "guest_errors,cpu_reset",
         *dev.trace_args(),
         "-qmp", f"unix:{p.qmp},server=on,wait=off",
         "-pidfile", str(p.pidfile),
