@@ -10,6 +10,15 @@ import pytest
 from pipeline import interrupt
 
 
+@pytest.fixture(autouse=True)
+def _default_sigint():
+    """Python's own Ctrl-C handler for each test, as in a terminal: a pytest started in the
+    background by a shell (`cmd &`) inherits SIGINT ignored, and Python then leaves it so."""
+    was = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, was)
+
+
 def _ctrl_c() -> None:
     os.kill(os.getpid(), signal.SIGINT)  # delivered to the main thread before os.kill returns
 
