@@ -139,6 +139,7 @@ class FaultKind(enum.StrEnum):
     CASE_RERUN = "case-rerun"  # a VF test case errored (no guest result) and ran once more
     HOST_REBOOTED = "host-rebooted"  # the host rebooted under a case (new boot id): module and guest loaded again
     STAGED_CHANGED = "staged-changed"  # the staged module's bytes changed on the host before the load: uploaded again
+    TEST_RERUN = "test-rerun"  # (the test suite) a lab test failed under a machine reset or a QEMU death: run once more
 
 
 _K = Kind

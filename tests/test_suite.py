@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import os
 import sys
 from pathlib import Path
 
@@ -31,6 +32,7 @@ def test_the_default_suite_is_the_lab_half_and_the_rest_beside_it():
     assert _argv(lab, "--basetemp") != _argv(other, "--basetemp")
     assert lab.log is not None and other.log is None
     assert "--durations=25" in lab.argv and "--durations=25" in other.argv
+    assert (lab.nice, other.nice) == (0, suite.OTHER_NICE) and suite.OTHER_NICE > 0  # the lab's QEMU first
 
 
 def test_options_reach_both_halves():
@@ -83,3 +85,17 @@ def test_both_halves_run_at_once_and_the_logged_one_is_shown_after(tmp_path, cap
     assert (tmp_path / "lab.log").read_text() == "lab line 1\nlab line 2\n"  # kept
     assert any("output in" in m for m in said) and said[-1].endswith("output follows")
     assert "lab tests" in suite.describe(result) and "exit 1" in suite.describe(result)
+
+
+def test_a_niced_half_runs_at_that_niceness(tmp_path, capfd):
+    """The half beside the lab's runs niced (its builds yield to the lab's QEMU); the other does not."""
+    show = "import os; print('nice', os.nice(0))"
+    halves = [
+        suite.Half("lab", [sys.executable, "-c", show], log=tmp_path / "lab.log"),
+        suite.Half("other", [sys.executable, "-c", show], nice=3),
+    ]
+    out = io.StringIO()
+    assert suite.run(halves, tmp_path, lambda m: None, out=out).rc == 0
+    base = os.nice(0)
+    assert f"nice {min(base + 3, 19)}" in capfd.readouterr().out
+    assert out.getvalue() == f"nice {base}\n"
