@@ -13,8 +13,9 @@ vector-register state that changed under a dom0 process: two bench/fpucheck.c pr
 here, static) hold known values in ymm/xmm registers in dom0 for the whole run and count every
 register another context's state replaced (how the lab's lazy-FPU corruption was found).
 The guest is the one a run makes (pv.guest_kernel). glibc's heap checks are on for every dom0 command of the run
-(MALLOC_PERTURB_, malloc.check through /etc/environment, restored afterwards) so corruption
-shows early. Exit 0 only when every build ran clean.
+(MALLOC_PERTURB_ and no tcache through /etc/environment, restored afterwards; --debug-malloc adds
+malloc.check) so corruption shows early. A reset of the running machine keeps QEMU's account of it
+(-d cpu_reset) and the console before it under .cache/lab/resets/. Exit 0 only when every build ran clean.
 """
 
 from __future__ import annotations
@@ -52,8 +53,13 @@ CRASH = re.compile(
     r"segfault at|traps:|general protection|malloc\(\): |free\(\): |double free|corrupted (size|double-linked|top)"
 )
 ENVIRONMENT = "/etc/environment"
-HEAP_CHECKS = "MALLOC_PERTURB_=165\nGLIBC_TUNABLES=glibc.malloc.check=3\n"
-DEBUG_MALLOC = "/usr/lib/x86_64-linux-gnu/libc_malloc_debug.so.0"  # malloc.check needs it (glibc >= 2.34)
+# perturb: freed and new memory filled, so a use after free shows; no tcache: every free goes
+# through glibc's own list checks ("double free", "corrupted size")
+HEAP_CHECKS = "MALLOC_PERTURB_=165\nGLIBC_TUNABLES=glibc.malloc.tcache_count=0\n"
+# malloc.check needs this preloaded (glibc >= 2.34); only with --debug-malloc: with it, xl's forked
+# child hung once in futex_wait (a malloc_debug lock held across fork), a hang of the bench's making
+DEBUG_MALLOC = "/usr/lib/x86_64-linux-gnu/libc_malloc_debug.so.0"
+DEBUG_MALLOC_CHECKS = "GLIBC_TUNABLES=glibc.malloc.tcache_count=0:glibc.malloc.check=3\n"
 
 
 def say(msg: str) -> None:
@@ -107,12 +113,33 @@ def _qemu_log_lines(settings) -> int:
         return 0
 
 
+def reset_evidence(settings, log0: int, label: str) -> str:
+    """What QEMU logged at a reset of the running machine (`-d cpu_reset`: each vCPU's state as it
+    reset; "Triple fault" when a CPU fault caused it) and the console before it, kept under
+    .cache/lab/resets/ for the lab's own postmortem. Returns a one-line summary."""
+    p = lab.paths(settings)
+    try:
+        new = p.qemu_log.read_text(errors="replace").splitlines()[log0:]
+        console = p.console.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return "no qemu.log"
+    banners = [i for i, ln in enumerate(console) if ln.startswith("(XEN) Xen version ")]
+    before = console[max(0, banners[-1] - 60) : banners[-1]] if len(banners) > 1 else console[-60:]
+    out = p.dir / "resets" / f"{label}.log"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text("\n".join(["# qemu.log since the cycle began", *new, "# console before the reset", *before]) + "\n")
+    rips = [ln.split()[0] for ln in new if ln.startswith(("RIP=", "EIP="))]
+    triple = any("Triple fault" in ln for ln in new)
+    return f"{'triple fault' if triple else 'no triple fault'}, {len(rips)} vCPU state(s), first {rips[0] if rips else '-'}; {out}"
+
+
 class HeapChecks:
     """glibc heap checks for every command the bench's SSH sessions start (pam_env reads
     /etc/environment at login); the file is put back exactly as found."""
 
-    def __init__(self, host: Host):
+    def __init__(self, host: Host, debug_malloc: bool = False):
         self.host = host
+        self.debug_malloc = debug_malloc
         self.before: str | None = None
         self.installed = False
 
@@ -126,7 +153,10 @@ class HeapChecks:
             self.host.close()  # the disk persisted across a restart: already in place
             return
         self.before, self.installed = now, True
-        extra = HEAP_CHECKS + (f"LD_PRELOAD={DEBUG_MALLOC}\n" if self.host.exists(DEBUG_MALLOC) else "")
+        extra = HEAP_CHECKS
+        if self.debug_malloc and self.host.exists(DEBUG_MALLOC):
+            extra = HEAP_CHECKS.replace("GLIBC_TUNABLES=glibc.malloc.tcache_count=0\n", DEBUG_MALLOC_CHECKS)
+            extra += f"LD_PRELOAD={DEBUG_MALLOC}\n"
         self.host.write_text(ENVIRONMENT, (self.before or "") + extra)
         self.host.close()  # the next command logs in again and gets the environment
 
@@ -185,7 +215,7 @@ class VectorCheck:
         self.host.run(["rm", "-rf", self.DIR], check=False)
 
 
-def run_build(settings, name: str, n: int, vfs: int, tmp: Path) -> Tally:
+def run_build(settings, name: str, n: int, vfs: int, tmp: Path, debug_malloc: bool = False) -> Tally:
     settings.lab.qemu = name
     hc = lab.ensure_up(settings, say)
     st = lab.status(settings, probe=False)
@@ -209,7 +239,7 @@ def run_build(settings, name: str, n: int, vfs: int, tmp: Path) -> Tally:
         tmp.mkdir(parents=True, exist_ok=True)
         vectors = VectorCheck(host, tmp)
         try:
-            with HeapChecks(host) as checks:
+            with HeapChecks(host, debug_malloc) as checks:
                 vectors.start()
                 crashes = _dmesg_crashes(host)
                 booted = _boot_id(host)
@@ -239,7 +269,8 @@ def run_build(settings, name: str, n: int, vfs: int, tmp: Path) -> Tally:
                         if rebooted:  # QEMU lives on, the machine reset (seen at a VT-d map, no message)
                             t.machine_resets += 1
                             t.what["machine reset (dom0 rebooted, QEMU alive)"] += 1
-                            say(f"[{name} {i}/{n}] dom0 rebooted under a running QEMU; waiting for it")
+                            why = reset_evidence(settings, log0, f"{name}-{i}")
+                            say(f"[{name} {i}/{n}] dom0 rebooted under a running QEMU ({why}); waiting for it")
                             hc = lab.ensure_up(settings, say)
                         else:
                             t.qemu_deaths += 1
@@ -292,6 +323,7 @@ def main() -> int:
     ap.add_argument("-n", type=int, default=100, help="cycles per QEMU build (default 100)")
     ap.add_argument("--qemu", default="system,10.0", help="builds to compare (pv.lab.qemu values)")
     ap.add_argument("--vfs", type=int, default=3)
+    ap.add_argument("--debug-malloc", action="store_true", help="glibc's malloc.check too (preloads libc_malloc_debug)")
     args = ap.parse_args()
     settings = project_settings()
     was = settings.lab.qemu
@@ -300,7 +332,7 @@ def main() -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="lab-health-") as tmp:
             for name in args.qemu.split(","):
-                tallies.append(run_build(settings, name.strip(), args.n, args.vfs, Path(tmp) / name))
+                tallies.append(run_build(settings, name.strip(), args.n, args.vfs, Path(tmp) / name, args.debug_malloc))
     finally:
         settings.lab.qemu = was
         if not was_running:
