@@ -28,6 +28,20 @@ XEN_ARGS = (
     "loglvl=all guest_loglvl=all iommu=1,verbose,debug smap=0 spec-ctrl=eager-fpu"
 )
 DOM0_ARGS = "root=/dev/vda rw console=hvc0 earlyprintk=xen net.ifnames=0"
+# what could reset the machine without a word from Xen, or precede it, in qemu.log: the ICH9 TCO
+# watchdog firing, the IOMMU's DMA faults and its warnings (bad invalidation queue tail, bad
+# interrupt remapping), a failed invalidation-wait write. Rare events: nothing logged otherwise.
+RESET_TRACES = tuple(
+    arg
+    for event in (
+        "tco_timer_expired",
+        "watchdog_perform*",
+        "vtd_dmar_fault",
+        "vtd_warn_*",
+        "vtd_inv_desc_wait_write_fail",
+    )
+    for arg in ("-trace", f"enable={event}")
+)
 QEMU = "qemu-system-x86_64"
 
 
@@ -59,6 +73,7 @@ def qemu_argv(settings: Settings, port: int, qemu: QemuBin | None = None) -> lis
         # (seen: a silent reset at a VT-d map after 93 clean cycles, lab_health on 10.0)
         "-d", "guest_errors,cpu_reset",
         *dev.trace_args(),
+        *RESET_TRACES,
         "-qmp", f"unix:{p.qmp},server=on,wait=off",
         "-pidfile", str(p.pidfile),
         "-daemonize",
