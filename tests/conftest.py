@@ -305,8 +305,6 @@ class _LabBoot:
             # the first tests run; their test boots them. An error is that test's to report (it builds again)
             from pipeline import kernelsrc, labsuites
 
-            _in_background(19)
-
             for name in cls.extra:
                 try:
                     extra = labsuites.for_name(settings, name)
@@ -323,7 +321,6 @@ class _LabBoot:
             # mostly downloads and unpacks: the first verify finds it cached (an error is the run's to report)
             from pipeline import provision
 
-            _in_background(10)
             provision.RunGuests(settings, "lab-boot", {}, _lab_progress).prepare()
 
         cls.thread = threading.Thread(target=boot, name="lab-boot", daemon=True)
@@ -343,15 +340,6 @@ class _LabBoot:
     def wait_guest(cls) -> None:
         if cls.guest_thread is not None:
             cls.guest_thread.join()
-
-
-def _in_background(nice: int) -> None:
-    """This thread, and every process it starts, at `nice` and idle I/O priority (both are per
-    thread on Linux): the lab's QEMU keeps its share of the cores. Seen in CI on a slower machine, a
-    6.12 source import and a bullseye debootstrap beside the lab tests, then SSH banners timing out."""
-    tid = threading.get_native_id()
-    os.setpriority(os.PRIO_PROCESS, tid, nice)
-    subprocess.run(["ionice", "-c", "3", "-p", str(tid)], check=False)
 
 
 def _lab_progress(msg: str) -> None:
