@@ -55,11 +55,18 @@ CRASH = re.compile(
 ENVIRONMENT = "/etc/environment"
 # perturb: freed and new memory filled, so a use after free shows; no tcache: every free goes
 # through glibc's own list checks ("double free", "corrupted size")
-HEAP_CHECKS = "MALLOC_PERTURB_=165\nGLIBC_TUNABLES=glibc.malloc.tcache_count=0\n"
+PERTURB = "MALLOC_PERTURB_=165"
+TUNABLES = "glibc.malloc.tcache_count=0"
 # malloc.check needs this preloaded (glibc >= 2.34); only with --debug-malloc: with it, xl's forked
 # child hung once in futex_wait (a malloc_debug lock held across fork), a hang of the bench's making
 DEBUG_MALLOC = "/usr/lib/x86_64-linux-gnu/libc_malloc_debug.so.0"
-DEBUG_MALLOC_CHECKS = "GLIBC_TUNABLES=glibc.malloc.tcache_count=0:glibc.malloc.check=3\n"
+
+
+def heap_checks(debug_malloc: bool) -> str:
+    """The /etc/environment lines of the heap checks."""
+    if not debug_malloc:
+        return f"{PERTURB}\nGLIBC_TUNABLES={TUNABLES}\n"
+    return f"{PERTURB}\nGLIBC_TUNABLES={TUNABLES}:glibc.malloc.check=3\nLD_PRELOAD={DEBUG_MALLOC}\n"
 
 
 def say(msg: str) -> None:
@@ -123,7 +130,7 @@ def reset_evidence(settings, log0: int, label: str) -> str:
         console = p.console.read_text(errors="replace").splitlines()
     except FileNotFoundError:
         return "no qemu.log"
-    banners = [i for i, ln in enumerate(console) if ln.startswith("(XEN) Xen version ")]
+    banners = [i for i, ln in enumerate(console) if ln.startswith(lab.XEN_BANNER)]
     before = console[max(0, banners[-1] - 60) : banners[-1]] if len(banners) > 1 else console[-60:]
     out = p.dir / "resets" / f"{label}.log"
     out.parent.mkdir(exist_ok=True)
@@ -140,6 +147,7 @@ class HeapChecks:
     def __init__(self, host: Host, debug_malloc: bool = False):
         self.host = host
         self.debug_malloc = debug_malloc
+        self.text = ""  # the lines installed (the preload only where the library exists)
         self.before: str | None = None
         self.installed = False
 
@@ -149,15 +157,12 @@ class HeapChecks:
 
     def install(self) -> None:
         now = self.host.read_text(ENVIRONMENT)
-        if self.installed and HEAP_CHECKS in (now or ""):
+        if self.installed and self.text in (now or ""):
             self.host.close()  # the disk persisted across a restart: already in place
             return
         self.before, self.installed = now, True
-        extra = HEAP_CHECKS
-        if self.debug_malloc and self.host.exists(DEBUG_MALLOC):
-            extra = HEAP_CHECKS.replace("GLIBC_TUNABLES=glibc.malloc.tcache_count=0\n", DEBUG_MALLOC_CHECKS)
-            extra += f"LD_PRELOAD={DEBUG_MALLOC}\n"
-        self.host.write_text(ENVIRONMENT, (self.before or "") + extra)
+        self.text = heap_checks(self.debug_malloc and self.host.exists(DEBUG_MALLOC))
+        self.host.write_text(ENVIRONMENT, (self.before or "") + self.text)
         self.host.close()  # the next command logs in again and gets the environment
 
     def __exit__(self, *exc) -> None:

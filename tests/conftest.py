@@ -123,9 +123,6 @@ def pytest_unconfigure(config):
         Path(own).unlink(missing_ok=True)
 
 
-XEN_BANNER = b"(XEN) Xen version "  # once per boot of the machine on the lab's console
-
-
 def _lab_boots() -> tuple[int, int] | None:
     """(QEMU pid, how often Xen has booted on its console) of the running lab, None without one: a
     machine reset under a test shows as more boots on the same QEMU, a QEMU death as another pid."""
@@ -133,12 +130,9 @@ def _lab_boots() -> tuple[int, int] | None:
     from pipeline.config import project_settings
     from pipeline.lab.qemu import our_pid
 
-    p = lab.paths(project_settings())
-    pid = our_pid(p)
-    try:
-        return (pid, p.console.read_bytes().count(XEN_BANNER)) if pid else None
-    except OSError:
-        return None
+    settings = project_settings()
+    pid = our_pid(lab.paths(settings))
+    return (pid, lab.xen_boots(settings)) if pid else None
 
 
 def lab_change(before: tuple[int, int], after: tuple[int, int] | None) -> str:
@@ -188,7 +182,7 @@ class _LabRerun:
         item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
         reports = runtestprotocol(item, nextitem=nextitem, log=False)
         why, after = _failed(reports), _lab_boots()
-        if why and lab_change(before, after):
+        if why and after != before:
             how = lab_change(before, after)
             from pipeline.absorbed import record
             from pipeline.statuses import FaultKind
@@ -236,9 +230,7 @@ def _revive_the_lab(request, when: str) -> None:
 
     where = f"lab boot ({when} {request.node.name})"
     record(FaultKind.LAB_RESTARTED, _LabBoot.host.name, where, "QEMU is gone" + (f": {last[-1]}" if last else ""))
-    host = lab.up(settings, _lab_progress)
-    for f in dataclasses.fields(host):
-        setattr(_LabBoot.host, f.name, getattr(host, f.name))
+    _lab_back()
 
 
 @pytest.fixture(autouse=True)

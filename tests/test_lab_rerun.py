@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import textwrap
 
-from conftest import XEN_BANNER, lab_change
+from conftest import lab_change
 
 from pipeline.absorbed import JOURNAL_ENV, read_journal
+from pipeline.lab import XEN_BANNER
 from pipeline.statuses import FaultKind
 
 pytest_plugins = ["pytester"]
@@ -26,8 +27,8 @@ def test_a_lab_test_failing_under_a_reset_runs_again_on_record(pytester, monkeyp
     import conftest
 
     console = tmp_path / "console.log"
-    console.write_bytes(XEN_BANNER + b"4.17\n")
-    monkeypatch.setattr(conftest, "_lab_boots", lambda: (1, console.read_bytes().count(XEN_BANNER)))
+    console.write_text(XEN_BANNER + "4.17\n")
+    monkeypatch.setattr(conftest, "_lab_boots", lambda: (1, console.read_text().count(XEN_BANNER)))
     monkeypatch.setattr(conftest, "_lab_back", lambda: None)
     monkeypatch.setenv(JOURNAL_ENV, str(tmp_path / "faults.jsonl"))
     monkeypatch.setattr(conftest, "_LAB_FAULTS", [])
@@ -42,7 +43,7 @@ def test_a_lab_test_failing_under_a_reset_runs_again_on_record(pytester, monkeyp
                 ran.write_text(str(n + 1))
                 if n == 0:
                     with open({str(console)!r}, "ab") as f:
-                        f.write({XEN_BANNER!r} + b"4.17\\n")
+                        f.write({XEN_BANNER.encode()!r} + b"4.17\\n")
                     assert False, "ssh banner"
 
             @pytest.mark.lab

@@ -25,6 +25,7 @@ from .guestfiles import GUEST_DIR, GUEST_INITRD, GuestFiles, guest_files
 from .image import BuildInfo, build
 from .layout import LabPaths, is_built, kernel_release, paths, read_manifest
 from .lifecycle import (
+    XEN_BANNER,
     LabStatus,
     console_tail,
     disk_usage,
@@ -35,6 +36,7 @@ from .lifecycle import (
     status,
     up,
     write_known_hosts,
+    xen_boots,
 )
 from .qemu import QEMU, free_port, port_in_use, qemu_argv
 from .recipe import chroot_apt_entries, input_hash, recipe_files, render
@@ -50,6 +52,7 @@ __all__ = [
     "LabStatus",
     "build",
     "chroot_apt_entries",
+    "XEN_BANNER",
     "console_tail",
     "disk_usage",
     "down",
@@ -69,6 +72,7 @@ __all__ = [
     "ssh_argv",
     "start",
     "status",
+    "xen_boots",
     "up",
     "write_known_hosts",
 ]

@@ -387,6 +387,18 @@ def ensure_up(
         return up(settings, progress, steps, name)
 
 
+XEN_BANNER = "(XEN) Xen version "  # Xen prints it once per boot of the machine on the lab's console
+
+
+def xen_boots(settings: Settings) -> int:
+    """How often the machine has booted on the console of the lab's current QEMU (the console
+    starts anew with each QEMU): one more under the same QEMU is a machine reset."""
+    try:
+        return paths(settings).console.read_bytes().count(XEN_BANNER.encode())
+    except FileNotFoundError:
+        return 0
+
+
 def console_tail(settings: Settings, lines: int = 40) -> str:
     try:
         text = paths(settings).console.read_text(encoding="utf-8", errors="replace")
